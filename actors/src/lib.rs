@@ -13,6 +13,57 @@
 //!
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
+//!
+//! ## Embedding
+//!
+//! Start a router with its observer, then let each connection pick a backend through a
+//! [`BackendSelector`] and register itself so the router can move it later:
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use switchyard::*;
+//!
+//! /// A connection of your application. This one cannot move, so it refuses redirects.
+//! struct MyConn {
+//!     id: u64,
+//!     backend: String,
+//!     router: Addr<ScoreRouter>,
+//! }
+//!
+//! impl Actor for MyConn {
+//!     type Context = Context<Self>;
+//! }
+//!
+//! impl Handler<Redirect> for MyConn {
+//!     type Result = ();
+//!     fn handle(&mut self, msg: Redirect, _: &mut Context<Self>) {
+//!         self.router.do_send(RedirectFailed {
+//!             from: self.backend.clone(),
+//!             to: msg.to.addr().to_string(),
+//!             conn_id: self.id,
+//!         });
+//!     }
+//! }
+//!
+//! #[actix::main]
+//! async fn main() {
+//!     let health = HealthCheckConfig::default();
+//!     let router = ScoreRouter::start_observed(
+//!         RouterConfig::default(),
+//!         StaticFetcher::new(vec!["127.0.0.1:4000".into(), "127.0.0.1:4001".into()]),
+//!         DefaultHealthCheck::new(health.clone()),
+//!         health,
+//!     );
+//!     let mut selector = BackendSelector::new(&router);
+//!     let backend = selector.next().await.expect("a healthy backend");
+//!     // ... connect to backend.addr(); on failure call selector.finish(None) and try next() ...
+//!     let conn = MyConn { id: 1, backend: backend.addr().to_string(), router: router.clone() };
+//!     let addr = conn.start();
+//!     selector.finish(Some(ConnHandle::new(1, addr.recipient())));
+//!     // When the connection ends:
+//!     router.do_send(ConnClosed { addr: backend.addr().to_string(), conn_id: 1 });
+//! }
+//! ```
 
 mod conn;
 mod default_check;
