@@ -98,7 +98,10 @@ async fn storm(seed: u64, steps: usize) {
         // Checks everything after every step (the tester's check reads the router's view).
         check_step(&t, seed, step).await;
     }
-    assert!(counts.iter().all(|c| *c > 0), "every kind of event ran: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "every kind of event ran: {counts:?}"
+    );
     assert!(t.conn_count().await > 0 || steps < 100);
 }
 
