@@ -1,27 +1,474 @@
-//! `DefaultHealthCheck`: placeholder until the real HTTP + SQL probe lands.
+//! `DefaultHealthCheck`: is a backend up, and which version does it announce?
+//!
+//! Two steps, as in the reference router: the HTTP status port first (when discovery knows one),
+//! because a TiDB shutting down gracefully answers `/status` with 500 while its SQL port still
+//! accepts; then the SQL port, whose MySQL v10 greeting carries the server version the service
+//! shows to its clients. Each step has its own timeout and retries, the whole check a hard bound,
+//! so one hung backend costs the observer one slot of its concurrency and nothing more.
+//!
+//! The checker is called concurrently for many backends; the only state it keeps is the last
+//! failure reason per backend, so a reason is logged once when it appears or changes and not on
+//! every cycle (the observer logs the status changes themselves).
 
-use crate::health::{HealthCheck, HealthCheckConfig};
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::health::{HealthCheck, HealthCheckConfig, Probe};
 use crate::model::{BackendHealth, BackendInfo};
 
-/// Checks a backend's status port and SQL port.
-#[derive(Debug, Clone)]
+/// The largest greeting accepted. A real one is about a hundred bytes; a length field claiming
+/// more is a server speaking another protocol (or garbage), not a reason to buffer megabytes.
+pub(crate) const MAX_GREETING_LEN: usize = 64 * 1024;
+
+/// Longest ERR message or server version kept in a reason.
+const MAX_TEXT: usize = 256;
+
+/// Checks a backend's status port (HTTP GET `/status`, when discovery knows one) and its SQL port
+/// (connect, then read the MySQL greeting unless the probe is [`Probe::Tcp`]).
+///
+/// Failures come back as [`BackendHealth::down`] with the reason in `ping_err`. A failed step is
+/// retried up to `max_retries` times, `retry_interval` apart, except when retrying cannot help:
+/// connection refused, a non-200 status, a malformed or ERR greeting. A whole check never takes
+/// longer than `(max_retries + 1) × (dial_timeout + retry_interval)`.
+#[derive(Debug)]
 pub struct DefaultHealthCheck {
-    #[allow(dead_code)]
     cfg: HealthCheckConfig,
+    /// Built once: its connection pool and TLS setup are shared by every check.
+    client: Result<reqwest::Client, String>,
+    /// Last failure reason per backend, so each is logged once. Never held across an await.
+    last_failure: Mutex<HashMap<String, String>>,
 }
 
 impl DefaultHealthCheck {
-    /// A checker with `cfg`'s timeouts and retries.
+    /// A checker with `cfg`'s timeouts and retries. Builds its HTTP client (rustls, no proxy: the
+    /// status port is probed directly, never through `HTTP_PROXY`); does no I/O.
     pub fn new(cfg: HealthCheckConfig) -> Self {
-        Self { cfg }
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .no_proxy()
+            .connect_timeout(cfg.dial_timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("build HTTP client: {}", error_chain(&e)));
+        Self::with_client_result(cfg, client)
+    }
+
+    /// A checker that probes status ports with `client`, e.g. one that trusts the cluster's CA
+    /// when `status_tls` is on. Request timeouts still come from `cfg.dial_timeout`.
+    pub fn with_client(cfg: HealthCheckConfig, client: reqwest::Client) -> Self {
+        Self::with_client_result(cfg, Ok(client))
+    }
+
+    fn with_client_result(cfg: HealthCheckConfig, client: Result<reqwest::Client, String>) -> Self {
+        Self {
+            cfg,
+            client,
+            last_failure: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The hard bound on one check.
+    pub fn check_bound(&self) -> Duration {
+        (self.cfg.dial_timeout + self.cfg.retry_interval).saturating_mul(self.cfg.max_retries + 1)
+    }
+
+    async fn check_unbounded(&self, addr: &str, info: &BackendInfo) -> BackendHealth {
+        if !info.ip.is_empty() {
+            let url = format!(
+                "{}://{}/status",
+                if self.cfg.status_tls { "https" } else { "http" },
+                join_host_port(&info.ip, info.status_port)
+            );
+            if let Err(reason) = self.retrying(|| self.check_status(&url)).await {
+                return BackendHealth::down(reason);
+            }
+        }
+        match self.retrying(|| self.check_sql(addr)).await {
+            Ok(Some(version)) => BackendHealth::healthy_with_version(version),
+            Ok(None) => BackendHealth::healthy(),
+            Err(reason) => BackendHealth::down(reason),
+        }
+    }
+
+    /// Runs `step` until it succeeds, fails for good, or used up its retries.
+    async fn retrying<T, Fut>(&self, mut step: impl FnMut() -> Fut) -> Result<T, String>
+    where
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match step().await {
+                Ok(v) => return Ok(v),
+                Err(f) if !f.retryable || attempt >= self.cfg.max_retries => return Err(f.reason),
+                Err(f) => {
+                    attempt += 1;
+                    debug!(attempt, reason = %f.reason, "health check step failed; retrying");
+                    tokio::time::sleep(self.cfg.retry_interval).await;
+                }
+            }
+        }
+    }
+
+    async fn check_status(&self, url: &str) -> Result<(), Failure> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| Failure::final_(e.clone()))?;
+        let resp = client
+            .get(url)
+            .timeout(self.cfg.dial_timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                let reason = format!("status port {url}: {}", error_chain(&e));
+                if e.is_timeout() {
+                    Failure::retry(format!(
+                        "status port {url}: timed out after {:?}",
+                        self.cfg.dial_timeout
+                    ))
+                } else if is_refused(&e) {
+                    Failure::final_(reason)
+                } else {
+                    Failure::retry(reason)
+                }
+            })?;
+        if resp.status() == reqwest::StatusCode::OK {
+            Ok(())
+        } else {
+            // A backend on its way out answers 500 on purpose: final, not retried.
+            Err(Failure::final_(format!(
+                "status port {url} returned {}",
+                resp.status()
+            )))
+        }
+    }
+
+    /// Connects to the SQL port and, for [`Probe::Mysql`], reads the server version.
+    async fn check_sql(&self, addr: &str) -> Result<Option<String>, Failure> {
+        let dial = self.cfg.dial_timeout;
+        let mut conn = match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(Failure::retry(format!(
+                    "connect {addr}: timed out after {dial:?}"
+                )))
+            }
+            Ok(Err(e)) => {
+                let reason = format!("connect {addr}: {e}");
+                return Err(if e.kind() == io::ErrorKind::ConnectionRefused {
+                    Failure::final_(reason)
+                } else {
+                    Failure::retry(reason)
+                });
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        if self.cfg.probe == Probe::Tcp {
+            return Ok(None);
+        }
+        match tokio::time::timeout(dial, read_greeting(&mut conn)).await {
+            Err(_) => Err(Failure::retry(format!(
+                "read greeting from {addr}: no greeting within {dial:?}"
+            ))),
+            Ok(Err(f)) => Err(Failure {
+                reason: format!("read greeting from {addr}: {}", f.reason),
+                retryable: f.retryable,
+            }),
+            Ok(Ok(version)) => Ok(Some(version)),
+        }
+    }
+
+    /// Logs `health`'s failure reason for `addr` when it differs from the last one, and a
+    /// recovery once.
+    fn note(&self, addr: &str, health: &BackendHealth) {
+        let mut last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &health.ping_err {
+            Some(reason) => {
+                if last.get(addr) != Some(reason) {
+                    warn!(backend = %addr, reason = %reason, "health check failed");
+                    last.insert(addr.to_string(), reason.clone());
+                } else {
+                    debug!(backend = %addr, reason = %reason, "health check still failing");
+                }
+            }
+            None => {
+                if last.remove(addr).is_some() {
+                    info!(backend = %addr, version = %health.server_version, "health check passed again");
+                }
+            }
+        }
     }
 }
 
 impl HealthCheck for DefaultHealthCheck {
-    async fn check(&self, addr: &str, _info: &BackendInfo) -> BackendHealth {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => BackendHealth::healthy(),
-            Err(e) => BackendHealth::down(e.to_string()),
+    async fn check(&self, addr: &str, info: &BackendInfo) -> BackendHealth {
+        let bound = self.check_bound();
+        let health = match tokio::time::timeout(bound, self.check_unbounded(addr, info)).await {
+            Ok(health) => health,
+            Err(_) => BackendHealth::down(format!("health check of {addr} exceeded {bound:?}")),
+        };
+        self.note(addr, &health);
+        health
+    }
+}
+
+/// Why a step failed and whether trying again could help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) reason: String,
+    pub(crate) retryable: bool,
+}
+
+impl Failure {
+    fn retry(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retryable: true,
         }
+    }
+
+    fn final_(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Reads the server's initial handshake packet and returns the version it announces.
+///
+/// A MySQL packet is a 3-byte little-endian payload length and a sequence id; the greeting's
+/// payload starts with the protocol version (10) and the NUL-terminated server version. A server
+/// that refuses us sends an ERR packet (0xff, error code, message) instead, e.g. MariaDB's
+/// "Host … is blocked because of many connection errors".
+pub(crate) async fn read_greeting<R: tokio::io::AsyncRead + Unpin>(
+    conn: &mut R,
+) -> Result<String, Failure> {
+    let mut header = [0u8; 4];
+    let got = read_full(conn, &mut header)
+        .await
+        .map_err(|e| Failure::retry(e.to_string()))?;
+    if got == 0 {
+        return Err(Failure::retry("connection closed before any greeting"));
+    }
+    if got < header.len() {
+        return Err(Failure::retry(format!(
+            "truncated greeting: connection closed after {got} of 4 header bytes"
+        )));
+    }
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    if len == 0 {
+        return Err(Failure::final_("empty greeting packet"));
+    }
+    if len > MAX_GREETING_LEN {
+        return Err(Failure::final_(format!(
+            "greeting of {len} bytes exceeds the {MAX_GREETING_LEN}-byte limit; not a MySQL server?"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    let got = read_full(conn, &mut payload)
+        .await
+        .map_err(|e| Failure::retry(e.to_string()))?;
+    if got < len {
+        return Err(Failure::retry(format!(
+            "truncated greeting: connection closed after {got} of {len} bytes"
+        )));
+    }
+    parse_greeting(&payload)
+}
+
+/// Takes the server version out of a greeting payload (header stripped).
+pub(crate) fn parse_greeting(payload: &[u8]) -> Result<String, Failure> {
+    match payload.first() {
+        Some(0xff) => {
+            let code = match payload.get(1..3) {
+                Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]),
+                _ => {
+                    return Err(Failure::final_(
+                        "server refused the connection (ERR packet)",
+                    ))
+                }
+            };
+            let mut msg = payload.get(3..).unwrap_or_default();
+            // With CLIENT_PROTOCOL_41 the message is preceded by '#' and a 5-byte SQL state.
+            if msg.first() == Some(&b'#') && msg.len() >= 6 {
+                msg = &msg[6..];
+            }
+            Err(Failure::final_(format!(
+                "server refused the connection: ERROR {code}: {}",
+                text(msg)
+            )))
+        }
+        Some(10) => {
+            let rest = &payload[1..];
+            let Some(end) = rest.iter().position(|&b| b == 0) else {
+                return Err(Failure::final_(
+                    "malformed greeting: server version is not NUL-terminated",
+                ));
+            };
+            Ok(text(&rest[..end]))
+        }
+        Some(v) => Err(Failure::final_(format!(
+            "unsupported protocol version {v} in greeting (want 10); not a MySQL server?"
+        ))),
+        None => Err(Failure::final_("empty greeting packet")),
+    }
+}
+
+/// Reads until `buf` is full or the peer closes; returns how many bytes arrived.
+async fn read_full<R: tokio::io::AsyncRead + Unpin>(
+    conn: &mut R,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = conn.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Bytes from the network as printable text, bounded in length.
+fn text(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TEXT)]);
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// `host:port`, bracketing a bare IPv6 address.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// An error and its sources, joined with ": " (reqwest's own message omits the cause).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let s = src.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = src.source();
+    }
+    out
+}
+
+/// Whether a request failed because the connection was refused.
+pub(crate) fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_le_bytes()[..3].to_vec();
+        out.push(0);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    async fn read(bytes: &[u8]) -> Result<String, Failure> {
+        let mut r = bytes;
+        read_greeting(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn a_v10_greeting_yields_the_server_version() {
+        let mut payload = vec![10u8];
+        payload.extend_from_slice(b"8.0.11-TiDB-v8.5.0\0rest-of-greeting");
+        assert_eq!(read(&frame(&payload)).await.unwrap(), "8.0.11-TiDB-v8.5.0");
+    }
+
+    #[tokio::test]
+    async fn an_err_greeting_is_final_and_carries_the_message() {
+        let mut payload = vec![0xff, 0x69, 0x04];
+        payload.extend_from_slice(b"Host '10.0.0.1' is blocked because of many connection errors");
+        let f = read(&frame(&payload)).await.unwrap_err();
+        assert!(!f.retryable);
+        assert!(f.reason.contains("ERROR 1129"), "{}", f.reason);
+        assert!(f.reason.contains("is blocked"), "{}", f.reason);
+    }
+
+    #[tokio::test]
+    async fn an_err_greeting_with_sql_state_drops_the_state() {
+        let mut payload = vec![0xff, 0x10, 0x04];
+        payload.extend_from_slice(b"#08004Too many connections");
+        let f = read(&frame(&payload)).await.unwrap_err();
+        assert!(
+            f.reason.ends_with("ERROR 1040: Too many connections"),
+            "{}",
+            f.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_reading_the_payload() {
+        let f = read(&[0xff, 0xff, 0xff, 0x00, 10]).await.unwrap_err();
+        assert!(!f.retryable);
+        assert!(f.reason.contains("exceeds"), "{}", f.reason);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_greeting_says_how_much_arrived() {
+        let mut bytes = frame(b"\x0a5.7.25\0abcdefgh");
+        bytes.truncate(10);
+        let f = read(&bytes).await.unwrap_err();
+        assert!(f.reason.contains("after 6 of 16 bytes"), "{}", f.reason);
+        let f = read(&[0x10, 0x00]).await.unwrap_err();
+        assert!(f.reason.contains("2 of 4 header bytes"), "{}", f.reason);
+        let f = read(&[]).await.unwrap_err();
+        assert!(f.reason.contains("before any greeting"), "{}", f.reason);
+    }
+
+    #[tokio::test]
+    async fn other_protocols_and_malformed_versions_are_rejected() {
+        let f = read(&frame(b"\x09old")).await.unwrap_err();
+        assert!(f.reason.contains("protocol version 9"), "{}", f.reason);
+        let f = read(b"HTTP/1.1 400 Bad Request\r\n\r\n").await.unwrap_err();
+        assert!(f.reason.contains("exceeds"), "{}", f.reason);
+        let f = read(&frame(b"\x0a5.7.25-no-nul")).await.unwrap_err();
+        assert!(f.reason.contains("NUL"), "{}", f.reason);
+        let f = read(&frame(&[0xff])).await.unwrap_err();
+        assert!(f.reason.contains("ERR"), "{}", f.reason);
+    }
+
+    #[test]
+    fn ipv6_status_hosts_are_bracketed() {
+        assert_eq!(join_host_port("::1", 10080), "[::1]:10080");
+        assert_eq!(join_host_port("10.0.0.1", 10080), "10.0.0.1:10080");
+    }
+
+    #[test]
+    fn the_check_bound_follows_the_config() {
+        let hc = DefaultHealthCheck::new(HealthCheckConfig::default());
+        assert_eq!(hc.check_bound(), Duration::from_secs(12));
     }
 }

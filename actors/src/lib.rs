@@ -81,7 +81,7 @@ pub use conn::{ConnHandle, Redirect};
 pub use default_check::DefaultHealthCheck;
 pub use discovery::{BackendFetcher, StaticFetcher};
 pub use error::{FetchError, ObserveError, RouteError, RouterError};
-pub use etcd::EtcdFetcher;
+pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};
 pub use observer::{BackendObserver, Refresh, StopObserver};

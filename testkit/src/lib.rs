@@ -1,0 +1,20 @@
+//! # switchyard-testkit — real servers and loopback doubles for switchyard's tests
+//!
+//! Health checks and discovery are only worth something against the servers they will meet, so
+//! the tests start a real MariaDB ([`MariaDb`]) and a real etcd ([`Etcd`]) from the binaries
+//! Debian ships (`mariadb-server`, `etcd-server`), each in its own temporary directory on free
+//! loopback ports. Bad behaviour that no real server shows on demand (a truncated greeting, a port
+//! that never speaks) comes from the small tokio servers in [`doubles`].
+//!
+//! When a binary is missing the helpers print why and return `None`, and the test skips —
+//! unless `SWITCHYARD_REQUIRE_SERVERS=1` (set by CI), where a missing server fails the test.
+//! A server that is installed but fails to start always fails the test, with the tail of its log.
+
+pub mod doubles;
+mod etcd;
+mod mariadb;
+mod proc;
+
+pub use etcd::Etcd;
+pub use mariadb::MariaDb;
+pub use proc::{free_port, require_servers, skip_or_fail, TempDir};
