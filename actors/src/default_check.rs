@@ -75,7 +75,10 @@ impl DefaultHealthCheck {
 
     /// The hard bound on one check.
     pub fn check_bound(&self) -> Duration {
-        (self.cfg.dial_timeout + self.cfg.retry_interval).saturating_mul(self.cfg.max_retries + 1)
+        self.cfg
+            .dial_timeout
+            .saturating_add(self.cfg.retry_interval)
+            .saturating_mul(self.cfg.max_retries.saturating_add(1))
     }
 
     async fn check_unbounded(&self, addr: &str, info: &BackendInfo) -> BackendHealth {

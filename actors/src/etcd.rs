@@ -271,7 +271,7 @@ fn parse_topology(
             continue;
         }
         match field {
-            "info" => match serde_json::from_slice::<TopologyInfo>(&value) {
+            "info" => match parse_info(&value) {
                 Ok(info) => {
                     infos.insert(
                         addr.to_string(),
@@ -294,6 +294,24 @@ fn parse_topology(
         .filter(|(addr, _)| alive.contains(addr))
         .collect();
     (backends, skipped)
+}
+
+/// TiDB's `info`: a JSON object (serde would also take an array for a struct; TiDB never writes one).
+fn parse_info(value: &[u8]) -> Result<TopologyInfo, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(value)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom(format!(
+            "expected a JSON object, got {}",
+            match value {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )));
+    }
+    serde_json::from_value(value)
 }
 
 /// A backend address must be `host:port` with a numeric port.
@@ -365,15 +383,18 @@ mod tests {
                 r#"{"ip":"c","status_port":10080}"#,
             ),
             kv("/topology/tidb/c:4000/ttl", "1"),
+            kv("/topology/tidb/d:4000/info", r#"["d", 10080]"#),
+            kv("/topology/tidb/d:4000/ttl", "1"),
         ]);
         assert_eq!(backends.keys().collect::<Vec<_>>(), vec!["c:4000"]);
         let reasons: Vec<_> = skipped.iter().map(|(_, r)| r.as_str()).collect();
-        assert_eq!(skipped.len(), 5, "{skipped:?}");
+        assert_eq!(skipped.len(), 6, "{skipped:?}");
         assert!(reasons[0].starts_with("malformed info JSON"));
         assert!(reasons[1].starts_with("malformed info JSON"));
         assert_eq!(reasons[2], "key has no address");
         assert_eq!(reasons[3], "key has no address");
         assert!(reasons[4].contains("not host:port"));
+        assert!(reasons[5].contains("expected a JSON object, got an array"));
     }
 
     #[test]
