@@ -1,1 +1,16 @@
+//! # switchyard-server — the `switchyard` service
+//!
+//! A thin layer over the `switchyard` actor library: [`config`] loads and validates
+//! `config.yaml`, [`service`] wires the router, observer, [`proxy`] listener and [`admin`] API
+//! together and runs the shutdown sequence, and [`demo`] shows the whole thing live with
+//! in-process backends. Behaviour that an embedding application also needs lives in the library,
+//! not here.
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod service;
+pub mod shutdown;

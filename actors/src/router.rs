@@ -921,6 +921,18 @@ impl Handler<SetDrained> for ScoreRouter {
     }
 }
 
+/// Stops the router's observer (no more health checks or discovery) while the router keeps
+/// serving on its last view: the service's first step of a graceful shutdown.
+impl Handler<StopObserver> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, _: StopObserver, _: &mut Context<Self>) {
+        if let Some(link) = self.observer.take() {
+            link.stop.do_send(StopObserver);
+            info!("observer stopped; routing on the last known backends");
+        }
+    }
+}
+
 impl Handler<StopRouter> for ScoreRouter {
     type Result = ();
     fn handle(&mut self, _: StopRouter, ctx: &mut Context<Self>) {

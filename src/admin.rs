@@ -1,0 +1,192 @@
+//! The admin HTTP API (actix-web): health, backends, metrics, refresh, redirect, drain.
+//!
+//! Handlers are thin: each turns a request into one router message and its answer into JSON.
+//! The JSON shapes are fixed by DESIGN section 9. `/metrics` first copies the router's
+//! per-backend view into gauges, then renders the whole registry (the library's series too).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use actix_web::{dev::Server, http::StatusCode, web, App, HttpResponse, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use switchyard::{
+    GetBackends, GetDrained, RedirectConnections, RefreshBackends, RouterError, ScoreRouter,
+    SetDrained,
+};
+
+/// One backend as `GET /backends` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct BackendView {
+    /// SQL address.
+    pub addr: String,
+    /// `healthy`, `down`, `memory high`, `run slow` or `schema outdated`.
+    pub status: String,
+    /// Routing score (status + connections; larger = busier).
+    pub score: i64,
+    /// Connections registered on it.
+    pub conn_count: usize,
+    /// The version it announced (empty when unknown).
+    pub server_version: String,
+    /// Whether an operator drained it.
+    pub drained: bool,
+}
+
+/// What the handlers share.
+pub struct AdminState {
+    router: Addr<ScoreRouter>,
+    prometheus: PrometheusHandle,
+    draining: Arc<AtomicBool>,
+    /// Backends shown in the last scrape, so gauges of removed ones drop to zero.
+    scraped: Mutex<HashSet<String>>,
+}
+
+impl AdminState {
+    /// State for a server in front of `router`; `draining` turns `/health` to 503.
+    pub fn new(
+        router: Addr<ScoreRouter>,
+        prometheus: PrometheusHandle,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            router,
+            prometheus,
+            draining,
+            scraped: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// Binds the admin API on `addr` (one worker; it is a control plane). The returned server runs
+/// when awaited or spawned; stop it through its handle.
+pub fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/health", web::get().to(health))
+            .route("/backends", web::get().to(backends))
+            .route("/metrics", web::get().to(metrics))
+            .route("/refresh", web::post().to(refresh))
+            .route("/redirect", web::post().to(redirect))
+            .route("/backends/{addr}/drain", web::post().to(drain))
+            .route("/backends/{addr}/undrain", web::post().to(undrain))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?
+    .run();
+    Ok(server)
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": msg.to_string() }))
+}
+
+fn router_gone() -> HttpResponse {
+    error(StatusCode::SERVICE_UNAVAILABLE, RouterError::RouterGone)
+}
+
+async fn not_found() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn health(state: web::Data<AdminState>) -> HttpResponse {
+    if state.draining.load(Ordering::Acquire) {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "draining" }))
+    } else {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "serving" }))
+    }
+}
+
+async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
+    let snapshots = state.router.send(GetBackends).await.ok()?;
+    let drained = state.router.send(GetDrained).await.ok()?;
+    Some(
+        snapshots
+            .into_iter()
+            .map(|b| BackendView {
+                drained: drained.contains(&b.addr),
+                status: b.health.status.to_string(),
+                addr: b.addr,
+                score: b.score,
+                conn_count: b.conn_count,
+                server_version: b.health.server_version,
+            })
+            .collect(),
+    )
+}
+
+async fn backends(state: web::Data<AdminState>) -> HttpResponse {
+    match backend_views(&state).await {
+        Some(views) => HttpResponse::Ok().json(views),
+        None => router_gone(),
+    }
+}
+
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    if let (Ok(snapshots), Ok(drained)) = (
+        state.router.send(GetBackends).await,
+        state.router.send(GetDrained).await,
+    ) {
+        let now: HashSet<String> = snapshots.iter().map(|b| b.addr.clone()).collect();
+        let gone: Vec<String> = {
+            let mut scraped = state
+                .scraped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let gone = scraped.difference(&now).cloned().collect();
+            *scraped = now;
+            gone
+        };
+        crate::metrics::record_backends(&snapshots, &drained, &gone);
+    }
+    state.prometheus.run_upkeep();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.prometheus.render())
+}
+
+async fn refresh(state: web::Data<AdminState>) -> HttpResponse {
+    match state.router.send(RefreshBackends).await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
+        Err(_) => router_gone(),
+    }
+}
+
+async fn redirect(state: web::Data<AdminState>) -> HttpResponse {
+    match state.router.send(RedirectConnections).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => router_gone(),
+    }
+}
+
+async fn set_drained(state: &AdminState, addr: String, drained: bool) -> HttpResponse {
+    let msg = SetDrained {
+        addr: addr.clone(),
+        drained,
+    };
+    match state.router.send(msg).await {
+        Ok(Ok(())) => {
+            tracing::info!(backend = %addr, drained, "operator changed drain");
+            HttpResponse::Ok().json(serde_json::json!({ "addr": addr, "drained": drained }))
+        }
+        Ok(Err(e @ RouterError::UnknownBackend(_))) => error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => router_gone(),
+    }
+}
+
+async fn drain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
+    set_drained(&state, path.into_inner(), true).await
+}
+
+async fn undrain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
+    set_drained(&state, path.into_inner(), false).await
+}

@@ -1,0 +1,729 @@
+//! `config.yaml`: the service's configuration, loaded once and validated up front.
+//!
+//! The file is read with the `config` crate, overlaid with `SWITCHYARD__SECTION__KEY`
+//! environment variables, and deserialized with unknown keys denied, so a typo is an error rather
+//! than a silently ignored setting. Every problem becomes one [`ConfigError`] naming the key; the
+//! binary prints it on one line and exits 2. What the rest of the service sees is [`Config`],
+//! whose values are already checked (addresses parsed, ranges sane).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard::{HealthCheckConfig, Probe, RouterConfig};
+use thiserror::Error;
+
+/// A configuration problem: which key, and what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{key}: {msg}")]
+pub struct ConfigError {
+    /// The dotted key (`health_check.interval`), or the file path when the file itself is bad.
+    pub key: String,
+    /// What was wrong.
+    pub msg: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// The wire protocol spoken by clients and backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain TCP: bytes are forwarded, connections cannot move.
+    #[default]
+    Tcp,
+    /// MySQL protocol: connections may move at safe points (see `src/mysql/`).
+    Mysql,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Per-connection events.
+    Debug,
+    /// State changes.
+    #[default]
+    Info,
+    /// Problems only.
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Where backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A fixed list of `host:port`.
+    Static(Vec<String>),
+    /// TiDB topology in etcd, at these endpoints (`http://host:port`).
+    Etcd(Vec<String>),
+}
+
+/// One MySQL account the proxy may log in with when it moves a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlUser {
+    /// User name.
+    pub name: String,
+    /// The credential.
+    pub secret: MysqlSecret,
+}
+
+/// A MySQL credential: the plain password or its `mysql_native_password` hash.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MysqlSecret {
+    /// The plain password.
+    Password(String),
+    /// SHA1(SHA1(password)), the 20 bytes behind `*<40 hex>` in `mysql.user`.
+    Hash([u8; 20]),
+}
+
+impl std::fmt::Debug for MysqlSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MysqlSecret::Password(_) => f.write_str("Password(..)"),
+            MysqlSecret::Hash(_) => f.write_str("Hash(..)"),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where clients connect.
+    pub proxy_listen: SocketAddr,
+    /// What clients and backends speak.
+    pub protocol: Protocol,
+    /// Where the admin HTTP API listens.
+    pub admin_listen: SocketAddr,
+    /// Where backends come from.
+    pub discovery: Discovery,
+    /// Health checking, with the probe chosen by `protocol`.
+    pub health: HealthCheckConfig,
+    /// Routing and rebalancing.
+    pub router: RouterConfig,
+    /// Accounts for moving MySQL sessions (`protocol: mysql`).
+    pub mysql_users: Vec<MysqlUser>,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long open connections may take to finish after SIGINT/SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape, as serde sees it
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    admin: RawAdmin,
+    backends: RawBackends,
+    #[serde(default)]
+    health_check: RawHealthCheck,
+    #[serde(default)]
+    balance: RawBalance,
+    #[serde(default)]
+    mysql: RawMysql,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    listen: String,
+    protocol: Protocol,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6000".into(),
+            protocol: Protocol::Tcp,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackends {
+    #[serde(rename = "static")]
+    static_: Option<Vec<String>>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealthCheck {
+    enable: bool,
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    retry_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    dial_timeout: Duration,
+    fall: u32,
+    rise: u32,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        let d = HealthCheckConfig::default();
+        Self {
+            enable: d.enable,
+            interval: d.interval,
+            max_retries: d.max_retries,
+            retry_interval: d.retry_interval,
+            dial_timeout: d.dial_timeout,
+            fall: d.fall,
+            rise: d.rise,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBalance {
+    #[serde(with = "humantime_serde")]
+    rebalance_interval: Duration,
+    conns_per_tick: usize,
+    max_score_ratio: f64,
+    #[serde(with = "humantime_serde")]
+    redirect_fail_backoff: Duration,
+}
+
+impl Default for RawBalance {
+    fn default() -> Self {
+        let d = RouterConfig::default();
+        Self {
+            rebalance_interval: d.rebalance_interval,
+            conns_per_tick: d.conns_per_tick,
+            max_score_ratio: d.max_score_ratio,
+            redirect_fail_backoff: d.redirect_fail_backoff,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMysql {
+    users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    password_hash: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: LogLevel,
+    format: LogFormat,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Loads `path`, applies `SWITCHYARD__…` overrides from the process environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// Like [`Config::load`], with the environment given as pairs (for tests); `None` reads the
+    /// process environment.
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<Vec<(String, String)>>,
+    ) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                "--config",
+                format!("cannot read {shown}: no such file"),
+            ));
+        }
+        let file = config::File::from(path).format(config::FileFormat::Yaml);
+        let mut environment = config::Environment::with_prefix("SWITCHYARD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("backends.static")
+            .with_list_parse_key("backends.etcd.endpoints");
+        if let Some(vars) = env {
+            environment = environment.source(Some(vars.into_iter().collect()));
+        }
+        let merged = config::Config::builder()
+            .add_source(file)
+            .add_source(environment)
+            .build()
+            .map_err(|e| ConfigError::new(shown.clone(), one_line(&e.to_string())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            let msg = one_line(&e.inner().to_string());
+            if key == "." || key.is_empty() {
+                ConfigError::new(top_level_key(&msg).unwrap_or(shown.clone()), msg)
+            } else {
+                ConfigError::new(key, msg)
+            }
+        })?;
+        raw.validate()
+    }
+}
+
+/// For errors serde reports at the top level ("missing field `backends`"), the key it names.
+fn top_level_key(msg: &str) -> Option<String> {
+    let quote = msg.find(['`', '"'])?;
+    let q = &msg[quote..quote + 1];
+    let start = quote + 1;
+    let len = msg[start..].find(q)?;
+    Some(msg[start..start + len].to_string())
+}
+
+/// One line, without the `config` crate's "for key `…` in <file>" tail (the key is shown first).
+fn one_line(s: &str) -> String {
+    let s = s.split(" for key `").next().unwrap_or(s);
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let proxy_listen = listen_addr("proxy.listen", &self.proxy.listen)?;
+        let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
+        if proxy_listen == admin_listen {
+            return Err(ConfigError::new(
+                "admin.listen",
+                format!("same address as proxy.listen ({admin_listen})"),
+            ));
+        }
+        let discovery = match (self.backends.static_, self.backends.etcd) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "backends",
+                    "set either backends.static or backends.etcd, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "backends",
+                    "set backends.static (a list of host:port) or backends.etcd.endpoints",
+                ))
+            }
+            (Some(list), None) => {
+                for (i, a) in list.iter().enumerate() {
+                    backend_addr(&format!("backends.static[{i}]"), a)?;
+                }
+                let mut seen = std::collections::HashSet::new();
+                for a in &list {
+                    if !seen.insert(a) {
+                        return Err(ConfigError::new(
+                            "backends.static",
+                            format!("{a} is listed twice"),
+                        ));
+                    }
+                }
+                Discovery::Static(list)
+            }
+            (None, Some(etcd)) => {
+                if etcd.endpoints.is_empty() {
+                    return Err(ConfigError::new(
+                        "backends.etcd.endpoints",
+                        "needs at least one endpoint",
+                    ));
+                }
+                for (i, e) in etcd.endpoints.iter().enumerate() {
+                    let key = format!("backends.etcd.endpoints[{i}]");
+                    let rest = e
+                        .strip_prefix("http://")
+                        .or_else(|| e.strip_prefix("https://"))
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                &key,
+                                format!("{e:?} must start with http:// or https://"),
+                            )
+                        })?;
+                    backend_addr(&key, rest.trim_end_matches('/'))?;
+                }
+                Discovery::Etcd(etcd.endpoints)
+            }
+        };
+
+        let h = self.health_check;
+        positive("health_check.interval", h.interval)?;
+        positive("health_check.dial_timeout", h.dial_timeout)?;
+        if h.fall == 0 {
+            return Err(ConfigError::new("health_check.fall", "must be at least 1"));
+        }
+        if h.rise == 0 {
+            return Err(ConfigError::new("health_check.rise", "must be at least 1"));
+        }
+        let health = HealthCheckConfig {
+            enable: h.enable,
+            interval: h.interval,
+            max_retries: h.max_retries,
+            retry_interval: h.retry_interval,
+            dial_timeout: h.dial_timeout,
+            fall: h.fall,
+            rise: h.rise,
+            probe: match self.proxy.protocol {
+                Protocol::Tcp => Probe::Tcp,
+                Protocol::Mysql => Probe::Mysql,
+            },
+            ..HealthCheckConfig::default()
+        };
+
+        let b = self.balance;
+        if b.conns_per_tick == 0 {
+            return Err(ConfigError::new(
+                "balance.conns_per_tick",
+                "must be at least 1",
+            ));
+        }
+        if !(b.max_score_ratio.is_finite() && b.max_score_ratio >= 1.0) {
+            return Err(ConfigError::new(
+                "balance.max_score_ratio",
+                format!("must be a number >= 1.0, got {}", b.max_score_ratio),
+            ));
+        }
+        let router = RouterConfig {
+            rebalance_interval: b.rebalance_interval,
+            conns_per_tick: b.conns_per_tick,
+            max_score_ratio: b.max_score_ratio,
+            redirect_fail_backoff: b.redirect_fail_backoff,
+        };
+
+        let mut mysql_users = Vec::with_capacity(self.mysql.users.len());
+        for (i, u) in self.mysql.users.into_iter().enumerate() {
+            let key = format!("mysql.users[{i}]");
+            if u.name.is_empty() {
+                return Err(ConfigError::new(format!("{key}.name"), "must not be empty"));
+            }
+            let secret = match (u.password, u.password_hash) {
+                (Some(p), None) => MysqlSecret::Password(p),
+                (None, Some(h)) => MysqlSecret::Hash(parse_password_hash(&h).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{key}.password_hash"),
+                        "must be \"*\" followed by 40 hex digits, as in mysql.user",
+                    )
+                })?),
+                _ => {
+                    return Err(ConfigError::new(
+                        key,
+                        "set exactly one of password and password_hash",
+                    ))
+                }
+            };
+            if mysql_users.iter().any(|m: &MysqlUser| m.name == u.name) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("user {:?} is listed twice", u.name),
+                ));
+            }
+            mysql_users.push(MysqlUser {
+                name: u.name,
+                secret,
+            });
+        }
+
+        Ok(Config {
+            proxy_listen,
+            protocol: self.proxy.protocol,
+            admin_listen,
+            discovery,
+            health,
+            router,
+            mysql_users,
+            log_level: self.log.level,
+            log_format: self.log.format,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::new(key, "must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+fn listen_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("{s:?} is not an ip:port address (e.g. 127.0.0.1:6000)"),
+        )
+    })
+}
+
+/// Checks a `host:port` backend address without resolving it (a backend may be down or not yet
+/// in DNS when the service starts).
+fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::new(key, format!("{s:?} is not a host:port address: {why}"));
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    match port.parse::<u16>() {
+        Ok(0) => return Err(bad("port 0")),
+        Ok(_) => {}
+        Err(_) => return Err(bad("bad port")),
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad("bad host"))
+    }
+}
+
+/// `*` + 40 hex digits → the 20-byte `mysql_native_password` hash.
+fn parse_password_hash(s: &str) -> Option<[u8; 20]> {
+    let hex = s.strip_prefix('*')?;
+    if hex.len() != 40 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        load_env(yaml, vec![])
+    }
+
+    fn load_env(yaml: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-config-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let env = env
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = Config::load_with_env(&path, Some(env));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    const MINIMAL: &str = "backends:\n  static: [127.0.0.1:4000, db1.local:4001]\n";
+
+    #[test]
+    fn a_minimal_file_takes_the_documented_defaults() {
+        let c = load(MINIMAL).expect("valid");
+        assert_eq!(c.proxy_listen, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:6080".parse().unwrap());
+        assert_eq!(c.protocol, Protocol::Tcp);
+        assert_eq!(c.health.probe, Probe::Tcp);
+        assert_eq!(c.health.interval, Duration::from_secs(3));
+        assert_eq!(c.router, RouterConfig::default());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(15));
+        assert_eq!(
+            c.discovery,
+            Discovery::Static(vec!["127.0.0.1:4000".into(), "db1.local:4001".into()])
+        );
+    }
+
+    #[test]
+    fn durations_read_as_humans_write_them() {
+        let c = load(
+            "backends: { static: [127.0.0.1:1] }\nhealth_check: { interval: 10ms, dial_timeout: 1m }\nshutdown_timeout: 3s\n",
+        )
+        .expect("valid");
+        assert_eq!(c.health.interval, Duration::from_millis(10));
+        assert_eq!(c.health.dial_timeout, Duration::from_secs(60));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let e = load("backends: { static: [127.0.0.1:1] }\nhealth_check: { intervl: 3s }\n")
+            .unwrap_err();
+        assert!(e.key.contains("health_check"), "{e}");
+        assert!(e.to_string().contains("intervl"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let e = load("backends: { static: [127.0.0.1:1] }\nhealth_check: { max_retries: lots }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "health_check.max_retries", "{e}");
+        let e =
+            load("backends: { static: [127.0.0.1:1] }\nbalance: { rebalance_interval: soon }\n")
+                .unwrap_err();
+        assert_eq!(e.key, "balance.rebalance_interval", "{e}");
+    }
+
+    #[test]
+    fn bad_addresses_name_the_key() {
+        let e =
+            load("proxy: { listen: nowhere }\nbackends: { static: [127.0.0.1:1] }\n").unwrap_err();
+        assert_eq!(e.key, "proxy.listen");
+        let e = load("backends: { static: [127.0.0.1:1, 'bad host:99999'] }\n").unwrap_err();
+        assert_eq!(e.key, "backends.static[1]");
+    }
+
+    #[test]
+    fn backends_must_be_given_one_way() {
+        assert_eq!(
+            load("proxy: { protocol: tcp }\n").unwrap_err().key,
+            "backends"
+        );
+        let e = load(
+            "backends: { static: [127.0.0.1:1], etcd: { endpoints: [http://127.0.0.1:2379] } }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "backends");
+        let c = load("backends: { etcd: { endpoints: [http://127.0.0.1:2379] } }\n").unwrap();
+        assert_eq!(
+            c.discovery,
+            Discovery::Etcd(vec!["http://127.0.0.1:2379".into()])
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load_env(
+            MINIMAL,
+            vec![
+                ("SWITCHYARD__HEALTH_CHECK__INTERVAL", "250ms"),
+                ("SWITCHYARD__PROXY__LISTEN", "127.0.0.1:7000"),
+                ("SWITCHYARD__BACKENDS__STATIC", "127.0.0.1:1,127.0.0.1:2"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.health.interval, Duration::from_millis(250));
+        assert_eq!(c.proxy_listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            c.discovery,
+            Discovery::Static(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()])
+        );
+    }
+
+    #[test]
+    fn mysql_users_take_a_password_or_a_hash() {
+        let c = load(
+            "proxy: { protocol: mysql }\nbackends: { static: [127.0.0.1:1] }\nmysql:\n  users:\n    - { name: app, password: pw }\n    - { name: ro, password_hash: \"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.health.probe, Probe::Mysql);
+        assert_eq!(c.mysql_users.len(), 2);
+        assert_eq!(
+            c.mysql_users[1].secret,
+            MysqlSecret::Hash([
+                0x24, 0x70, 0xC0, 0xC0, 0x6D, 0xEE, 0x42, 0xFD, 0x16, 0x18, 0xBB, 0x99, 0x00, 0x5A,
+                0xDC, 0xA2, 0xEC, 0x9D, 0x1E, 0x19
+            ])
+        );
+        let e = load(
+            "backends: { static: [127.0.0.1:1] }\nmysql: { users: [ { name: x, password_hash: \"abc\" } ] }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mysql.users[0].password_hash");
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_with_its_path() {
+        let e = Config::load_with_env(Path::new("/nonexistent/switchyard.yaml"), Some(vec![]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/switchyard.yaml"),
+            "{e}"
+        );
+    }
+}

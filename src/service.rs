@@ -1,0 +1,164 @@
+//! The service's wiring: config → actors → listeners, and the shutdown sequence.
+//!
+//! Starts the router (under `actix::Supervisor`) with its observer, the proxy listener and its
+//! worker arbiters, and the admin API; then waits for SIGINT/SIGTERM and shuts down in order:
+//! stop accepting, stop the observer, let connections finish (up to `shutdown_timeout`), stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use switchyard::{
+    BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
+};
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, Discovery, LogFormat};
+use crate::metrics::ProxyMetrics;
+use crate::proxy::listener::{ProxyListener, StopAccepting};
+use crate::proxy::{LiveConns, ProxyShared};
+use crate::shutdown::{self, Drained};
+
+/// A failure while running: exit code 1.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// A listener could not bind.
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The config key of the address.
+        key: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The admin server stopped on its own.
+    #[error("admin API stopped unexpectedly: {0}")]
+    Admin(String),
+}
+
+/// Sets up `tracing` to stderr at the configured level and format (`RUST_LOG` wins when set).
+pub fn init_tracing(cfg: &Config) {
+    init_tracing_with(cfg.log_level.as_str(), cfg.log_format);
+}
+
+/// Sets up `tracing` to stderr with a default filter directive.
+pub fn init_tracing_with(default_level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the service until a signal ends it. `Ok` = clean shutdown (exit 0).
+pub fn run(cfg: Config) -> Result<(), ServiceError> {
+    actix::System::new().block_on(serve(cfg))
+}
+
+/// Starts a [`ScoreRouter`] under supervision with an observer using `fetcher` and the
+/// configured health check.
+pub fn start_router<F: BackendFetcher>(cfg: &Config, fetcher: F) -> Addr<ScoreRouter> {
+    let (router_cfg, health) = (cfg.router.clone(), cfg.health.clone());
+    actix::Supervisor::start(move |ctx| {
+        let check = DefaultHealthCheck::new(health.clone());
+        ScoreRouter::observed(router_cfg, fetcher, check, health, ctx)
+    })
+}
+
+async fn serve(cfg: Config) -> Result<(), ServiceError> {
+    let prometheus = crate::metrics::install();
+    let router = match &cfg.discovery {
+        Discovery::Static(addrs) => start_router(&cfg, StaticFetcher::new(addrs.clone())),
+        Discovery::Etcd(endpoints) => start_router(&cfg, EtcdFetcher::new(endpoints.clone())),
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.proxy_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            key: "proxy.listen",
+            addr: cfg.proxy_listen,
+            source,
+        })?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone());
+    let admin_server =
+        admin::serve(cfg.admin_listen, admin_state).map_err(|source| ServiceError::Bind {
+            key: "admin.listen",
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let admin_handle = admin_server.handle();
+    let mut admin_task = actix_rt::spawn(admin_server);
+
+    let workers: Vec<Arbiter> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .map(|_| Arbiter::new())
+        .collect();
+    let live = LiveConns::default();
+    let shared = ProxyShared {
+        router: router.clone(),
+        metrics: ProxyMetrics::new(),
+        live: live.clone(),
+        connect_timeout: cfg.health.dial_timeout,
+    };
+    let proxy = ProxyListener::new(
+        listener,
+        cfg.protocol,
+        shared,
+        workers.iter().map(|a| a.handle()).collect(),
+    )
+    .start();
+    info!(proxy = %cfg.proxy_listen, admin = %cfg.admin_listen, protocol = ?cfg.protocol,
+          workers = workers.len(), "switchyard serving");
+
+    let mut signals = Box::pin(shutdown::wait_for_signal());
+    let outcome = tokio::select! {
+        sig = &mut signals => sig.map_err(ServiceError::Signals).map(|s| {
+            info!(signal = s, open = live.get(), timeout = ?cfg.shutdown_timeout, "shutting down: no new clients; waiting for open connections");
+        }),
+        r = &mut admin_task => {
+            let why = match r {
+                Ok(Ok(())) => "it returned".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            error!(error = %why, "admin API stopped");
+            Err(ServiceError::Admin(why))
+        }
+    };
+
+    // Shutdown, whatever ended the wait: stop accepting, stop observing, drain, stop.
+    draining.store(true, Ordering::Release);
+    let _ = proxy.send(StopAccepting).await;
+    router.do_send(StopObserver);
+    if outcome.is_ok() {
+        match shutdown::drain(&live, cfg.shutdown_timeout).await {
+            Drained::Clean => info!("all connections finished"),
+            Drained::TimedOut(open) => {
+                warn!(
+                    open,
+                    "shutdown timeout passed; closing the remaining connections"
+                )
+            }
+        }
+    }
+    admin_handle.stop(true).await;
+    for w in &workers {
+        w.stop();
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    info!("switchyard stopped");
+    outcome
+}
