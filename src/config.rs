@@ -311,9 +311,14 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         if !path.is_file() {
+            let why = if path.exists() {
+                "not a regular file"
+            } else {
+                "no such file"
+            };
             return Err(ConfigError::new(
                 "--config",
-                format!("cannot read {shown}: no such file"),
+                format!("cannot read {shown}: {why}"),
             ));
         }
         let file = config::File::from(path).format(config::FileFormat::Yaml);
