@@ -3,6 +3,7 @@
 //! a 500-backend cycle with hung ones). Waits are on messages and on the checks themselves.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -241,6 +242,77 @@ async fn a_check_that_failed_passes_again_when_the_server_recovers() {
         hc.check(&addr, &no_status()).await,
         BackendHealth::healthy_with_version("8.0.11")
     );
+}
+
+#[actix_rt::test]
+async fn status_tls_probes_the_status_port_over_https() {
+    let http = HttpDouble::start(HttpBehaviour::Status(200)).await;
+    let sql = SqlDouble::start(SqlBehaviour::Greet("v".into())).await;
+    let h = DefaultHealthCheck::new(HealthCheckConfig {
+        status_tls: true,
+        ..cfg(0)
+    })
+    .check(&sql.addr().to_string(), &status_at(&http))
+    .await;
+    // The double speaks plain HTTP, so the TLS handshake fails: proof that HTTPS was used.
+    assert!(
+        reason(&h).starts_with("status port https://127.0.0.1:"),
+        "{h}"
+    );
+    assert_eq!(sql.accepted(), 0);
+}
+
+/// A `MakeWriter` that keeps everything logged, for asserting on log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[actix_rt::test]
+async fn a_failure_reason_is_logged_once_per_change_not_per_check() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sql = SqlDouble::start(SqlBehaviour::Close).await;
+    let addr = sql.addr().to_string();
+    let hc = DefaultHealthCheck::new(cfg(0));
+    for _ in 0..3 {
+        hc.check(&addr, &no_status()).await;
+    }
+    sql.set(SqlBehaviour::Send(packet(0, b"\x095.0\0")));
+    for _ in 0..3 {
+        hc.check(&addr, &no_status()).await;
+    }
+    sql.set(SqlBehaviour::Greet("8.0.11".into()));
+    for _ in 0..3 {
+        hc.check(&addr, &no_status()).await;
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("health check failed"), 2, "one per reason:\n{text}");
+    assert_eq!(count("before any greeting"), 1, "{text}");
+    assert_eq!(count("protocol version 9"), 1, "{text}");
+    assert_eq!(count("health check passed again"), 1, "{text}");
 }
 
 #[actix_rt::test]

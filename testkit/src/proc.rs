@@ -1,7 +1,7 @@
 //! Processes, temporary directories, ports and the skip-or-fail rule shared by the servers.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +20,12 @@ pub fn skip_or_fail<T>(reason: &str) -> Option<T> {
     if require_servers() {
         panic!("{reason} (SWITCHYARD_REQUIRE_SERVERS=1, so this is a failure)");
     }
-    eprintln!("skipping: {reason} (set SWITCHYARD_REQUIRE_SERVERS=1 to make this a failure)");
+    // Straight to the stderr handle, not `eprintln!`: the test harness captures the macros'
+    // output of passing tests, and a skip should be visible in a plain `cargo test`.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping: {reason} (set SWITCHYARD_REQUIRE_SERVERS=1 to make this a failure)"
+    );
     None
 }
 
