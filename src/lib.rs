@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod mysql;
 pub mod proxy;
 pub mod service;
 pub mod shutdown;

@@ -1,0 +1,234 @@
+//! One backend connection, and the small client the proxy speaks on it by itself: logging in to a
+//! move target as the session's user, and text queries to snapshot and restore session state.
+//!
+//! The relay and the mini client share the same reader and writer, so a move can read a
+//! session's state from the old backend at a safe point without any second connection.
+
+use std::time::Duration;
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::handshake::{self, Greeting, HandshakeError, NativeSecret, Response};
+use super::packet::{
+    self, caps, flush, get_lenenc_str, put_packet, ErrInfo, PacketError, PacketReader,
+};
+
+/// A connected backend: address, reader, writer and the capabilities of the session on it.
+pub struct Backend {
+    /// `host:port` as the router names it.
+    pub addr: String,
+    /// Packets from the server.
+    pub reader: PacketReader<OwnedReadHalf>,
+    /// Bytes to the server.
+    pub writer: OwnedWriteHalf,
+    /// Reusable output buffer.
+    pub out: Vec<u8>,
+    /// The session negotiated `CLIENT_DEPRECATE_EOF` (set by whoever completes the login).
+    pub deprecate_eof: bool,
+}
+
+/// Why a query the proxy sent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Framing or socket error: the connection is unusable.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    /// The server answered with an error.
+    #[error("server error: {0}")]
+    Server(ErrInfo),
+    /// The answer did not have the expected shape.
+    #[error("unexpected answer: {0}")]
+    Shape(&'static str),
+}
+
+/// Rows of a text result set: each value raw, `None` for SQL NULL.
+pub type Rows = Vec<Vec<Option<Vec<u8>>>>;
+
+impl Backend {
+    /// Connects to `addr` (TCP only; the greeting is not read).
+    pub async fn connect(addr: &str, timeout: Duration) -> std::io::Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Self::from_stream(addr.to_string(), stream))
+    }
+
+    /// Wraps a connected stream.
+    pub fn from_stream(addr: String, stream: TcpStream) -> Self {
+        let (r, w) = stream.into_split();
+        Self {
+            addr,
+            reader: PacketReader::new(r),
+            writer: w,
+            out: Vec::with_capacity(16 * 1024),
+            deprecate_eof: false,
+        }
+    }
+
+    /// Sends the buffered output.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        flush(&mut self.writer, &mut self.out).await
+    }
+
+    /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the
+    /// capabilities negotiated by the original login, which the target must match.
+    pub async fn login(
+        &mut self,
+        client: &Response,
+        session_caps: u32,
+        secret: &NativeSecret,
+    ) -> Result<(), HandshakeError> {
+        self.reader.set_max_payload(64 * 1024);
+        let g = self.reader.frame_seq(0).await?;
+        let greeting = Greeting::parse(g.payload())?;
+        let server_caps = greeting.caps & !caps::HIDDEN;
+        let missing = session_caps & !server_caps;
+        if missing != 0 {
+            return Err(HandshakeError::Capabilities(missing));
+        }
+        let resp = client.build_native(server_caps, secret, &greeting.salt);
+        let mut seq = put_packet(&mut self.out, 1, &resp);
+        self.flush().await.map_err(PacketError::from)?;
+        loop {
+            let f = self.reader.frame_seq(seq).await?;
+            seq = seq.wrapping_add(1);
+            match f.first() {
+                0x00 => break,
+                0xFF => {
+                    return Err(HandshakeError::Refused(
+                        packet::parse_err(f.payload()).to_string(),
+                    ))
+                }
+                0xFE => {
+                    let (plugin, salt) = handshake::parse_auth_switch(f.payload());
+                    if plugin != handshake::NATIVE_PASSWORD {
+                        return Err(HandshakeError::Plugin(plugin));
+                    }
+                    seq = put_packet(&mut self.out, seq, &secret.scramble(&salt));
+                    self.flush().await.map_err(PacketError::from)?;
+                }
+                _ => return Err(HandshakeError::Greeting("unexpected packet during login")),
+            }
+        }
+        self.reader.set_max_payload(packet::MAX_PAYLOAD);
+        self.deprecate_eof = session_caps & caps::DEPRECATE_EOF != 0;
+        Ok(())
+    }
+
+    /// Sends a command whose answer is one OK or ERR (e.g. `COM_INIT_DB`, a `SET`).
+    pub async fn command_ok(&mut self, command: u8, arg: &[u8]) -> Result<(), QueryError> {
+        let mut p = Vec::with_capacity(1 + arg.len());
+        p.push(command);
+        p.extend_from_slice(arg);
+        put_packet(&mut self.out, 0, &p);
+        self.flush().await.map_err(PacketError::from)?;
+        let mut rows = Vec::new();
+        self.read_result(1, &mut rows).await?;
+        Ok(())
+    }
+
+    /// Runs a text query and returns the rows of its (last) result set.
+    pub async fn query(&mut self, sql: &str) -> Result<Rows, QueryError> {
+        let mut p = Vec::with_capacity(1 + sql.len());
+        p.push(super::tracker::cmd::QUERY);
+        p.extend_from_slice(sql.as_bytes());
+        put_packet(&mut self.out, 0, &p);
+        self.flush().await.map_err(PacketError::from)?;
+        let mut rows = Vec::new();
+        self.read_result(1, &mut rows).await?;
+        Ok(rows)
+    }
+
+    /// Reads a text response starting at `seq`; rows of every result set go to `rows`.
+    async fn read_result(&mut self, seq: u8, rows: &mut Rows) -> Result<(), QueryError> {
+        let mut seq = seq;
+        let next = |s: &mut u8| {
+            let cur = *s;
+            *s = s.wrapping_add(1);
+            cur
+        };
+        loop {
+            let (_, first) = self.reader.logical(next(&mut seq), usize::MAX).await?;
+            let n = match first.first() {
+                Some(0x00) => {
+                    let ok = packet::parse_ok(&first).ok_or(QueryError::Shape("short OK"))?;
+                    if ok.status & packet::status::MORE_RESULTS != 0 {
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Some(0xFF) => return Err(QueryError::Server(packet::parse_err(&first))),
+                Some(0xFB) => return Err(QueryError::Shape("LOCAL INFILE request")),
+                _ => {
+                    let mut pos = 0;
+                    packet::get_lenenc(&first, &mut pos).ok_or(QueryError::Shape("column count"))?
+                }
+            };
+            for _ in 0..n {
+                self.reader.logical(next(&mut seq), usize::MAX).await?;
+            }
+            if !self.deprecate_eof {
+                let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
+                if p.first() != Some(&0xFE) {
+                    return Err(QueryError::Shape("expected EOF after columns"));
+                }
+            }
+            let status = loop {
+                let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
+                if p.first() == Some(&0xFF) {
+                    return Err(QueryError::Server(packet::parse_err(&p)));
+                }
+                if packet::is_terminator(&p, self.deprecate_eof) {
+                    break packet::terminator_status(&p, self.deprecate_eof).unwrap_or(0);
+                }
+                let mut pos = 0;
+                let mut row = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(4096));
+                for _ in 0..n {
+                    let v = get_lenenc_str(&p, &mut pos).ok_or(QueryError::Shape("row"))?;
+                    row.push(v.map(<[u8]>::to_vec));
+                }
+                rows.push(row);
+            };
+            if status & packet::status::MORE_RESULTS == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Backend {
+    /// Prepares `sql` as a binary statement (`COM_STMT_PREPARE`) and reads the whole answer.
+    pub async fn prepare(
+        &mut self,
+        sql: &[u8],
+        negotiated: u32,
+    ) -> Result<super::tracker::PrepareOk, QueryError> {
+        use super::tracker::{cmd, Kind, Next, Tracker};
+        let mut p = Vec::with_capacity(1 + sql.len());
+        p.push(cmd::STMT_PREPARE);
+        p.extend_from_slice(sql);
+        let last = put_packet(&mut self.out, 0, &p).wrapping_sub(1);
+        self.flush().await.map_err(PacketError::from)?;
+        let mut t = Tracker::new(negotiated);
+        let mut next = t.start(Kind::Prepare, last);
+        let mut err = None;
+        while next == Next::Server {
+            let f = self.reader.frame().await?;
+            t.check_seq(&f)?;
+            if f.first() == 0xFF {
+                err = Some(packet::parse_err(f.payload()));
+            }
+            next = t
+                .on_server(&f)
+                .map_err(|_| QueryError::Shape("prepare response"))?;
+        }
+        if let Some(e) = err {
+            return Err(QueryError::Server(e));
+        }
+        t.prepared.ok_or(QueryError::Shape("prepare response"))
+    }
+}

@@ -1,0 +1,115 @@
+//! `protocol: mysql`: MySQL-protocol client connections that move between backends at safe
+//! points with their session state intact.
+//!
+//! One [`MysqlConn`] actor per client: it routes with a `BackendSelector`, passes the first login
+//! through to the backend, relays commands while tracking where each response ends
+//! ([`tracker`]), and answers the router's `Redirect` by logging in to the target as the same user
+//! (credentials from [`MysqlUsers`]), restoring the session ([`session`]) and swapping backends
+//! between two commands. It is shaped as an actor (control: redirect, drain) driving one task
+//! (the data path), so control messages never wait behind a long result set and the data path
+//! never takes a lock.
+
+pub mod backend;
+pub mod conn;
+pub mod handshake;
+pub mod packet;
+pub mod session;
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use conn::{CloseAtSafePoint, MysqlConn, RouterLink};
+use handshake::{parse_password_hash, NativeSecret};
+
+/// A configured user's credential, as kept in memory: never the cleartext password.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// From `password`: `SHA1(password)`, enough to log in with `mysql_native_password`.
+    Secret(NativeSecret),
+    /// From `password_hash`: `SHA1(SHA1(password))`; the session recovers `SHA1(password)` from
+    /// the client's own login.
+    Hash([u8; 20]),
+}
+
+/// A bad `mysql.users` entry.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// `password_hash` is not `*` followed by 40 hex digits.
+    #[error("mysql.users[{0}].password_hash: expected \"*\" followed by 40 hex digits")]
+    BadHash(String),
+    /// Neither `password` nor `password_hash` (or both).
+    #[error("mysql.users[{0}]: give exactly one of password, password_hash")]
+    NeedOne(String),
+}
+
+/// `mysql.users`: the accounts whose sessions may be moved.
+#[derive(Debug, Clone, Default)]
+pub struct MysqlUsers {
+    users: HashMap<String, Credential>,
+}
+
+impl MysqlUsers {
+    /// No users: every session is proxied but none can move.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a user from a config entry with exactly one of `password`, `password_hash`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+        password_hash: Option<&str>,
+    ) -> Result<(), UsersError> {
+        let cred = match (password, password_hash) {
+            (Some(pw), None) => Credential::Secret(NativeSecret::from_password(pw)),
+            (None, Some(h)) => Credential::Hash(
+                parse_password_hash(h).ok_or_else(|| UsersError::BadHash(name.into()))?,
+            ),
+            _ => return Err(UsersError::NeedOne(name.into())),
+        };
+        self.users.insert(name.to_string(), cred);
+        Ok(())
+    }
+
+    /// The credential of `name`.
+    pub fn get(&self, name: &str) -> Option<&Credential> {
+        self.users.get(name)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when no user is configured.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// Settings of `protocol: mysql` connections.
+#[derive(Debug, Clone)]
+pub struct MysqlConfig {
+    /// Users whose sessions may move.
+    pub users: MysqlUsers,
+    /// Bound on one TCP connect to a backend.
+    pub connect_timeout: Duration,
+    /// Bound on the target side of a move (login, restore, verify); the client waits at most
+    /// this long for a move that then fails.
+    pub move_timeout: Duration,
+    /// Largest logical packet accepted from a client (the protocol's own limit is 1 GiB).
+    pub max_packet: usize,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            users: MysqlUsers::new(),
+            connect_timeout: Duration::from_secs(2),
+            move_timeout: Duration::from_secs(5),
+            max_packet: 1 << 30,
+        }
+    }
+}
