@@ -6,13 +6,13 @@
 //! shows to its clients. Each step has its own timeout and retries, the whole check a hard bound,
 //! so one hung backend costs the observer one slot of its concurrency and nothing more.
 //!
-//! The checker is called concurrently for many backends; the only state it keeps is the last
-//! failure reason per backend, so a reason is logged once when it appears or changes and not on
+//! The checker is called concurrently for many backends (on the observer's one thread); the only
+//! state it keeps is the last failure reason per backend, so a reason is logged once when it appears or changes and not on
 //! every cycle (the observer logs the status changes themselves).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -36,13 +36,14 @@ const MAX_TEXT: usize = 256;
 /// retried up to `max_retries` times, `retry_interval` apart, except when retrying cannot help:
 /// connection refused, a non-200 status, a malformed or ERR greeting. A whole check never takes
 /// longer than `(max_retries + 1) × (dial_timeout + retry_interval)`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DefaultHealthCheck {
     cfg: HealthCheckConfig,
     /// Built once: its connection pool and TLS setup are shared by every check.
     client: Result<reqwest::Client, String>,
-    /// Last failure reason per backend, so each is logged once. Never held across an await.
-    last_failure: Mutex<HashMap<String, String>>,
+    /// Last failure reason per backend, so each is logged once. The observer runs every check
+    /// on its own thread (hence no lock); a borrow never spans an await.
+    last_failure: RefCell<HashMap<String, String>>,
 }
 
 impl DefaultHealthCheck {
@@ -69,7 +70,7 @@ impl DefaultHealthCheck {
         Self {
             cfg,
             client,
-            last_failure: Mutex::new(HashMap::new()),
+            last_failure: RefCell::new(HashMap::new()),
         }
     }
 
@@ -189,10 +190,7 @@ impl DefaultHealthCheck {
     /// Logs `health`'s failure reason for `addr` when it differs from the last one, and a
     /// recovery once.
     fn note(&self, addr: &str, health: &BackendHealth) {
-        let mut last = self
-            .last_failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self.last_failure.borrow_mut();
         match &health.ping_err {
             Some(reason) => {
                 if last.get(addr) != Some(reason) {

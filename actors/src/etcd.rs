@@ -16,9 +16,8 @@
 //! the last round the fetch returns a [`FetchError`]. Bad entries (an `info` that is not JSON, a
 //! key without an address) are skipped with a warning logged once, not per poll.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,16 +59,19 @@ impl Default for EtcdConfig {
 }
 
 /// Reads TiDB's topology from etcd (PD's embedded etcd, or any etcd 3.4+).
-#[derive(Debug)]
+///
+/// Its small state (which endpoint answered last, which bad keys were reported) is in `Cell`s:
+/// the observer calls it from its one thread, so it is `Send` but not `Sync`.
+#[derive(Debug, Clone)]
 pub struct EtcdFetcher {
     /// Base URLs, e.g. `http://127.0.0.1:2379`, without a trailing slash.
     endpoints: Vec<String>,
     cfg: EtcdConfig,
     client: Result<reqwest::Client, String>,
     /// The endpoint that answered last; the next fetch starts there.
-    preferred: AtomicUsize,
+    preferred: Cell<usize>,
     /// Bad keys already warned about (key → reason), so a bad entry is logged once.
-    warned: Mutex<HashMap<String, String>>,
+    warned: RefCell<HashMap<String, String>>,
 }
 
 impl EtcdFetcher {
@@ -103,8 +105,8 @@ impl EtcdFetcher {
             endpoints,
             cfg,
             client,
-            preferred: AtomicUsize::new(0),
-            warned: Mutex::new(HashMap::new()),
+            preferred: Cell::new(0),
+            warned: RefCell::new(HashMap::new()),
         }
     }
 
@@ -164,7 +166,7 @@ impl EtcdFetcher {
     /// Turns the raw key-values into backends, skipping (and warning once about) bad entries.
     fn topology(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> HashMap<String, BackendInfo> {
         let (backends, skipped) = parse_topology(kvs);
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warned = self.warned.borrow_mut();
         for (key, reason) in &skipped {
             if warned.get(key) != Some(reason) {
                 warn!(key = %key, reason = %reason, "skipping topology entry");
@@ -186,13 +188,13 @@ impl BackendFetcher for EtcdFetcher {
         let mut backoff = self.cfg.backoff;
         let mut last_err = String::new();
         for round in 0..rounds {
-            let first = self.preferred.load(Ordering::Relaxed) % n;
+            let first = self.preferred.get() % n;
             for i in 0..n {
                 let idx = (first + i) % n;
                 let endpoint = &self.endpoints[idx];
                 match self.range(endpoint).await {
                     Ok(kvs) => {
-                        self.preferred.store(idx, Ordering::Relaxed);
+                        self.preferred.set(idx);
                         return Ok(self.topology(kvs));
                     }
                     Err(e) => {

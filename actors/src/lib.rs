@@ -14,6 +14,16 @@
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
 //!
+//! ## Health checks and discovery
+//!
+//! [`DefaultHealthCheck`] probes a backend's HTTP status port (when discovery knows one), then its
+//! SQL port, taking the server version from the MySQL greeting; each step has a timeout and
+//! bounded retries, and a whole check a hard time bound. [`EtcdFetcher`] reads TiDB's topology
+//! (`/topology/tidb/<host:port>/{info,ttl}`) from etcd 3.4+ over etcd's v3 JSON gateway, fails
+//! over between endpoints and gives up with a [`FetchError`] after a bounded back-off. `fall` and
+//! `rise` in [`HealthCheckConfig`] hold a status change back until several checks in a row agree.
+//! Settings and trade-offs: `docs/health-and-discovery.md` in the repository.
+//!
 //! ## Embedding
 //!
 //! Start a router with its observer, then let each connection pick a backend through a
