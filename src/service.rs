@@ -110,6 +110,11 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
         metrics: ProxyMetrics::new(),
         live: live.clone(),
         connect_timeout: cfg.health.dial_timeout,
+        mysql: std::sync::Arc::new(crate::mysql::MysqlConfig {
+            users: crate::mysql::MysqlUsers::from_config(&cfg.mysql_users),
+            connect_timeout: cfg.health.dial_timeout,
+            ..Default::default()
+        }),
     };
     let proxy = ProxyListener::new(
         listener,

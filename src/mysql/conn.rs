@@ -91,6 +91,7 @@ pub struct MysqlConn {
     ctrl: mpsc::UnboundedSender<Control>,
     rx: Option<mpsc::UnboundedReceiver<Control>>,
     start: Option<Start>,
+    on_stop: Option<Box<dyn FnOnce()>>,
 }
 
 impl MysqlConn {
@@ -114,7 +115,14 @@ impl MysqlConn {
                 link,
                 cfg,
             }),
+            on_stop: None,
         }
+    }
+
+    /// Runs `f` when the actor stops (the service's live-connection count and gauges).
+    pub fn on_stop(mut self, f: impl FnOnce() + 'static) -> Self {
+        self.on_stop = Some(Box::new(f));
+        self
     }
 }
 
@@ -129,6 +137,12 @@ impl Actor for MysqlConn {
         let handle = ConnHandle::new(self.id, ctx.address().recipient());
         let fut = run(self.id, start, handle, rx);
         ctx.spawn(fut.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(f) = self.on_stop.take() {
+            f();
+        }
     }
 }
 
@@ -353,6 +367,7 @@ impl Relay {
     }
 
     fn failed(&self, to: &BackendInst, reason: &str) {
+        crate::metrics::migration(false, Duration::ZERO);
         info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
         self.link.failed.do_send(RedirectFailed {
             from: self.backend.addr.clone(),
@@ -830,6 +845,7 @@ impl Relay {
         match self.migrate(&to, secret).await {
             Ok(target) => {
                 let old = std::mem::replace(&mut self.backend, target);
+                crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
                 self.link.succeeded.do_send(RedirectSucceeded {
                     from: old.addr.clone(),

@@ -19,6 +19,8 @@ pub mod tracker;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use actix::Actor as _;
+
 pub use conn::{CloseAtSafePoint, MysqlConn, RouterLink};
 use handshake::{parse_password_hash, NativeSecret};
 
@@ -112,4 +114,51 @@ impl Default for MysqlConfig {
             max_packet: 1 << 30,
         }
     }
+}
+
+impl MysqlUsers {
+    /// From the service's validated `mysql.users`.
+    pub fn from_config(users: &[crate::config::MysqlUser]) -> Self {
+        let users = users
+            .iter()
+            .map(|u| {
+                let cred = match &u.secret {
+                    crate::config::MysqlSecret::Password(pw) => {
+                        Credential::Secret(NativeSecret::from_password(pw))
+                    }
+                    crate::config::MysqlSecret::Hash(h) => Credential::Hash(*h),
+                };
+                (u.name.clone(), cred)
+            })
+            .collect();
+        Self { users }
+    }
+}
+
+/// Starts a [`MysqlConn`] for a client the service's listener accepted: the `protocol: mysql`
+/// arm of `proxy::start_conn`. Must run on the arbiter that will own the connection.
+pub fn start_proxied(conn: crate::proxy::NewConn) {
+    let live = conn.shared.live.enter();
+    let metrics = conn.shared.metrics.clone();
+    let client = match tokio::net::TcpStream::from_std(conn.client) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(conn_id = conn.id, peer = %conn.peer, error = %e, "cannot adopt client socket");
+            return;
+        }
+    };
+    metrics.active.increment(1.0);
+    let router = &conn.shared.router;
+    MysqlConn::new(
+        conn.id,
+        client,
+        switchyard::BackendSelector::new(router),
+        RouterLink::new(router),
+        conn.shared.mysql.clone(),
+    )
+    .on_stop(move || {
+        metrics.active.decrement(1.0);
+        drop(live);
+    })
+    .start();
 }

@@ -2,8 +2,8 @@
 //!
 //! [`listener::ProxyListener`] accepts, tunes the socket and hands each client to a worker
 //! arbiter, where [`start_conn`] starts the connection actor for the configured protocol. That
-//! `match` is the seam for protocols: `tcp` is [`tcp_conn::TcpConn`]; `mysql` gets its own actor
-//! under `src/mysql/` (until then it proxies bytes like `tcp` and refuses moves).
+//! `match` is the seam for protocols: `tcp` is [`tcp_conn::TcpConn`]; `mysql` is
+//! [`crate::mysql::MysqlConn`], which moves sessions at safe points.
 
 pub mod copy;
 pub mod listener;
@@ -31,6 +31,8 @@ pub struct ProxyShared {
     pub live: LiveConns,
     /// Timeout of one backend connect.
     pub connect_timeout: Duration,
+    /// `protocol: mysql` settings (users for moves, timeouts).
+    pub mysql: Arc<crate::mysql::MysqlConfig>,
 }
 
 /// A new client, accepted and tuned, on its way to a worker arbiter.
@@ -52,8 +54,7 @@ pub struct NewConn {
 pub fn start_conn(protocol: Protocol, conn: NewConn) {
     match protocol {
         Protocol::Tcp => tcp_conn::TcpConn::start_new(conn, tcp_conn::Moves::Refuse),
-        // The MySQL-protocol connection (safe-point moves, session restore) replaces this arm.
-        Protocol::Mysql => tcp_conn::TcpConn::start_new(conn, tcp_conn::Moves::Refuse),
+        Protocol::Mysql => crate::mysql::start_proxied(conn),
     }
 }
 

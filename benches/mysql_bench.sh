@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# benches/mysql_bench.sh — switchyard `protocol: mysql` (issue 5).
+#
+# 1. oltp_point_select QPS through switchyard in mysql mode vs tcp mode (same backend, same run,
+#    interleaved rounds, medians). Target: mysql >= 0.9 x tcp.
+# 2. oltp_read_only, 16 threads, --db-ps-mode=disable, through a mysql-mode switchyard over two
+#    backends while one backend is drained and undrained every 2 s: client errors (target 0) and
+#    migrations counted in /metrics.
+# 3. 5,000 idle logged-in sessions on one backend; drain it; time until all moved (target <= 10 s).
+#
+# Needs: mariadbd + mariadb-install-db + mariadb, sysbench, python3, curl.
+# Usage: benches/mysql_bench.sh   (ROUNDS=3 TIME=15 THREADS=8 IDLE=5000 CHURN_TIME=30 by default)
+#        SWITCHYARD_BIN=path/to/switchyard benches/mysql_bench.sh
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+TIME=${TIME:-15}
+THREADS=${THREADS:-8}
+IDLE=${IDLE:-5000}
+CHURN_TIME=${CHURN_TIME:-30}
+OUT=${OUT:-mysql-bench-results.md}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SWITCHYARD_BIN:-}
+if [[ -z "$BIN" ]]; then
+  (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard"
+fi
+
+WORK=$(mktemp -d /tmp/switchyard-mysql-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n 30000 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 300); do
+    if python3 -c "import socket; socket.create_connection(('$1',$2),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $1:$2" >&2; return 1
+}
+
+start_db() { # name port
+  mariadb-install-db --no-defaults --auth-root-authentication-method=normal --skip-test-db \
+    --datadir="$WORK/$1" --user=root >"$WORK/$1-install.log" 2>&1
+  mariadbd --no-defaults --datadir="$WORK/$1" --port="$2" --bind-address=127.0.0.1 \
+    --socket="$WORK/$1.sock" --pid-file="$WORK/$1.pid" --user=root --skip-name-resolve \
+    --max-connections=$((IDLE + 500)) --thread-handling=pool-of-threads \
+    --innodb-buffer-pool-size=128M >"$WORK/$1.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.1 "$2"
+  for _ in $(seq 100); do mariadb --socket="$WORK/$1.sock" -uroot -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  mariadb --socket="$WORK/$1.sock" -uroot -e "CREATE DATABASE sbtest; CREATE USER sb@'%' IDENTIFIED BY 'sb'; GRANT ALL ON *.* TO sb@'%';"
+}
+
+DB1=$(free_port); DB2=$(free_port)
+echo "== MariaDB on $DB1 and $DB2" >&2
+start_db db1 "$DB1"
+start_db db2 "$DB2"
+SB=(sysbench --db-driver=mysql --mysql-host=127.0.0.1 --mysql-user=sb --mysql-password=sb
+    --mysql-db=sbtest --tables=4 --table-size=10000)
+for p in "$DB1" "$DB2"; do
+  sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$p" prepare >/dev/null
+done
+
+sy_start() { # name protocol listen admin backends... ; extra yaml in $EXTRA
+  local name=$1 proto=$2 listen=$3 admin=$4; shift 4
+  local list; list=$(printf '127.0.0.1:%s, ' "$@"); list=${list%, }
+  cat >"$WORK/$name.yaml" <<CFG
+proxy: { listen: 127.0.0.1:$listen, protocol: $proto }
+admin: { listen: 127.0.0.1:$admin }
+backends: { static: [$list] }
+health_check: { interval: 1s }
+mysql: { users: [ { name: sb, password: sb } ] }
+log: { level: warn }
+${EXTRA:-}
+CFG
+  "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.1 "$listen"
+  for _ in $(seq 100); do
+    [[ $(curl -fs "127.0.0.1:$admin/backends" | grep -o '"healthy"' | wc -l) -ge $# ]] && break; sleep 0.1
+  done
+}
+
+# ---- 1. point select: mysql vs tcp -------------------------------------------------------------
+TCP=$(free_port); TCPA=$(free_port); MY=$(free_port); MYA=$(free_port)
+sy_start tcp tcp "$TCP" "$TCPA" "$DB1"
+sy_start my mysql "$MY" "$MYA" "$DB1"
+run_one() { # name port
+  local out qps errs
+  out=$(sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$2" --threads="$THREADS" --time="$TIME" --report-interval=0 run)
+  qps=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$out")
+  echo "$1 $qps" | tee -a "$WORK/rounds.txt" >&2
+}
+echo "== oltp_point_select, $THREADS threads, ${TIME}s x $ROUNDS rounds" >&2
+sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$DB1" --threads="$THREADS" --time=3 run >/dev/null
+for r in $(seq "$ROUNDS"); do
+  if ((r % 2)); then run_one tcp "$TCP"; run_one mysql "$MY"; else run_one mysql "$MY"; run_one tcp "$TCP"; fi
+done
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+Q_T=$(awk '$1=="tcp" {print $2}' "$WORK/rounds.txt" | median)
+Q_M=$(awk '$1=="mysql" {print $2}' "$WORK/rounds.txt" | median)
+RATIO=$(python3 -c "print(f'{$Q_M/$Q_T:.3f}')")
+
+# ---- 2. read-only load while one backend is drained/undrained every 2 s ------------------------
+CH=$(free_port); CHA=$(free_port)
+sy_start churn mysql "$CH" "$CHA" "$DB1" "$DB2"
+echo "== oltp_read_only 16 threads, ${CHURN_TIME}s, draining 127.0.0.1:$DB1 every 2s" >&2
+(
+  end=$((SECONDS + CHURN_TIME))
+  while ((SECONDS < end)); do
+    curl -fs -XPOST "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/drain" >/dev/null; sleep 2
+    curl -fs -XPOST "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/undrain" >/dev/null; sleep 2
+  done
+) &
+TOGGLE=$!
+set +e
+RO=$(sysbench oltp_read_only "${SB[@]:1}" --mysql-port="$CH" --threads=16 --time="$CHURN_TIME" \
+  --db-ps-mode=disable --report-interval=0 run 2>&1)
+RO_RC=$?
+set -e
+wait "$TOGGLE" || true
+RO_QPS=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$RO")
+RO_ERR=$(sed -n 's/.*errors: *\([0-9]*\).*/\1/p' <<<"$RO")
+[[ $RO_RC -ne 0 ]] && { echo "$RO" | tail -20 >&2; RO_ERR="sysbench exited $RO_RC"; }
+MIG_OK=$(curl -fs "127.0.0.1:$CHA/metrics" | sed -n 's/^switchyard_migrations_total{result="succeeded"} \([0-9]*\).*/\1/p')
+MIG_FAIL=$(curl -fs "127.0.0.1:$CHA/metrics" | sed -n 's/^switchyard_migrations_total{result="failed"} \([0-9]*\).*/\1/p')
+
+# ---- 3. drain 5,000 idle sessions --------------------------------------------------------------
+ID=$(free_port); IDA=$(free_port)
+sy_start idle mysql "$ID" "$IDA" "$DB1" "$DB2"
+curl -fs -XPOST "127.0.0.1:$IDA/backends/127.0.0.1:$DB2/drain" >/dev/null   # all sessions land on DB1
+cat >"$WORK/idle.py" <<'PY'
+import hashlib, socket, struct, sys, time, json, urllib.request
+port, n, admin, db1, db2 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+def read_pkt(s):
+    h = b''
+    while len(h) < 4:
+        c = s.recv(4 - len(h))
+        if not c: raise EOFError
+        h += c
+    n = h[0] | h[1] << 8 | h[2] << 16
+    p = b''
+    while len(p) < n:
+        c = s.recv(n - len(p))
+        if not c: raise EOFError
+        p += c
+    return h[3], p
+def login(user, pw):
+    s = socket.create_connection(('127.0.0.1', port))
+    _, g = read_pkt(s)
+    i = g.index(b'\0', 1) + 1 + 4
+    salt = g[i:i+8]; i += 9 + 2 + 1 + 2 + 2 + 1 + 10
+    salt += g[i:i+12]
+    s1 = hashlib.sha1(pw).digest(); s2 = hashlib.sha1(s1).digest()
+    tok = bytes(a ^ b for a, b in zip(s1, hashlib.sha1(salt + s2).digest()))
+    caps = 0x0200 | 0x8000 | 0x80000 | 0x20000 | 0x1000000
+    body = struct.pack('<IIB23x', caps, 1 << 24, 45) + user + b'\0' + bytes([20]) + tok + b'mysql_native_password\0'
+    s.sendall(struct.pack('<I', len(body))[:3] + b'\x01' + body)
+    _, r = read_pkt(s)
+    if r[0] != 0: raise RuntimeError(r)
+    return s
+def conns():
+    bs = json.load(urllib.request.urlopen(f'http://127.0.0.1:{admin}/backends'))
+    return {b['addr']: b['conn_count'] for b in bs}
+socks = [login(b'sb', b'sb') for _ in range(n)]
+time.sleep(1)
+print(f'opened {n}: {conns()}', file=sys.stderr)
+t0 = time.time()
+urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db2}/undrain', method='POST'))
+urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db1}/drain', method='POST'))
+while True:
+    c = conns()
+    if c.get(db1, 0) == 0 or time.time() - t0 > 60:
+        break
+    time.sleep(0.05)
+took = time.time() - t0
+# every session still answers a ping
+ok = 0
+for s in socks:
+    s.sendall(b'\x01\x00\x00\x00\x0e')
+    _, r = read_pkt(s)
+    ok += r[0] == 0
+print(f'{took:.2f} {c.get(db1, 0)} {c.get(db2, 0)} {ok}')
+PY
+read -r DRAIN_S LEFT MOVED PINGS < <(python3 "$WORK/idle.py" "$ID" "$IDLE" "$IDA" "127.0.0.1:$DB1" "127.0.0.1:$DB2")
+
+{
+  echo "### Results ($(date -u +%Y-%m-%d), $(nproc) cores)"
+  echo
+  echo "| oltp_point_select, $THREADS threads, median of $ROUNDS x ${TIME}s | QPS |"
+  echo "|---|---|"
+  echo "| switchyard protocol: tcp | $Q_T |"
+  echo "| switchyard protocol: mysql | $Q_M |"
+  echo "| mysql / tcp | **$RATIO** |"
+  echo
+  echo "oltp_read_only, 16 threads, --db-ps-mode=disable, ${CHURN_TIME}s, one backend drained/undrained every 2 s:"
+  echo "QPS $RO_QPS, client errors **${RO_ERR:-?}**, migrations succeeded ${MIG_OK:-0}, failed ${MIG_FAIL:-0}."
+  echo
+  echo "Drain of $IDLE idle sessions: **${DRAIN_S} s** until none left on the drained backend (left: $LEFT, on the other: $MOVED, answering a ping afterwards: $PINGS)."
+} | tee "$OUT"
