@@ -183,7 +183,22 @@ impl DefaultHealthCheck {
                 reason: format!("read greeting from {addr}: {}", f.reason),
                 retryable: f.retryable,
             }),
-            Ok(Ok(version)) => Ok(Some(version)),
+            Ok(Ok(version)) => {
+                if !self.cfg.probe_user.is_empty() {
+                    // Detached: the verdict is in; signing off must not spend the check's time.
+                    let (user, addr) = (self.cfg.probe_user.clone(), addr.to_string());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(dial, sign_off(&mut conn, &user)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                debug!(backend = %addr, error = %e, "probe sign-off failed")
+                            }
+                            Err(_) => debug!(backend = %addr, "probe sign-off timed out"),
+                        }
+                    });
+                }
+                Ok(Some(version))
+            }
         }
     }
 
@@ -242,6 +257,58 @@ impl Failure {
             retryable: false,
         }
     }
+}
+
+/// Ends a probe connection the way the server counts as a login attempt, not a broken handshake.
+///
+/// A client that reads the greeting and hangs up is an "aborted connect": MariaDB and MySQL count
+/// it against the host, and after `max_connect_errors` (default 100, i.e. five minutes of checks
+/// every 3 s) block the proxy's host for every client. An answered login, even one refused with
+/// "access denied", is not counted. So the probe logs in as `user` with no password
+/// (`mysql_native_password`, protocol 4.1), reads the one reply, and says `COM_QUIT` when it was
+/// let in. Loopback connections are exempt from the host cache, which is why only a remote
+/// backend shows the problem.
+pub(crate) async fn sign_off<S>(conn: &mut S, user: &str) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    const CLIENT_LONG_PASSWORD: u32 = 0x1;
+    const CLIENT_PROTOCOL_41: u32 = 0x200;
+    const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+    const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
+    let caps =
+        CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH;
+    let mut payload = Vec::with_capacity(64 + user.len());
+    payload.extend_from_slice(&caps.to_le_bytes());
+    payload.extend_from_slice(&(16u32 << 20).to_le_bytes()); // max packet size
+    payload.push(33); // utf8_general_ci
+    payload.extend_from_slice(&[0u8; 23]);
+    payload.extend_from_slice(user.as_bytes());
+    payload.push(0);
+    payload.push(0); // empty auth response
+    payload.extend_from_slice(b"mysql_native_password\0");
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut packet = vec![len[0], len[1], len[2], 1];
+    packet.extend_from_slice(&payload);
+    conn.write_all(&packet).await?;
+    let mut header = [0u8; 4];
+    if read_full(conn, &mut header).await? < 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no reply to the probe login",
+        ));
+    }
+    // Read the whole reply (an OK or ERR is small), so closing leaves nothing unread behind:
+    // unread bytes would turn our close into a reset.
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    let mut reply = vec![0u8; len.min(64 * 1024)];
+    let got = read_full(conn, &mut reply).await?;
+    if got > 0 && reply[0] == 0x00 {
+        // Let in (a user created for checks): leave politely.
+        conn.write_all(&[1, 0, 0, 0, 0x01]).await?;
+    }
+    Ok(())
 }
 
 /// Reads the server's initial handshake packet and returns the version it announces.

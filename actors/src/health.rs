@@ -53,6 +53,10 @@ pub struct HealthCheckConfig {
     pub concurrency: usize,
     /// Use HTTPS for the status port.
     pub status_tls: bool,
+    /// User the `mysql` probe logs in as (no password) after reading the greeting, so the
+    /// server counts a refused login instead of an aborted connect, which would block the
+    /// proxy's host after `max_connect_errors`. Empty: hang up after the greeting.
+    pub probe_user: String,
 }
 
 impl Default for HealthCheckConfig {
@@ -68,6 +72,7 @@ impl Default for HealthCheckConfig {
             probe: Probe::Mysql,
             concurrency: 64,
             status_tls: false,
+            probe_user: "switchyard_check".to_string(),
         }
     }
 }

@@ -504,3 +504,69 @@ async fn a_cycle_over_500_backends_with_10_hung_takes_about_one_dial_timeout() {
         "cycle took {took:?} for dial_timeout {dial:?}"
     );
 }
+
+#[actix_rt::test]
+async fn the_mysql_probe_logs_in_and_quits_instead_of_hanging_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&mysql_greeting("10.11.0-probe")).await.unwrap();
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).await.unwrap();
+        let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+        assert_eq!(header[3], 1, "handshake response is packet 1");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        // OK packet: let the probe in.
+        s.write_all(&packet(2, &[0, 0, 0, 2, 0, 0, 0]))
+            .await
+            .unwrap();
+        let mut quit = Vec::new();
+        s.read_to_end(&mut quit).await.unwrap();
+        (body, quit)
+    });
+    let h = DefaultHealthCheck::new(cfg(0))
+        .check(&addr.to_string(), &no_status())
+        .await;
+    assert_eq!(h.status, BackendStatus::Healthy, "{h}");
+    let (body, quit) = server.await.unwrap();
+    let user_at = 4 + 4 + 1 + 23;
+    assert!(
+        body[user_at..].starts_with(b"switchyard_check\0"),
+        "probe user in the handshake response: {body:?}"
+    );
+    assert_eq!(quit, vec![1, 0, 0, 0, 0x01], "COM_QUIT after being let in");
+}
+
+#[actix_rt::test]
+async fn a_real_mariadb_counts_no_aborted_connects_from_probes() {
+    // Its own server: the aborted-connect counter must see only this test's probes.
+    let Some(db) = MariaDb::start() else { return };
+    db.sql("CREATE USER 'switchyard_check'@'%'; CREATE USER 'switchyard_check'@'localhost'");
+    let aborted = |db: &MariaDb| db.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'");
+    let before = aborted(&db);
+    let hc = DefaultHealthCheck::new(cfg(0));
+    for _ in 0..5 {
+        let h = hc.check(&db.addr().to_string(), &no_status()).await;
+        assert_eq!(h.status, BackendStatus::Healthy, "{h}");
+    }
+    assert_eq!(aborted(&db), before, "probes ended as clean logins");
+    // Hanging up after the greeting (the old probe) is what the server counts.
+    let rude = DefaultHealthCheck::new(HealthCheckConfig {
+        probe_user: String::new(),
+        ..cfg(0)
+    });
+    rude.check(&db.addr().to_string(), &no_status()).await;
+    let mut after = aborted(&db);
+    for _ in 0..50 {
+        if after != before {
+            break;
+        }
+        // The server counts the abort when it notices the hang-up; ask again until it has.
+        tokio::task::yield_now().await;
+        after = aborted(&db);
+    }
+    assert_ne!(after, before, "a bare hang-up is an aborted connect");
+}

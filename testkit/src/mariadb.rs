@@ -50,22 +50,36 @@ impl MariaDb {
         let socket = dir.path().join("sock");
         let root = is_root();
 
-        let mut init = Command::new(&install);
-        init.arg("--no-defaults")
-            .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db")
-            .arg(format!("--datadir={}", data.display()));
-        if root {
-            init.arg("--user=root");
-        }
+        // A private tmpdir: servers bootstrapped at once in a shared /tmp can trip over each
+        // other's temporary tables ("Could not remove temporary table").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("create mariadb tmpdir");
         let install_log = dir.path().join("install.log");
-        let out = std::fs::File::create(&install_log).expect("create install log");
-        let err = out.try_clone().expect("clone install log handle");
-        let status = init
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .unwrap_or_else(|e| panic!("run {}: {e}", install.display()));
+        let mut status = None;
+        for _attempt in 0..2 {
+            let _ = std::fs::remove_dir_all(&data);
+            let mut init = Command::new(&install);
+            init.arg("--no-defaults")
+                .arg("--auth-root-authentication-method=normal")
+                .arg("--skip-test-db")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()));
+            if root {
+                init.arg("--user=root");
+            }
+            let out = std::fs::File::create(&install_log).expect("create install log");
+            let err = out.try_clone().expect("clone install log handle");
+            let st = init
+                .stdout(out)
+                .stderr(err)
+                .status()
+                .unwrap_or_else(|e| panic!("run {}: {e}", install.display()));
+            status = Some(st);
+            if st.success() {
+                break;
+            }
+        }
+        let status = status.expect("install ran");
         if !status.success() {
             panic!(
                 "mariadb-install-db failed ({status})\n{}",
@@ -80,6 +94,7 @@ impl MariaDb {
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!(
                 "--pid-file={}",
                 dir.path().join("mariadbd.pid").display()
