@@ -31,10 +31,12 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [[ -z "${KEEP:-}" ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-ulimit -n 20000 2>/dev/null || true
+ulimit -n 65536 2>/dev/null || ulimit -n 20000 2>/dev/null || true
+# HAProxy wants 2 descriptors per connection plus some; keep maxconn inside the limit.
+HAP_MAXCONN=$(( ($(ulimit -n) - 100) / 2 ))
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # host port
@@ -42,7 +44,7 @@ wait_port() { # host port
     if python3 -c "import socket,sys; socket.create_connection(('$1',$2),0.2)" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "nothing listening on $1:$2" >&2; return 1
+  echo "nothing listening on $1:$2 (logs: $WORK)" >&2; KEEP=1; return 1
 }
 
 DB=$(free_port); HAP=$(free_port); SY=$(free_port); SYADM=$(free_port)
@@ -65,7 +67,7 @@ SB=(sysbench oltp_point_select --db-driver=mysql --mysql-host=127.0.0.1 --mysql-
 echo "== HAProxy on $HAP, switchyard on $SY" >&2
 cat >"$WORK/haproxy.cfg" <<CFG
 global
-  maxconn 20000
+  maxconn $HAP_MAXCONN
 defaults
   mode tcp
   timeout connect 5s
@@ -85,7 +87,7 @@ HAP_PID=$!; PIDS+=($HAP_PID)
 
 sy_config() { # listen admin backend
   cat <<CFG
-proxy: { listen: 127.0.0.1:$1, protocol: tcp }
+proxy: { listen: 127.0.0.1:$1, protocol: tcp, workers: ${SY_WORKERS:-0} }
 admin: { listen: 127.0.0.1:$2 }
 backends: { static: [127.0.0.1:$3] }
 log: { level: warn }

@@ -128,6 +128,8 @@ pub struct Config {
     pub proxy_listen: SocketAddr,
     /// What clients and backends speak.
     pub protocol: Protocol,
+    /// Threads (actix arbiters) that run client connections; at least 1.
+    pub workers: usize,
     /// Where the admin HTTP API listens.
     pub admin_listen: SocketAddr,
     /// Where backends come from.
@@ -179,6 +181,7 @@ fn default_shutdown_timeout() -> Duration {
 struct RawProxy {
     listen: String,
     protocol: Protocol,
+    workers: usize,
 }
 
 impl Default for RawProxy {
@@ -186,6 +189,7 @@ impl Default for RawProxy {
         Self {
             listen: "127.0.0.1:6000".into(),
             protocol: Protocol::Tcp,
+            workers: 0,
         }
     }
 }
@@ -507,6 +511,10 @@ impl RawConfig {
         Ok(Config {
             proxy_listen,
             protocol: self.proxy.protocol,
+            workers: match self.proxy.workers {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
             admin_listen,
             discovery,
             health,

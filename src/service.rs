@@ -101,9 +101,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let admin_handle = admin_server.handle();
     let mut admin_task = actix_rt::spawn(admin_server);
 
-    let workers: Vec<Arbiter> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .map(|_| Arbiter::new())
-        .collect();
+    let workers: Vec<Arbiter> = (0..cfg.workers).map(|_| Arbiter::new()).collect();
     let live = LiveConns::default();
     let shared = ProxyShared {
         router: router.clone(),

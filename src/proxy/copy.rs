@@ -83,11 +83,16 @@ async fn pump(
     counter: &Counter,
 ) -> io::Result<Flow> {
     for _ in 0..BURST {
-        match src.try_read(buf) {
-            Ok(0) => return Ok(Flow::Eof),
-            Ok(n) => {
+        match read_some(src, buf) {
+            Ok(Read::Eof) => return Ok(Flow::Eof),
+            Ok(Read::Data(n)) => {
                 write_all(dst, &buf[..n]).await?;
                 counter.increment(n as u64);
+            }
+            Ok(Read::Drained(n)) => {
+                write_all(dst, &buf[..n]).await?;
+                counter.increment(n as u64);
+                return Ok(Flow::Drained);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -97,6 +102,36 @@ async fn pump(
     // Still more to read: let the other direction run before going on.
     tokio::task::yield_now().await;
     Ok(Flow::Drained)
+}
+
+enum Read {
+    Eof,
+    /// A full buffer: there may be more.
+    Data(usize),
+    /// A short read: the socket is (almost certainly) empty, and its readiness was cleared.
+    Drained(usize),
+}
+
+/// One `recv`. A short read clears the socket's read readiness at once, saving the `recv` that
+/// would only return `EAGAIN` (one syscall per message per direction on a request/response
+/// protocol). Safe with tokio's readiness ticks: data that arrives after the `recv` raises a new
+/// readiness event, which the clear does not touch.
+fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
+    let mut short = 0;
+    let r = src.try_io(tokio::io::Interest::READABLE, || {
+        let n = io::Read::read(&mut &*socket2::SockRef::from(src), buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Ok(0) => Ok(Read::Eof),
+        Ok(n) => Ok(Read::Data(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(Read::Drained(short)),
+        Err(e) => Err(e),
+    }
 }
 
 async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
