@@ -9,6 +9,7 @@
 #
 # Needs: mariadbd + mariadb-install-db + mariadb (client), sysbench, haproxy, python3.
 # Usage:  benches/proxy_bench.sh            (ROUNDS=5 TIME=20 THREADS=8 IDLE_MAX=5000 by default)
+#         PROFILE=1 ... adds a perf profile of one switchyard round ($OUT.perf.txt); IDLE_MAX=0 skips memory
 #         SWITCHYARD_BIN=path/to/switchyard benches/proxy_bench.sh
 # Prints a Markdown summary at the end (also written to $OUT, default bench-results.md).
 set -euo pipefail
@@ -121,11 +122,24 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+if [[ -n "${PROFILE:-}" ]]; then
+  # One more switchyard round under perf: where the proxy's CPU time goes.
+  perf record -F 999 -g -p "$SY_PID" -o "$WORK/perf.data" -- sleep "$TIME" 2>/dev/null &
+  PERF=$!
+  "${SB[@]}" --mysql-port="$SY" --threads="$THREADS" --time="$TIME" run >/dev/null
+  wait "$PERF" || true
+  perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null \
+    | grep -v '^#' | grep '%' | head -40 >"$OUT.perf.txt" || true
+  echo "perf profile of switchyard: $OUT.perf.txt" >&2
+fi
+
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -v n="$1" -v c="$2" '$1==n {print $c}' "$WORK/rounds.txt" | median; }
 Q_D=$(col direct 2); Q_H=$(col haproxy 2); Q_S=$(col switchyard 2)
 P_D=$(col direct 3); P_H=$(col haproxy 3); P_S=$(col switchyard 3)
 
+SLOPE_S=-; RSS0_S=-; RSSN_S=-; SLOPE_H=-; RSS0_H=-; RSSN_H=-
+if (( IDLE_MAX > 0 )); then
 echo "== idle connections: RSS 0 -> $IDLE_MAX" >&2
 cat >"$WORK/hold.py" <<'PY'
 import asyncio, sys
@@ -171,6 +185,7 @@ for _ in $(seq 100); do
 done
 read -r SLOPE_S RSS0_S RSSN_S < <(python3 "$WORK/idle.py" "$SY_IDLE" "$SY_IDLE_PID" "$IDLE_MAX" "$IDLE_STEP")
 read -r SLOPE_H RSS0_H RSSN_H < <(python3 "$WORK/idle.py" "$HAP_IDLE" "$HAP_PID" "$IDLE_MAX" "$IDLE_STEP")
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 {

@@ -550,3 +550,16 @@ fn the_demo_moves_connections_and_exits_0() {
     assert!(stdout.contains("drained"), "the table shows the drain");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn a_listen_address_in_use_is_a_runtime_failure_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let proxy = taken.local_addr().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let yaml = support::config_yaml(proxy, admin, &["127.0.0.1:1"], "");
+    let (code, stderr) = run_with_config(Some(&yaml));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("proxy.listen"), "{stderr}");
+}
