@@ -1,15 +1,16 @@
 //! Issue 2 benchmark: route decisions through the [`ScoreRouter`] actor against the same scoring
 //! behind a `std::sync::Mutex`, with 10, 100 and 1,000 backends and 10k registered connections.
 //!
-//! One operation is a route decision and its release (`Route` + `ConnCreated { conn: None }`), so
+//! The baseline is the router's own scoring code (`ScoreRouter::route` and `conn_created`, what
+//! the handlers run) behind a mutex. One operation is a route decision and its release (`Route` + `ConnCreated { conn: None }`), so
 //! the table keeps its size. Criterion measures throughput; per-operation latencies (p50/p99) are
 //! recorded in a plain loop and printed, then a summary gives every figure as a ratio against the
 //! mutex baseline of the same run. The rebalance convergence measurement is `benches/rebalance.rs`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -121,80 +122,32 @@ async fn actor_pipelined(router: &Addr<ScoreRouter>, ops: u64) {
 // The baseline: the same scoring behind a mutex, called directly
 // ---------------------------------------------------------------------------------------------
 
-struct Slot {
-    inst: BackendInst,
-    conns: i64,
-    pending: i64,
-}
-
-impl Slot {
-    fn score(&self) -> i64 {
-        self.conns + self.pending
-    }
-}
-
-/// Backends ordered by score (lowest first) plus their counters, as in the router.
-#[derive(Default)]
+/// The router's own scoring (`ScoreRouter::route` / `conn_created`, the code the actor's
+/// handlers run) behind a `std::sync::Mutex` and called directly: the difference to the actor is
+/// the price of messaging, nothing else.
 struct MutexTable {
-    by_score: BTreeSet<(i64, Arc<str>)>,
-    slots: HashMap<Arc<str>, Slot>,
+    router: ScoreRouter,
 }
 
 impl MutexTable {
-    fn new(n: usize) -> Self {
-        let mut t = Self::default();
-        for i in 0..n {
-            let name: Arc<str> = Arc::from(backend_addr(i).as_str());
-            let slot = Slot {
-                inst: BackendInst::new(backend_addr(i), true),
-                conns: 0,
-                pending: 0,
-            };
-            t.by_score.insert((slot.score(), name.clone()));
-            t.slots.insert(name, slot);
-        }
-        for _ in 0..CONNS {
-            let inst = t.route().expect("a backend");
-            let name = t.name(inst.addr()).expect("a known backend");
-            t.update(&name, |s| {
-                s.pending -= 1;
-                s.conns += 1;
-            });
-        }
-        t
-    }
-
-    /// Applies `f` to a backend, keeping the order in step (as the router's `update`).
-    fn update(&mut self, name: &Arc<str>, f: impl FnOnce(&mut Slot)) {
-        let Some(slot) = self.slots.get_mut(name) else {
-            return;
-        };
-        self.by_score.remove(&(slot.score(), name.clone()));
-        f(slot);
-        self.by_score.insert((slot.score(), name.clone()));
-    }
-
-    /// The interned name of `addr` (the router looks it up the same way).
-    fn name(&self, addr: &str) -> Option<Arc<str>> {
-        self.slots.get_key_value(addr).map(|(name, _)| name.clone())
-    }
-
-    /// The lowest-score backend, its pending count raised by one.
-    fn route(&mut self) -> Option<BackendInst> {
-        let (_, name) = self.by_score.first()?.clone();
-        let mut inst = None;
-        self.update(&name, |s| {
-            s.pending += 1;
-            inst = Some(s.inst.clone());
+    /// `n` healthy backends and [`CONNS`] connections registered (inside the actix system: the
+    /// connections' redirect recipient is an actor).
+    fn new(n: usize, sink: &Recipient<Redirect>) -> Self {
+        let mut router = ScoreRouter::new(RouterConfig {
+            rebalance_interval: Duration::ZERO,
+            ..Default::default()
         });
-        inst
-    }
-
-    /// A failed route: its pending point released.
-    fn release(&mut self, addr: &str) {
-        if let Some(name) = self.name(addr) {
-            self.update(&name, |s| s.pending -= 1);
+        router.backends_changed(BackendsChanged {
+            backends: (0..n)
+                .map(|i| (backend_addr(i), BackendHealth::healthy()))
+                .collect(),
+            error: None,
+        });
+        for id in 0..CONNS {
+            let inst = router.route(&[]).expect("a backend");
+            router.conn_created(inst.addr(), Some(ConnHandle::new(id, sink.clone())));
         }
+        Self { router }
     }
 }
 
@@ -202,12 +155,15 @@ fn mutex_pair(table: &Mutex<MutexTable>) {
     let inst = table
         .lock()
         .expect("not poisoned")
-        .route()
+        .router
+        .route(&[])
         .expect("a backend");
+    let backend = black_box(inst).addr().to_string();
     table
         .lock()
         .expect("not poisoned")
-        .release(black_box(inst).addr());
+        .router
+        .conn_created(&backend, None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,12 +253,13 @@ fn main() {
         .configure_from_args();
 
     let sys = System::new();
+    let sink = sys.block_on(async { Sink.start().recipient::<Redirect>() });
     let fixtures: Vec<(usize, Mutex<MutexTable>, Addr<ScoreRouter>)> = BACKEND_COUNTS
         .iter()
         .map(|&n| {
             (
                 n,
-                Mutex::new(MutexTable::new(n)),
+                Mutex::new(MutexTable::new(n, &sink)),
                 sys.block_on(start_router(n)),
             )
         })

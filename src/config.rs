@@ -235,6 +235,7 @@ struct RawHealthCheck {
     dial_timeout: Duration,
     fall: u32,
     rise: u32,
+    probe_user: String,
 }
 
 impl Default for RawHealthCheck {
@@ -248,6 +249,7 @@ impl Default for RawHealthCheck {
             dial_timeout: d.dial_timeout,
             fall: d.fall,
             rise: d.rise,
+            probe_user: d.probe_user,
         }
     }
 }
@@ -448,6 +450,7 @@ impl RawConfig {
             dial_timeout: h.dial_timeout,
             fall: h.fall,
             rise: h.rise,
+            probe_user: h.probe_user,
             probe: match self.proxy.protocol {
                 Protocol::Tcp => Probe::Tcp,
                 Protocol::Mysql => Probe::Mysql,

@@ -102,3 +102,8 @@ pub use router::{
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;
+
+/// The README's examples, compiled as doc tests so the embedding example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

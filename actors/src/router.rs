@@ -413,7 +413,10 @@ impl ScoreRouter {
         }
     }
 
-    fn route(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
+    /// The synchronous core of [`Route`]: what the handler does, callable on a router that is
+    /// not running as an actor (an application that owns it some other way, or a benchmark
+    /// that puts this very scoring behind a lock to price the actor's messaging).
+    pub fn route(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
         if let Some(err) = &self.observe_error {
             return Err(err.clone().into());
         }
@@ -438,7 +441,8 @@ impl ScoreRouter {
         inst.ok_or(RouteError::NoBackend)
     }
 
-    fn conn_created(&mut self, backend: &str, conn: Option<ConnHandle>) {
+    /// The synchronous core of [`ConnCreated`] (see [`ScoreRouter::route`]).
+    pub fn conn_created(&mut self, backend: &str, conn: Option<ConnHandle>) {
         let name = self.name_or_create_down(backend, "conn created");
         match conn {
             Some(handle) => {
@@ -579,7 +583,8 @@ impl ScoreRouter {
         self.drop_if_empty(&known_to);
     }
 
-    fn backends_changed(&mut self, msg: BackendsChanged) {
+    /// The synchronous core of [`BackendsChanged`] (see [`ScoreRouter::route`]).
+    pub fn backends_changed(&mut self, msg: BackendsChanged) {
         if let Some(err) = msg.error {
             if self.observe_error.as_ref() != Some(&err) {
                 warn!(error = %err, "backend discovery failed; refusing new routes until it recovers");
