@@ -119,28 +119,39 @@ impl Backend {
         Ok(())
     }
 
-    /// Sends a command whose answer is one OK or ERR (e.g. `COM_INIT_DB`, a `SET`).
-    pub async fn command_ok(&mut self, command: u8, arg: &[u8]) -> Result<(), QueryError> {
+    /// Queues a command (not flushed); returns the sequence id its answer starts at. Several
+    /// queued commands go out in one write and are answered in order (pipelining).
+    pub fn send_command(&mut self, command: u8, arg: &[u8]) -> u8 {
         let mut p = Vec::with_capacity(1 + arg.len());
         p.push(command);
         p.extend_from_slice(arg);
-        put_packet(&mut self.out, 0, &p);
-        self.flush().await.map_err(PacketError::from)?;
-        let mut rows = Vec::new();
-        self.read_result(1, &mut rows).await?;
-        Ok(())
+        put_packet(&mut self.out, 0, &p)
     }
 
-    /// Runs a text query and returns the rows of its (last) result set.
-    pub async fn query(&mut self, sql: &str) -> Result<Rows, QueryError> {
-        let mut p = Vec::with_capacity(1 + sql.len());
-        p.push(super::tracker::cmd::QUERY);
-        p.extend_from_slice(sql.as_bytes());
-        put_packet(&mut self.out, 0, &p);
+    /// Queues a text query (not flushed); returns the sequence id its answer starts at.
+    pub fn send_query(&mut self, sql: &str) -> u8 {
+        self.send_command(super::tracker::cmd::QUERY, sql.as_bytes())
+    }
+
+    /// Reads the answer to a queued query or command: the rows of its result sets (none for
+    /// an OK). A server error is returned after its ERR packet, so later answers stay readable.
+    pub async fn read_answer(&mut self, seq: u8) -> Result<Rows, QueryError> {
         self.flush().await.map_err(PacketError::from)?;
         let mut rows = Vec::new();
-        self.read_result(1, &mut rows).await?;
+        self.read_result(seq, &mut rows).await?;
         Ok(rows)
+    }
+
+    /// Sends a command whose answer is one OK or ERR (e.g. `COM_INIT_DB`, a `SET`).
+    pub async fn command_ok(&mut self, command: u8, arg: &[u8]) -> Result<(), QueryError> {
+        let seq = self.send_command(command, arg);
+        self.read_answer(seq).await.map(drop)
+    }
+
+    /// Runs a text query and returns the rows of its result sets.
+    pub async fn query(&mut self, sql: &str) -> Result<Rows, QueryError> {
+        let seq = self.send_query(sql);
+        self.read_answer(seq).await
     }
 
     /// Reads a text response starting at `seq`; rows of every result set go to `rows`.
@@ -207,14 +218,21 @@ impl Backend {
         sql: &[u8],
         negotiated: u32,
     ) -> Result<super::tracker::PrepareOk, QueryError> {
-        use super::tracker::{cmd, Kind, Next, Tracker};
-        let mut p = Vec::with_capacity(1 + sql.len());
-        p.push(cmd::STMT_PREPARE);
-        p.extend_from_slice(sql);
-        let last = put_packet(&mut self.out, 0, &p).wrapping_sub(1);
+        let seq = self.send_command(super::tracker::cmd::STMT_PREPARE, sql);
+        self.read_prepare(seq, negotiated).await
+    }
+
+    /// Reads the answer to a queued `COM_STMT_PREPARE` starting at `seq`, to its end (also
+    /// after an ERR, so later answers stay readable).
+    pub async fn read_prepare(
+        &mut self,
+        seq: u8,
+        negotiated: u32,
+    ) -> Result<super::tracker::PrepareOk, QueryError> {
+        use super::tracker::{Kind, Next, Tracker};
         self.flush().await.map_err(PacketError::from)?;
         let mut t = Tracker::new(negotiated);
-        let mut next = t.start(Kind::Prepare, last);
+        let mut next = t.start(Kind::Prepare, seq.wrapping_sub(1));
         let mut err = None;
         while next == Next::Server {
             let f = self.reader.frame().await?;
