@@ -546,8 +546,23 @@ impl Relay {
                 if let Some(rewritten) = stmt.and_then(|id| self.bind_types(id, code, &first)) {
                     first = rewritten;
                 }
+                let changes = stmt
+                    .and_then(|id| self.session.stmts.get(&id))
+                    .is_none_or(|s| s.changes);
+                if code == cmd::STMT_EXECUTE && changes {
+                    self.session.mark_changed();
+                }
             }
-            _ => {}
+            // commands that leave variables and schema alone
+            cmd::QUIT
+            | cmd::FIELD_LIST
+            | cmd::STATISTICS
+            | cmd::PROCESS_INFO
+            | cmd::SET_OPTION
+            | cmd::PROCESS_KILL
+            | cmd::PING => {}
+            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), CHANGE_USER, RESET_CONNECTION, …
+            _ => self.session.mark_changed(),
         }
         // forward the command, with its continuation packets
         let mut last = first.seq();
@@ -843,7 +858,13 @@ impl Relay {
         };
         let started = tokio::time::Instant::now();
         match self.migrate(&to, secret).await {
-            Ok(target) => {
+            Ok((target, ids)) => {
+                for (client_id, backend_id) in ids {
+                    if let Some(s) = self.session.stmts.get_mut(&client_id) {
+                        s.backend_id = backend_id;
+                        s.needs_types = s.params > 0;
+                    }
+                }
                 let old = std::mem::replace(&mut self.backend, target);
                 crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
@@ -860,6 +881,10 @@ impl Relay {
                 Err(backend_err(e))
             }
             Err(e) => {
+                if matches!(e, MoveError::State(_)) {
+                    // e.g. a digest that no longer matches the carried state: read it all next time
+                    self.session.mark_changed();
+                }
                 let reason = e.to_string();
                 self.failed(&to, &reason);
                 Ok(())
@@ -867,11 +892,14 @@ impl Relay {
         }
     }
 
+    /// Moves the session to `to`: logs in there while the old backend reports the session's
+    /// state (the two run side by side), then restores and verifies the state on the target in
+    /// one round trip. On success the old backend is left for the caller to close.
     async fn migrate(
         &mut self,
         to: &BackendInst,
         secret: NativeSecret,
-    ) -> Result<Backend, MoveError> {
+    ) -> Result<(Backend, Vec<(u32, u32)>), MoveError> {
         let Some(login) = self.login.as_ref() else {
             return Err(MoveError::Target("not logged in".into()));
         };
@@ -879,7 +907,7 @@ impl Relay {
         let limit = self.cfg.move_timeout;
         let connect_timeout = self.cfg.connect_timeout;
         let addr = to.addr().to_string();
-        let mut target = bounded(limit, async {
+        let target = bounded(limit, async {
             let mut b = Backend::connect(&addr, connect_timeout)
                 .await
                 .map_err(|e| MoveError::Target(format!("connect: {e}")))?;
@@ -887,9 +915,14 @@ impl Relay {
                 .await
                 .map_err(|e| MoveError::Target(format!("login: {e}")))?;
             Ok(b)
-        })
-        .await?;
-        let snap = match session::snapshot(&mut self.backend, &mut self.session).await {
+        });
+        // both run to completion: the snapshot must never stop halfway through the old
+        // backend's answers
+        let (target, snap) = tokio::join!(
+            target,
+            session::snapshot(&mut self.backend, &mut self.session)
+        );
+        let snap = match snap {
             Ok(s) => s,
             Err(session::StateError::Query {
                 source: e @ (QueryError::Packet(_) | QueryError::Shape(_)),
@@ -897,32 +930,16 @@ impl Relay {
             }) => return Err(MoveError::OldBackend(e.to_string())),
             Err(e) => return Err(MoveError::State(e.to_string())),
         };
+        let mut target = target?;
         let session = &self.session;
         let ids = bounded(limit, async {
-            session::restore(&mut target, session, &snap)
+            session::restore(&mut target, session, &snap, negotiated)
                 .await
-                .map_err(|e| MoveError::State(e.to_string()))?;
-            let mut ids = Vec::with_capacity(session.stmts.len());
-            for (&client_id, s) in &session.stmts {
-                let ok = target
-                    .prepare(&s.sql, negotiated)
-                    .await
-                    .map_err(|e| MoveError::State(format!("re-prepare: {e}")))?;
-                if ok.params != s.params || ok.columns != s.columns {
-                    return Err(MoveError::State("re-prepared statement differs".into()));
-                }
-                ids.push((client_id, ok.stmt_id));
-            }
-            Ok(ids)
+                .map_err(|e| MoveError::State(e.to_string()))
         })
         .await?;
-        for (client_id, backend_id) in ids {
-            if let Some(s) = self.session.stmts.get_mut(&client_id) {
-                s.backend_id = backend_id;
-                s.needs_types = s.params > 0;
-            }
-        }
-        Ok(target)
+        self.session.moved(snap);
+        Ok((target, ids))
     }
 }
 

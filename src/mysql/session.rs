@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use super::backend::{Backend, QueryError};
+use super::backend::{Backend, QueryError, Rows};
 use super::packet::status;
 
 /// One binary prepared statement, under the id the client knows.
@@ -38,6 +38,8 @@ pub struct Stmt {
     pub cursor: bool,
     /// Long data was sent and not yet consumed by an execute.
     pub long_data: bool,
+    /// Executing it may change carried state (the scan of its text says so).
+    pub changes: bool,
 }
 
 /// Why a session cannot move now.
@@ -69,6 +71,12 @@ pub struct Session {
     next_stmt_id: u32,
     /// Set when the proxy lost track of something for good.
     pub lost: Option<&'static str>,
+    /// The state the last move carried (`None`: the login's defaults). Valid while `changed`
+    /// is false: then a move re-applies it instead of reading the session from the server.
+    carried: Option<Snapshot>,
+    /// The session may have changed carried state (variables, schema) since its login or its
+    /// last move: a move must read the whole state from the server.
+    changed: bool,
 }
 
 /// An effect a statement has on untracked session state, applied when its response is known.
@@ -105,6 +113,8 @@ pub enum Effect {
 pub struct Pending {
     effects: Vec<Effect>,
     statements: usize,
+    /// Some statement may change carried state (session or user variables, schema).
+    changes: bool,
 }
 
 impl Session {
@@ -169,8 +179,27 @@ impl Session {
         analyze(sql)
     }
 
+    /// True when the session may have changed carried state since its login or last move.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Something (a command, a failed move) may have changed carried state: the next move reads
+    /// the whole state from the server.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// A move carried `snap` to the new backend: the session is in that state there.
+    pub fn moved(&mut self, snap: Snapshot) {
+        self.carried = Some(snap);
+        self.changed = false;
+    }
+
     /// Applies a query's effects once its response is complete.
     pub fn after_query(&mut self, pending: Pending, error: bool) {
+        // also on error: a multi-statement query may have run its first statements
+        self.changed |= pending.changes;
         if pending.effects.is_empty() {
             return;
         }
@@ -230,6 +259,9 @@ impl Session {
         let next = self.next_stmt_id;
         *self = Session::new();
         self.next_stmt_id = next;
+        // the login defaults of the new user (and a character set the target login would not
+        // repeat): read the state from the server at the next move
+        self.changed = true;
     }
 
     /// Registers a statement the backend prepared as `backend_id`; returns the client's id.
@@ -240,13 +272,14 @@ impl Session {
             id,
             Stmt {
                 backend_id,
-                sql,
                 params,
                 columns,
                 types: None,
                 needs_types: false,
                 cursor: false,
                 long_data: false,
+                changes: analyze(&sql).changes,
+                sql,
             },
         );
         id
@@ -457,7 +490,90 @@ const FIRST_WORDS: &[&str] = &[
     "XA",
 ];
 
-/// The effects of a query text on state the server does not report.
+/// Statements that cannot change session or user variables or the current schema when their
+/// text neither assigns (`:=`) nor selects `INTO @var`. Anything else (`SET`, `USE`, `CALL`,
+/// `EXECUTE`, `DROP` — of the current database —, an unknown word) counts as a change.
+const STATELESS_FIRST_WORDS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "WITH",
+    "VALUES",
+    "TABLE",
+    "SHOW",
+    "DESC",
+    "DESCRIBE",
+    "EXPLAIN",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "CREATE",
+    "ALTER",
+    "TRUNCATE",
+    "LOCK",
+    "UNLOCK",
+    "HANDLER",
+    "XA",
+    "DO",
+    "CHECKSUM",
+    "ANALYZE",
+    "CHECK",
+    "OPTIMIZE",
+    "REPAIR",
+    "KILL",
+    "HELP",
+];
+
+/// Whether one statement (first word, text) may change carried state. Conservative: the
+/// text tests are on raw bytes, so `:=` or `INTO @` inside a string literal count too.
+fn statement_changes(first: Option<&str>, text: &[u8]) -> bool {
+    let Some(first) = first else {
+        return !text.is_empty();
+    };
+    !STATELESS_FIRST_WORDS.contains(&first)
+        || (first == "BEGIN" && !plain_begin(text))
+        || cheap_contains(text, b":=")
+        || (text.contains(&b'@') && into_var(text))
+}
+
+/// `BEGIN` or `BEGIN WORK`, not MariaDB's compound `BEGIN NOT ATOMIC … END`.
+fn plain_begin(text: &[u8]) -> bool {
+    let mut lx = Lexer::new(text);
+    lx.next_tok();
+    match lx.next_tok() {
+        None => true,
+        Some((Tok::Word(w, false), _)) if w == "WORK" => lx.next_tok().is_none(),
+        Some(_) => false,
+    }
+}
+
+/// `INTO` followed by a user variable (`SELECT … INTO @v`), on raw bytes.
+fn into_var(text: &[u8]) -> bool {
+    let mut lx = Lexer::new(text);
+    let mut prev_into = false;
+    while let Some((t, _)) = lx.next_tok() {
+        if prev_into && t == Tok::Var {
+            return true;
+        }
+        prev_into = matches!(&t, Tok::Word(w, false) if w == "INTO");
+    }
+    false
+}
+
+/// The first word of a statement, past opening parentheses.
+fn first_word(toks: &[Tok]) -> Option<&str> {
+    toks.iter()
+        .find(|t| **t != Tok::Punct(b'('))
+        .and_then(|t| word(Some(t)))
+}
+
+/// The effects of a query text on state the server does not report, and whether it may change
+/// state a move carries.
 pub fn analyze(sql: &[u8]) -> Pending {
     // fast path: one statement whose first word is not interesting and no lock functions
     let has_semicolon = sql.contains(&b';');
@@ -470,11 +586,17 @@ pub fn analyze(sql: &[u8]) -> Pending {
         }
         match first {
             Some((Tok::Word(w, false), _)) if FIRST_WORDS.contains(&w.as_str()) => {}
-            _ => {
+            first => {
+                let first = match &first {
+                    Some((Tok::Word(w, false), _)) => Some(w.as_str()),
+                    Some(_) => Some(""),
+                    None => None,
+                };
                 return Pending {
                     effects: Vec::new(),
                     statements: 1,
-                }
+                    changes: statement_changes(first, sql),
+                };
             }
         }
     }
@@ -482,9 +604,12 @@ pub fn analyze(sql: &[u8]) -> Pending {
     let mut p = Pending {
         effects: Vec::new(),
         statements: stmts.len(),
+        changes: false,
     };
     for (toks, range) in &stmts {
-        statement_effects(toks, &sql[range.clone()], &mut p.effects);
+        let text = &sql[range.clone()];
+        p.changes |= statement_changes(Some(first_word(toks).unwrap_or("")), text);
+        statement_effects(toks, text, &mut p.effects);
         if has_lock_fn {
             for (i, t) in toks.iter().enumerate() {
                 match word(Some(t)) {
@@ -701,22 +826,77 @@ fn is_number(v: &str) -> bool {
             .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
 }
 
-/// Reads the session's state from `b` (at a safe point).
+impl Snapshot {
+    /// The state right after a login: nothing to restore; the digest checks the schema.
+    pub fn login_defaults() -> Self {
+        Self {
+            sysvars: Vec::new(),
+            uservars: Vec::new(),
+            digest_sql: digest_sql(&[], &[]),
+            digest: Vec::new(),
+        }
+    }
+}
+
+/// Reads the answers to queries queued on `b`, in order. A server error is kept in its slot;
+/// a broken stream (framing, unexpected shape) ends the reading, since nothing after it can be
+/// trusted.
+async fn answers(
+    b: &mut Backend,
+    seqs: &[u8],
+) -> Result<Vec<Result<Rows, QueryError>>, QueryError> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        match b.read_answer(seq).await {
+            Err(e @ (QueryError::Packet(_) | QueryError::Shape(_))) => return Err(e),
+            r => out.push(r),
+        }
+    }
+    Ok(out)
+}
+
+/// `SELECT IS_USED_LOCK('a') <=> CONNECTION_ID(), …`.
+fn lock_check_sql(names: &[String]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("IS_USED_LOCK(");
+        quote_str(&mut sql, n);
+        sql.push_str(") <=> CONNECTION_ID()");
+    }
+    sql
+}
+
+/// Reads the session's state from `b` (at a safe point), in as few round trips as it can: one
+/// when the session has not changed carried state since its login or last move (the digest of
+/// the carried state, read fresh: it also supplies string user variables' values), two
+/// otherwise (session and user variables from `information_schema`, then their digest).
+/// Named locks are checked in the first round trip.
 pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, StateError> {
     let q = |step| move |source| StateError::Query { step, source };
-    if !s.named_locks().is_empty() {
-        let names: Vec<String> = s.named_locks().iter().cloned().collect();
-        let mut sql = String::from("SELECT ");
-        for (i, n) in names.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str("IS_USED_LOCK(");
-            quote_str(&mut sql, n);
-            sql.push_str(") <=> CONNECTION_ID()");
+    let names: Vec<String> = s.named_locks().iter().cloned().collect();
+    let mut seqs = Vec::with_capacity(3);
+    if !names.is_empty() {
+        seqs.push(b.send_query(&lock_check_sql(&names)));
+    }
+    let carried =
+        (!s.changed()).then(|| s.carried.clone().unwrap_or_else(Snapshot::login_defaults));
+    match &carried {
+        Some(c) => seqs.push(b.send_query(&c.digest_sql)),
+        None => {
+            seqs.push(b.send_query(SYSVARS_SQL));
+            seqs.push(b.send_query(USERVARS_SQL));
         }
-        let rows = b.query(&sql).await.map_err(q("lock check"))?;
-        let row = rows.first().cloned().unwrap_or_default();
+    }
+    let mut got = answers(b, &seqs).await.map_err(q("snapshot"))?.into_iter();
+    if !names.is_empty() {
+        let rows = got
+            .next()
+            .unwrap_or(Ok(Vec::new()))
+            .map_err(q("lock check"))?;
+        let row = rows.into_iter().next().unwrap_or_default();
         for (n, v) in names.iter().zip(row) {
             if v.as_deref() == Some(b"1") {
                 return Err(StateError::LockHeld);
@@ -724,7 +904,15 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
             s.release_named_lock(n);
         }
     }
-    let rows = b.query(SYSVARS_SQL).await.map_err(q("session variables"))?;
+    if let Some(mut snap) = carried {
+        let rows = got.next().unwrap_or(Ok(Vec::new())).map_err(q("digest"))?;
+        snap.digest = rows.into_iter().next().unwrap_or_default();
+        return Ok(snap);
+    }
+    let rows = got
+        .next()
+        .unwrap_or(Ok(Vec::new()))
+        .map_err(q("session variables"))?;
     let mut sysvars: Vec<SysVar> = rows
         .iter()
         .filter_map(|r| {
@@ -744,7 +932,10 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
             v.name.clone(),
         )
     });
-    let rows = b.query(USERVARS_SQL).await.map_err(q("user variables"))?;
+    let rows = got
+        .next()
+        .unwrap_or(Ok(Vec::new()))
+        .map_err(q("user variables"))?;
     let mut uservars: Vec<UserVar> = rows
         .iter()
         .filter_map(|r| {
@@ -864,26 +1055,41 @@ pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
     Some(sql)
 }
 
-/// Writes the snapshot (and the SQL prepared statements) to the target, then checks the digest.
-pub async fn restore(b: &mut Backend, s: &Session, snap: &Snapshot) -> Result<(), StateError> {
+/// Writes the snapshot, the SQL prepared statements and the binary ones to the target, and
+/// checks the digest — all in one round trip (the commands are pipelined; the target is thrown
+/// away on any failure, so nothing is read past the first one). Returns the binary statements'
+/// new ids as (client id, target id).
+pub async fn restore(
+    b: &mut Backend,
+    s: &Session,
+    snap: &Snapshot,
+    negotiated: u32,
+) -> Result<Vec<(u32, u32)>, StateError> {
+    use super::tracker::cmd;
     let q = |step| move |source| StateError::Query { step, source };
+    let mut steps = Vec::with_capacity(4);
     if let Some(Some(db)) = snap.digest.first() {
-        b.command_ok(super::tracker::cmd::INIT_DB, db)
-            .await
-            .map_err(q("schema"))?;
+        steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
     }
     if let Some(sql) = sysvars_sql(&snap.sysvars) {
-        b.query(&sql).await.map_err(q("session variables"))?;
+        steps.push(("session variables", b.send_query(&sql)));
     }
     if let Some(sql) = uservars_sql(snap) {
-        b.query(&sql).await.map_err(q("user variables"))?;
+        steps.push(("user variables", b.send_query(&sql)));
     }
     for text in s.sql_prepared() {
-        b.command_ok(super::tracker::cmd::QUERY, text)
-            .await
-            .map_err(q("SQL prepared statement"))?;
+        steps.push(("SQL prepared statement", b.send_command(cmd::QUERY, text)));
     }
-    let rows = b.query(&snap.digest_sql).await.map_err(q("digest"))?;
+    let digest_seq = b.send_query(&snap.digest_sql);
+    let stmts: Vec<(u32, &Stmt, u8)> = s
+        .stmts
+        .iter()
+        .map(|(&id, st)| (id, st, b.send_command(cmd::STMT_PREPARE, &st.sql)))
+        .collect();
+    for (step, seq) in steps {
+        b.read_answer(seq).await.map_err(q(step))?;
+    }
+    let rows = b.read_answer(digest_seq).await.map_err(q("digest"))?;
     let digest = rows.into_iter().next().unwrap_or_default();
     if digest != snap.digest {
         let diff = digest
@@ -893,7 +1099,18 @@ pub async fn restore(b: &mut Backend, s: &Session, snap: &Snapshot) -> Result<()
             .unwrap_or(0);
         return Err(StateError::Digest(format!("column {diff}")));
     }
-    Ok(())
+    let mut ids = Vec::with_capacity(stmts.len());
+    for (client_id, st, seq) in stmts {
+        let ok = b
+            .read_prepare(seq, negotiated)
+            .await
+            .map_err(|e| StateError::Prepare(e.to_string()))?;
+        if ok.params != st.params || ok.columns != st.columns {
+            return Err(StateError::Prepare("parameter or column count".into()));
+        }
+        ids.push((client_id, ok.stmt_id));
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -956,6 +1173,60 @@ mod tests {
             p.effects[1],
             Effect::Prepare("a".into(), Some(b"PREPARE a FROM 'x;y'".to_vec()))
         );
+    }
+
+    #[test]
+    fn only_statements_that_may_change_variables_or_schema_count_as_changes() {
+        let changes = |sql: &str| analyze(sql.as_bytes()).changes;
+        for sql in [
+            "SELECT c FROM sbtest1 WHERE id=5",
+            "select @a, @@sql_mode",
+            "INSERT INTO t VALUES (@a)",
+            "BEGIN",
+            "begin work",
+            "COMMIT",
+            "(SELECT 1) UNION (SELECT 2)",
+            "SELECT 1; SELECT 2",
+            "/* hint */ UPDATE t SET a = 1",
+            "SELECT 1 INTO OUTFILE '/tmp/x'",
+        ] {
+            assert!(!changes(sql), "{sql}");
+        }
+        for sql in [
+            "SET NAMES utf8mb4",
+            "set @a = 1",
+            "USE app1",
+            "SELECT @a := 1",
+            "SELECT 1 INTO @x",
+            "select c from t where id = 1 into @c",
+            "CALL p()",
+            "EXECUTE s1",
+            "PREPARE s1 FROM 'SELECT 1'",
+            "DROP DATABASE app1",
+            "SELECT 1; SET sql_mode = ''",
+            "/*!40101 SET NAMES utf8 */",
+            "`weird`",
+            "BEGIN NOT ATOMIC SET @a = 1; END",
+            "IF 1 THEN SET @a = 1; END IF",
+        ] {
+            assert!(changes(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_failed_query_that_may_change_state_still_marks_the_session() {
+        let mut s = Session::new();
+        assert!(!s.changed());
+        let p = s.before_query(b"SELECT 1");
+        s.after_query(p, false);
+        assert!(!s.changed());
+        let p = s.before_query(b"SET @a = 1; SELECT nope");
+        s.after_query(p, true);
+        assert!(s.changed());
+        s.moved(Snapshot::login_defaults());
+        assert!(!s.changed());
+        s.reset();
+        assert!(s.changed());
     }
 
     #[test]

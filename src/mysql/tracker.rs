@@ -25,6 +25,10 @@ pub mod cmd {
     pub const STATISTICS: u8 = 0x09;
     /// Process list (deprecated).
     pub const PROCESS_INFO: u8 = 0x0a;
+    /// Kill a connection (deprecated).
+    pub const PROCESS_KILL: u8 = 0x0c;
+    /// Is the server alive.
+    pub const PING: u8 = 0x0e;
     /// Re-authenticate as another user.
     pub const CHANGE_USER: u8 = 0x11;
     /// Prepare a binary statement.
