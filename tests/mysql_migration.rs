@@ -228,6 +228,71 @@ async fn a_session_moves_with_schema_charset_variables_and_sql_prepares() {
 }
 
 #[actix_rt::test]
+async fn a_session_that_changed_nothing_moves_with_its_login_schema_and_charset() {
+    let Some((a, b)) = servers() else { return };
+    let p = proxy(&[addr(a), addr(b)], users()).await;
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(p.addr.port())
+        .user(Some(USER))
+        .pass(Some(PASSWORD))
+        .db_name(Some("app1"))
+        .prefer_socket(false);
+    let mut c = Conn::new(opts).await.unwrap();
+    let login_state = "SELECT DATABASE(), @@character_set_client, @@collation_connection";
+    let state: (String, String, String) = c.query_first(login_state).await.unwrap().unwrap();
+    let first = port(&mut c).await;
+    let second = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_ne!(first, second, "an unchanged session should move");
+    let now: (String, String, String) = c.query_first(login_state).await.unwrap().unwrap();
+    assert_eq!(now, state);
+    // and again, back to the first backend, still with nothing changed
+    let third = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_eq!(third, first);
+    let now: (String, String, String) = c.query_first(login_state).await.unwrap().unwrap();
+    assert_eq!(now, state);
+    c.disconnect().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn state_changed_after_a_first_move_is_carried_by_the_second_and_third() {
+    let Some((a, b)) = servers() else { return };
+    let p = proxy(&[addr(a), addr(b)], users()).await;
+    let mut c = connect(&p, USER, PASSWORD).await.unwrap();
+    c.query_drop("SET sql_mode = 'ANSI_QUOTES', @a = 'first'")
+        .await
+        .unwrap();
+    let first = port(&mut c).await;
+    let second = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_ne!(first, second, "first move");
+    // changed on the second backend, after the first move
+    c.query_drop("SET wait_timeout = 4321").await.unwrap();
+    c.query_first::<i64, _>("SELECT @b := 7").await.unwrap();
+    c.query_drop("SELECT 'second' INTO @s").await.unwrap();
+    c.query_drop("USE app1").await.unwrap();
+    let third = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_eq!(third, first, "second move");
+    let state = "SELECT @@sql_mode, @@wait_timeout, @a, @b, @s, DATABASE()";
+    type State = (String, u64, String, i64, String, String);
+    let want: State = (
+        "ANSI_QUOTES".into(),
+        4321,
+        "first".into(),
+        7,
+        "second".into(),
+        "app1".into(),
+    );
+    let got: State = c.query_first(state).await.unwrap().unwrap();
+    assert_eq!(got, want);
+    // nothing changed since: the third move re-applies the carried state
+    let fourth = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_eq!(fourth, second, "third move");
+    let got: State = c.query_first(state).await.unwrap().unwrap();
+    assert_eq!(got, want);
+    c.disconnect().await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_session_in_a_transaction_waits_for_commit_then_moves() {
     let Some((a, b)) = servers() else { return };
     let p = proxy(&[addr(a), addr(b)], users()).await;
