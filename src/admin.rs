@@ -14,8 +14,8 @@ use actix_web::{dev::Server, http::StatusCode, web, App, HttpResponse, HttpServe
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use switchyard::{
-    GetBackends, GetDrained, RedirectConnections, RefreshBackends, RouterError, ScoreRouter,
-    SetDrained,
+    GetBackends, GetDrained, GetObserved, RedirectConnections, RefreshBackends, RouterError,
+    ScoreRouter, SetDrained,
 };
 
 /// One backend as `GET /backends` shows it.
@@ -104,9 +104,29 @@ async fn health(state: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
+/// The router's backends (ascending score), then those the observer sees but the router does
+/// not hold (configured or discovered, never healthy yet): an operator sees them as down.
 async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
     let snapshots = state.router.send(GetBackends).await.ok()?;
     let drained = state.router.send(GetDrained).await.ok()?;
+    let observed = state.router.send(GetObserved).await.unwrap_or_default();
+    let known: HashSet<&str> = snapshots.iter().map(|b| b.addr.as_str()).collect();
+    let mut unseen: Vec<(String, switchyard::BackendHealth)> = observed
+        .into_iter()
+        .filter(|(addr, _)| !known.contains(addr.as_str()))
+        .collect();
+    unseen.sort_by(|a, b| a.0.cmp(&b.0));
+    let unseen: Vec<BackendView> = unseen
+        .into_iter()
+        .map(|(addr, health)| BackendView {
+            drained: drained.contains(&addr),
+            status: health.status.to_string(),
+            score: health.status.score(),
+            addr,
+            conn_count: 0,
+            server_version: health.server_version,
+        })
+        .collect();
     Some(
         snapshots
             .into_iter()
@@ -118,6 +138,7 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
                 conn_count: b.conn_count,
                 server_version: b.health.server_version,
             })
+            .chain(unseen)
             .collect(),
     )
 }

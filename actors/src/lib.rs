@@ -94,7 +94,7 @@ pub use error::{FetchError, ObserveError, RouteError, RouterError};
 pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};
-pub use observer::{BackendObserver, Refresh, StopObserver};
+pub use observer::{BackendObserver, GetObserved, Refresh, StopObserver};
 pub use router::{
     BackendsChanged, CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained,
     Rebalance, RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route,

@@ -31,6 +31,13 @@ pub struct Refresh;
 #[rtype(result = "()")]
 pub struct StopObserver;
 
+/// Every backend of the last good cycle with the health the observer reports for it, unhealthy
+/// ones included. The router only learns of backends once they are healthy; an operator's view
+/// (the service's `/backends`) wants the configured-but-down ones too.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "HashMap<String, BackendHealth>")]
+pub struct GetObserved;
+
 /// Consecutive results of one backend, for hysteresis.
 #[derive(Debug, Clone, Copy, Default)]
 struct Streak {
@@ -292,6 +299,13 @@ impl<F: BackendFetcher, H: HealthCheck> Handler<Refresh> for BackendObserver<F, 
         } else {
             self.start_cycle(ctx);
         }
+    }
+}
+
+impl<F: BackendFetcher, H: HealthCheck> Handler<GetObserved> for BackendObserver<F, H> {
+    type Result = MessageResult<GetObserved>;
+    fn handle(&mut self, _: GetObserved, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.current.clone())
     }
 }
 

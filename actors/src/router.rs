@@ -22,7 +22,7 @@ use crate::discovery::BackendFetcher;
 use crate::error::{ObserveError, RouteError, RouterError};
 use crate::health::{HealthCheck, HealthCheckConfig};
 use crate::model::{BackendHealth, BackendInst, BackendSnapshot, BackendStatus};
-use crate::observer::{BackendObserver, Refresh, StopObserver};
+use crate::observer::{BackendObserver, GetObserved, Refresh, StopObserver};
 
 /// Tuning of routing and rebalancing.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +301,7 @@ impl ScoreIndex {
 struct ObserverLink {
     refresh: Recipient<Refresh>,
     stop: Recipient<StopObserver>,
+    observed: Recipient<GetObserved>,
 }
 
 /// Routes new connections to the least-loaded healthy backend and moves connections off busy,
@@ -367,7 +368,8 @@ impl ScoreRouter {
         let mut router = ScoreRouter::new(cfg);
         router.observer = Some(ObserverLink {
             refresh: observer.clone().recipient(),
-            stop: observer.recipient(),
+            stop: observer.clone().recipient(),
+            observed: observer.recipient(),
         });
         router
     }
@@ -935,6 +937,21 @@ impl Handler<StopObserver> for ScoreRouter {
             link.stop.do_send(StopObserver);
             info!("observer stopped; routing on the last known backends");
         }
+    }
+}
+
+/// Forwards to the observer: every backend it saw last cycle (empty without an observer, or once
+/// it is stopped).
+impl Handler<GetObserved> for ScoreRouter {
+    type Result = ResponseFuture<HashMap<String, BackendHealth>>;
+    fn handle(&mut self, _: GetObserved, _: &mut Context<Self>) -> Self::Result {
+        let observed = self.observer.as_ref().map(|l| l.observed.clone());
+        Box::pin(async move {
+            match observed {
+                Some(r) => r.send(GetObserved).await.unwrap_or_default(),
+                None => HashMap::new(),
+            }
+        })
     }
 }
 

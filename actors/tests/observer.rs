@@ -336,3 +336,43 @@ async fn supervised_router_restarts_with_its_tables_and_refreshes() {
     assert_eq!(t.conn_count().await, 6);
     t.check().await;
 }
+
+#[actix_rt::test]
+async fn the_router_shows_what_its_observer_sees_including_never_healthy_backends() {
+    let (calls_tx, mut calls) = mpsc::unbounded_channel();
+    let health = ScriptedHealth::default();
+    health
+        .health
+        .borrow_mut()
+        .insert("down:1".into(), BackendHealth::down("refused"));
+    let router = ScoreRouter::start_observed(
+        manual_cfg(),
+        ScriptedFetcher {
+            list: Rc::new(RefCell::new(Ok(vec!["up:1".into(), "down:1".into()]))),
+            calls: calls_tx,
+            gate: None,
+        },
+        health,
+        slow_cfg(),
+    );
+    calls.recv().await.unwrap();
+    // The router learns only of the healthy one; the observer knows both.
+    let observed = loop {
+        let o = router.send(GetObserved).await.unwrap();
+        if !o.is_empty() {
+            break o;
+        }
+        router.send(RefreshBackends).await.unwrap();
+        calls.recv().await.unwrap();
+    };
+    assert_eq!(observed["down:1"].status, BackendStatus::CannotConnect);
+    assert_eq!(observed["up:1"].status, BackendStatus::Healthy);
+    let held: Vec<String> = router
+        .send(GetBackends)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.addr)
+        .collect();
+    assert!(!held.contains(&"down:1".to_string()));
+}
