@@ -11,6 +11,11 @@
 # Needs: mariadbd + mariadb-install-db + mariadb, sysbench, python3, curl.
 # Usage: benches/mysql_bench.sh   (ROUNDS=3 TIME=15 THREADS=8 IDLE=5000 CHURN_TIME=30 by default)
 #        SWITCHYARD_BIN=path/to/switchyard benches/mysql_bench.sh
+#        IDLE_CHANGED=1: each idle session first runs a SET (user variable, sql_mode).
+#        KEEP_WORK=1 keeps the servers' and proxies' logs (the work directory is printed).
+#        PARTS="select churn drain" (default: all three) runs only the named parts.
+#        BASELINE_BIN=path/to/older/switchyard: part 3 runs DRAIN_ROUNDS (default 3) times with each
+#        binary, alternating, and reports both medians and their ratio.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -19,6 +24,10 @@ THREADS=${THREADS:-8}
 IDLE=${IDLE:-5000}
 CHURN_TIME=${CHURN_TIME:-30}
 OUT=${OUT:-mysql-bench-results.md}
+PARTS=${PARTS:-select churn drain}
+BASELINE_BIN=${BASELINE_BIN:-}
+DRAIN_ROUNDS=${DRAIN_ROUNDS:-3}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SWITCHYARD_BIN:-}
 if [[ -z "$BIN" ]]; then
@@ -31,7 +40,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [[ -n "${KEEP_WORK:-}" ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 ulimit -n 30000 2>/dev/null || true
@@ -64,9 +73,11 @@ start_db db1 "$DB1"
 start_db db2 "$DB2"
 SB=(sysbench --db-driver=mysql --mysql-host=127.0.0.1 --mysql-user=sb --mysql-password=sb
     --mysql-db=sbtest --tables=4 --table-size=10000)
-for p in "$DB1" "$DB2"; do
-  sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$p" prepare >/dev/null
-done
+if want select || want churn; then
+  for p in "$DB1" "$DB2"; do
+    sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$p" prepare >/dev/null
+  done
+fi
 
 sy_start() { # name protocol listen admin backends... ; extra yaml in $EXTRA
   local name=$1 proto=$2 listen=$3 admin=$4; shift 4
@@ -80,15 +91,20 @@ mysql: { users: [ { name: sb, password: sb } ] }
 log: { level: warn }
 ${EXTRA:-}
 CFG
-  "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
+  "${SY_BIN:-$BIN}" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  SY_PID=$!
+  PIDS+=($SY_PID)
   wait_port 127.0.0.1 "$listen"
   for _ in $(seq 100); do
     [[ $(curl -fs "127.0.0.1:$admin/backends" | grep -o '"healthy"' | wc -l) -ge $# ]] && break; sleep 0.1
   done
 }
 
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
 # ---- 1. point select: mysql vs tcp -------------------------------------------------------------
+Q_T=-; Q_M=-; RATIO=-
+if want select; then
 TCP=$(free_port); TCPA=$(free_port); MY=$(free_port); MYA=$(free_port)
 sy_start tcp tcp "$TCP" "$TCPA" "$DB1"
 sy_start my mysql "$MY" "$MYA" "$DB1"
@@ -103,12 +119,14 @@ sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$DB1" --threads="$THREADS"
 for r in $(seq "$ROUNDS"); do
   if ((r % 2)); then run_one tcp "$TCP"; run_one mysql "$MY"; else run_one mysql "$MY"; run_one tcp "$TCP"; fi
 done
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 Q_T=$(awk '$1=="tcp" {print $2}' "$WORK/rounds.txt" | median)
 Q_M=$(awk '$1=="mysql" {print $2}' "$WORK/rounds.txt" | median)
 RATIO=$(python3 -c "print(f'{$Q_M/$Q_T:.3f}')")
+fi
 
 # ---- 2. read-only load while one backend is drained/undrained every 2 s ------------------------
+RO_QPS=-; RO_ERR=-; MIG_OK=-; MIG_FAIL=-
+if want churn; then
 CH=$(free_port); CHA=$(free_port)
 sy_start churn mysql "$CH" "$CHA" "$DB1" "$DB2"
 echo "== oltp_read_only 16 threads, ${CHURN_TIME}s, draining 127.0.0.1:$DB1 every 2s" >&2
@@ -131,14 +149,13 @@ RO_ERR=$(sed -n 's/.*errors: *\([0-9]*\).*/\1/p' <<<"$RO")
 [[ $RO_RC -ne 0 ]] && { echo "$RO" | tail -20 >&2; RO_ERR="sysbench exited $RO_RC"; }
 MIG_OK=$(curl -fs "127.0.0.1:$CHA/metrics" | sed -n 's/^switchyard_migrations_total{result="succeeded"} \([0-9]*\).*/\1/p')
 MIG_FAIL=$(curl -fs "127.0.0.1:$CHA/metrics" | sed -n 's/^switchyard_migrations_total{result="failed"} \([0-9]*\).*/\1/p')
+fi
 
 # ---- 3. drain 5,000 idle sessions --------------------------------------------------------------
-ID=$(free_port); IDA=$(free_port)
-sy_start idle mysql "$ID" "$IDA" "$DB1" "$DB2"
-curl -fs -XPOST "127.0.0.1:$IDA/backends/127.0.0.1:$DB2/drain" >/dev/null   # all sessions land on DB1
 cat >"$WORK/idle.py" <<'PY'
 import hashlib, socket, struct, sys, time, json, urllib.request
 port, n, admin, db1, db2 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+changed = sys.argv[6] == '1'
 def read_pkt(s):
     h = b''
     while len(h) < 4:
@@ -165,6 +182,11 @@ def login(user, pw):
     s.sendall(struct.pack('<I', len(body))[:3] + b'\x01' + body)
     _, r = read_pkt(s)
     if r[0] != 0: raise RuntimeError(r)
+    if changed:   # a session that changed state: its move reads everything from the server
+        q = b"\x03SET @v = 'x', sql_mode = 'ANSI_QUOTES'"
+        s.sendall(struct.pack('<I', len(q))[:3] + b'\x00' + q)
+        _, r = read_pkt(s)
+        if r[0] != 0: raise RuntimeError(r)
     return s
 def conns():
     bs = json.load(urllib.request.urlopen(f'http://127.0.0.1:{admin}/backends'))
@@ -189,19 +211,53 @@ for s in socks:
     ok += r[0] == 0
 print(f'{took:.2f} {c.get(db1, 0)} {c.get(db2, 0)} {ok}')
 PY
-read -r DRAIN_S LEFT MOVED PINGS < <(python3 "$WORK/idle.py" "$ID" "$IDLE" "$IDA" "127.0.0.1:$DB1" "127.0.0.1:$DB2")
+drain_once() { # label binary
+  local id ida line
+  id=$(free_port); ida=$(free_port)
+  SY_BIN=$2 sy_start "idle-$1" mysql "$id" "$ida" "$DB1" "$DB2"
+  curl -fs -XPOST "127.0.0.1:$ida/backends/127.0.0.1:$DB2/drain" >/dev/null   # all sessions land on DB1
+  line=$(python3 "$WORK/idle.py" "$id" "$IDLE" "$ida" "127.0.0.1:$DB1" "127.0.0.1:$DB2" "${IDLE_CHANGED:-0}")
+  echo "$1 $line" | tee -a "$WORK/drain.txt" >&2
+  kill "$SY_PID" 2>/dev/null || true
+  wait "$SY_PID" 2>/dev/null || true
+  sleep 2   # let both servers close the sessions before the next round
+}
+DRAIN_S=-; LEFT=-; MOVED=-; PINGS=-; DRAIN_LINE=
+if want drain; then
+  echo "== drain of $IDLE idle sessions" >&2
+  if [[ -n "$BASELINE_BIN" ]]; then
+    for r in $(seq "$DRAIN_ROUNDS"); do
+      if ((r % 2)); then drain_once before "$BASELINE_BIN"; drain_once after "$BIN"
+      else drain_once after "$BIN"; drain_once before "$BASELINE_BIN"; fi
+    done
+    D_B=$(awk '$1=="before" {print $2}' "$WORK/drain.txt" | median)
+    D_A=$(awk '$1=="after" {print $2}' "$WORK/drain.txt" | median)
+    D_R=$(python3 -c "print(f'{$D_A/$D_B:.3f}')")
+    DRAIN_LINE="Drain of $IDLE idle sessions${IDLE_CHANGED:+ (each ran a SET first)}, median of $DRAIN_ROUNDS rounds each, alternating: baseline **$D_B s**, this build **$D_A s** (ratio $D_R). Rounds (label, seconds, left, moved, answering a ping): $(awk '{printf "%s%s %s %s %s %s", (NR>1?"; ":""), $1, $2, $3, $4, $5}' "$WORK/drain.txt")."
+  else
+    drain_once this "$BIN"
+    read -r _ DRAIN_S LEFT MOVED PINGS < "$WORK/drain.txt"
+    DRAIN_LINE="Drain of $IDLE idle sessions: **${DRAIN_S} s** until none left on the drained backend (left: $LEFT, on the other: $MOVED, answering a ping afterwards: $PINGS)."
+  fi
+fi
 
 {
   echo "### Results ($(date -u +%Y-%m-%d), $(nproc) cores)"
-  echo
-  echo "| oltp_point_select, $THREADS threads, median of $ROUNDS x ${TIME}s | QPS |"
-  echo "|---|---|"
-  echo "| switchyard protocol: tcp | $Q_T |"
-  echo "| switchyard protocol: mysql | $Q_M |"
-  echo "| mysql / tcp | **$RATIO** |"
-  echo
-  echo "oltp_read_only, 16 threads, --db-ps-mode=disable, ${CHURN_TIME}s, one backend drained/undrained every 2 s:"
-  echo "QPS $RO_QPS, client errors **${RO_ERR:-?}**, migrations succeeded ${MIG_OK:-0}, failed ${MIG_FAIL:-0}."
-  echo
-  echo "Drain of $IDLE idle sessions: **${DRAIN_S} s** until none left on the drained backend (left: $LEFT, on the other: $MOVED, answering a ping afterwards: $PINGS)."
+  if want select; then
+    echo
+    echo "| oltp_point_select, $THREADS threads, median of $ROUNDS x ${TIME}s | QPS |"
+    echo "|---|---|"
+    echo "| switchyard protocol: tcp | $Q_T |"
+    echo "| switchyard protocol: mysql | $Q_M |"
+    echo "| mysql / tcp | **$RATIO** |"
+  fi
+  if want churn; then
+    echo
+    echo "oltp_read_only, 16 threads, --db-ps-mode=disable, ${CHURN_TIME}s, one backend drained/undrained every 2 s:"
+    echo "QPS $RO_QPS, client errors **${RO_ERR:-?}**, migrations succeeded ${MIG_OK:-0}, failed ${MIG_FAIL:-0}."
+  fi
+  if want drain; then
+    echo
+    echo "$DRAIN_LINE"
+  fi
 } | tee "$OUT"
