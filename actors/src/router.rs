@@ -208,6 +208,8 @@ struct Conn {
 #[derive(Debug)]
 struct Backend {
     name: Name,
+    /// Its number in the score index.
+    slot: u32,
     inst: BackendInst,
     health: BackendHealth,
     drained: bool,
@@ -222,8 +224,9 @@ struct Backend {
 }
 
 impl Backend {
-    fn new(name: Name, health: BackendHealth) -> Self {
+    fn new(name: Name, slot: u32, health: BackendHealth) -> Self {
         Self {
+            slot,
             inst: BackendInst::new(name.to_string(), health.status.routable()),
             name,
             health,
@@ -270,30 +273,66 @@ impl Backend {
 }
 
 /// The two orderings of backends, kept in step with their scores.
+///
+/// Keys hold a backend's slot number, not its name: every route and release rewrites keys, and
+/// with connections spread evenly scores tie, so the key compare must be cheap.
 #[derive(Debug, Default)]
 struct ScoreIndex {
     /// Backends that may receive routes, ascending score: the first is the idlest.
-    routable: BTreeSet<(i64, Name)>,
+    routable: BTreeSet<(i64, u32)>,
     /// Backends with connections, ascending (drained, score): the last is the busiest; a drained
     /// backend sorts above every other so its connections move first.
-    loaded: BTreeSet<(bool, i64, Name)>,
+    loaded: BTreeSet<(bool, i64, u32)>,
+    /// Slot number → backend name.
+    names: Vec<Option<Name>>,
+    /// Slots of dropped backends, for reuse.
+    free: Vec<u32>,
 }
 
 impl ScoreIndex {
     fn remove(&mut self, b: &Backend) {
         let score = b.score();
-        self.routable.remove(&(score, b.name.clone()));
-        self.loaded.remove(&(b.drained, score, b.name.clone()));
+        if b.routable() {
+            self.routable.remove(&(score, b.slot));
+        }
+        if !b.conns.is_empty() {
+            self.loaded.remove(&(b.drained, score, b.slot));
+        }
     }
 
     fn insert(&mut self, b: &Backend) {
         let score = b.score();
         if b.routable() {
-            self.routable.insert((score, b.name.clone()));
+            self.routable.insert((score, b.slot));
         }
         if !b.conns.is_empty() {
-            self.loaded.insert((b.drained, score, b.name.clone()));
+            self.loaded.insert((b.drained, score, b.slot));
         }
+    }
+
+    /// A slot number for a new backend.
+    fn allocate(&mut self, name: Name) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.names[slot as usize] = Some(name);
+                slot
+            }
+            None => {
+                self.names.push(Some(name));
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.names[slot as usize] = None;
+        self.free.push(slot);
+    }
+
+    fn name(&self, slot: u32) -> &Name {
+        self.names[slot as usize]
+            .as_ref()
+            .expect("indexed slot has a backend")
     }
 }
 
@@ -397,8 +436,10 @@ impl ScoreRouter {
         }
         warn!(backend = %addr, event, "event names an unknown backend; adding it as down");
         let name: Name = Arc::from(addr);
+        let slot = self.index.allocate(name.clone());
         let b = Backend::new(
             name.clone(),
+            slot,
             BackendHealth::down("not reported by the observer"),
         );
         self.index.insert(&b);
@@ -410,6 +451,7 @@ impl ScoreRouter {
         if self.backends.get(name).is_some_and(Backend::droppable) {
             if let Some(b) = self.backends.remove(name) {
                 self.index.remove(&b);
+                self.index.release(b.slot);
                 info!(backend = %name, "backend removed");
             }
         }
@@ -422,12 +464,13 @@ impl ScoreRouter {
         if let Some(err) = &self.observe_error {
             return Err(err.clone().into());
         }
-        let chosen = self
-            .index
+        let index = &self.index;
+        let chosen = index
             .routable
             .iter()
-            .find(|(_, name)| !excluded.iter().any(|e| e.as_str() == &**name))
-            .map(|(_, name)| name.clone());
+            .map(|(_, slot)| index.name(*slot))
+            .find(|name| !excluded.iter().any(|e| e.as_str() == &***name))
+            .cloned();
         let Some(name) = chosen else {
             debug!(
                 excluded = excluded.len(),
@@ -615,7 +658,8 @@ impl ScoreRouter {
             } else if health.status != BackendStatus::CannotConnect {
                 info!(backend = %addr, status = %health.status, "backend added");
                 let name: Name = Arc::from(addr.as_str());
-                let b = Backend::new(name.clone(), health);
+                let slot = self.index.allocate(name.clone());
+                let b = Backend::new(name.clone(), slot, health);
                 self.index.insert(&b);
                 self.backends.insert(name, b);
             }
@@ -647,15 +691,17 @@ impl ScoreRouter {
     fn rebalance(&mut self, max_conns: usize) {
         let now = Instant::now();
         for _ in 0..max_conns {
-            let Some((drained, busy_score, busiest)) = self.index.loaded.last().cloned() else {
+            let Some(&(drained, busy_score, busy_slot)) = self.index.loaded.last() else {
                 break;
             };
-            let Some((idle_score, idlest)) = self.index.routable.first().cloned() else {
+            let Some(&(idle_score, idle_slot)) = self.index.routable.first() else {
                 break;
             };
-            if busiest == idlest {
+            if busy_slot == idle_slot {
                 break;
             }
+            let busiest = self.index.name(busy_slot).clone();
+            let idlest = self.index.name(idle_slot).clone();
             if !drained
                 && (busy_score as f64) / ((idle_score + 1) as f64) < self.cfg.max_score_ratio
             {
@@ -748,11 +794,20 @@ impl ScoreRouter {
                 return Err(format!("backend {name}: handle health out of step"));
             }
             let score = b.score();
+            if self
+                .index
+                .names
+                .get(b.slot as usize)
+                .and_then(Option::as_ref)
+                != Some(name)
+            {
+                return Err(format!("backend {name}: slot {} names another", b.slot));
+            }
             if b.routable() {
-                routable.insert((score, name.clone()));
+                routable.insert((score, b.slot));
             }
             if !b.conns.is_empty() {
-                loaded.insert((b.drained, score, name.clone()));
+                loaded.insert((b.drained, score, b.slot));
             }
         }
         if listed != self.conns.len() {
