@@ -2,7 +2,8 @@
 //!
 //! Starts the router (under `actix::Supervisor`) with its observer, the proxy listener and its
 //! worker arbiters, and the admin API; then waits for SIGINT/SIGTERM and shuts down in order:
-//! stop accepting, stop the observer, let connections finish (up to `shutdown_timeout`), stop.
+//! stop accepting, stop the observer, (`protocol: mysql`) ask every session to close at its next
+//! safe point, let connections finish (up to `shutdown_timeout`), stop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Discovery, LogFormat};
+use crate::config::{Config, Discovery, LogFormat, Protocol};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::listener::{ProxyListener, StopAccepting};
+use crate::proxy::sessions::{CloseAll, MysqlSessions};
 use crate::proxy::{LiveConns, ProxyShared};
 use crate::shutdown::{self, Drained};
 
@@ -103,6 +105,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
 
     let workers: Vec<Arbiter> = (0..cfg.workers).map(|_| Arbiter::new()).collect();
     let live = LiveConns::default();
+    let sessions = MysqlSessions::new().start();
     let shared = ProxyShared {
         router: router.clone(),
         metrics: ProxyMetrics::new(),
@@ -113,6 +116,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
             connect_timeout: cfg.health.dial_timeout,
             ..Default::default()
         }),
+        sessions: sessions.clone(),
     };
     let proxy = ProxyListener::new(
         listener,
@@ -145,6 +149,14 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let _ = proxy.send(StopAccepting).await;
     router.do_send(StopObserver);
     if outcome.is_ok() {
+        if cfg.protocol == Protocol::Mysql {
+            // idle sessions end now, busy ones after their command or transaction
+            let asked = sessions.send(CloseAll).await.unwrap_or(0);
+            info!(
+                sessions = asked,
+                "mysql sessions close at their next safe point"
+            );
+        }
         match shutdown::drain(&live, cfg.shutdown_timeout).await {
             Drained::Clean => info!("all connections finished"),
             Drained::TimedOut(open) => {

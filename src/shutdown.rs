@@ -1,6 +1,7 @@
 //! Graceful shutdown: wait for SIGINT/SIGTERM, then give open connections time to finish.
 //!
-//! The service owns the order (stop accepting, stop the observer, drain, stop); this module only
+//! The service owns the order (stop accepting, stop the observer, close `mysql` sessions at their
+//! next safe point, drain, stop); this module only
 //! knows how to wait for a signal and how to wait, bounded, for the connection count to reach 0.
 
 use std::time::Duration;

@@ -136,15 +136,19 @@ impl MysqlUsers {
 }
 
 /// Starts a [`MysqlConn`] for a client the service's listener accepted: the `protocol: mysql`
-/// arm of `proxy::start_conn`. Must run on the arbiter that will own the connection.
-pub fn start_proxied(conn: crate::proxy::NewConn) {
+/// arm of `proxy::start_conn`. Must run on the arbiter that will own the connection. Runs
+/// `on_stop` when the connection ends; `None` when the client socket could not be adopted.
+pub fn start_proxied(
+    conn: crate::proxy::NewConn,
+    on_stop: impl FnOnce() + 'static,
+) -> Option<actix::Addr<MysqlConn>> {
     let live = conn.shared.live.enter();
     let metrics = conn.shared.metrics.clone();
     let client = match tokio::net::TcpStream::from_std(conn.client) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(conn_id = conn.id, peer = %conn.peer, error = %e, "cannot adopt client socket");
-            return;
+            return None;
         }
     };
     metrics.active.increment(1.0);
@@ -159,6 +163,8 @@ pub fn start_proxied(conn: crate::proxy::NewConn) {
     .on_stop(move || {
         metrics.active.decrement(1.0);
         drop(live);
+        on_stop();
     })
-    .start();
+    .start()
+    .into()
 }

@@ -3,10 +3,12 @@
 //! [`listener::ProxyListener`] accepts, tunes the socket and hands each client to a worker
 //! arbiter, where [`start_conn`] starts the connection actor for the configured protocol. That
 //! `match` is the seam for protocols: `tcp` is [`tcp_conn::TcpConn`]; `mysql` is
-//! [`crate::mysql::MysqlConn`], which moves sessions at safe points.
+//! [`crate::mysql::MysqlConn`], which moves sessions at safe points and is kept in
+//! [`sessions::MysqlSessions`] while it lives, so shutdown can close it at its next safe point.
 
 pub mod copy;
 pub mod listener;
+pub mod sessions;
 pub mod tcp_conn;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ pub struct ProxyShared {
     pub connect_timeout: Duration,
     /// `protocol: mysql` settings (users for moves, timeouts).
     pub mysql: Arc<crate::mysql::MysqlConfig>,
+    /// The live `protocol: mysql` sessions (empty in `tcp` mode).
+    pub sessions: Addr<sessions::MysqlSessions>,
 }
 
 /// A new client, accepted and tuned, on its way to a worker arbiter.
@@ -54,7 +58,20 @@ pub struct NewConn {
 pub fn start_conn(protocol: Protocol, conn: NewConn) {
     match protocol {
         Protocol::Tcp => tcp_conn::TcpConn::start_new(conn, tcp_conn::Moves::Refuse),
-        Protocol::Mysql => crate::mysql::start_proxied(conn),
+        Protocol::Mysql => {
+            let (id, sessions) = (conn.id, conn.shared.sessions.clone());
+            let gone = sessions.clone();
+            let started = crate::mysql::start_proxied(conn, move || {
+                gone.do_send(sessions::Unregister { id })
+            });
+            // sent before the actor can stop, from the same thread, so Unregister follows it
+            if let Some(addr) = started {
+                sessions.do_send(sessions::Register {
+                    id,
+                    close: addr.recipient(),
+                });
+            }
+        }
     }
 }
 

@@ -206,11 +206,17 @@ pub fn config_yaml(proxy: SocketAddr, admin: SocketAddr, backends: &[&str], extr
 impl Service {
     /// Starts the binary with `backends` and waits until the admin API answers.
     pub fn start(backends: &[&str], extra: &str) -> Service {
+        Service::start_with(|proxy, admin| config_yaml(proxy, admin, backends, extra))
+    }
+
+    /// Starts the binary with the config `yaml(proxy, admin)` (two free addresses) and waits
+    /// until the admin API answers.
+    pub fn start_with(yaml: impl FnOnce(SocketAddr, SocketAddr) -> String) -> Service {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = scratch_dir();
         let path = dir.join("config.yaml");
-        std::fs::write(&path, config_yaml(proxy, admin, backends, extra)).expect("write config");
+        std::fs::write(&path, yaml(proxy, admin)).expect("write config");
         let log = std::fs::File::create(dir.join("switchyard.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")

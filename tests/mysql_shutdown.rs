@@ -1,0 +1,129 @@
+//! Graceful shutdown in `protocol: mysql`: the real `switchyard` binary in front of a real
+//! MariaDB, real clients (`mysql_async`). On SIGTERM an idle session is closed at once and a
+//! session inside a transaction only after its COMMIT, so the process exits long before
+//! `shutdown_timeout`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use support::{wait_until, Service};
+use switchyard_testkit::MariaDb;
+
+const USER: &str = "app";
+const PASSWORD: &str = "app-pw";
+
+fn mysql_config(
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    backend: std::net::SocketAddr,
+) -> String {
+    format!(
+        "proxy: {{ listen: {proxy}, protocol: mysql }}\n\
+         admin: {{ listen: {admin} }}\n\
+         backends: {{ static: [{backend}] }}\n\
+         health_check: {{ interval: 100ms, max_retries: 0, retry_interval: 50ms, dial_timeout: 2s }}\n\
+         mysql: {{ users: [{{ name: {USER}, password: {PASSWORD} }}] }}\n\
+         shutdown_timeout: 30s\n\
+         log: {{ level: debug }}\n"
+    )
+}
+
+async fn connect(svc: &Service) -> Conn {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(svc.proxy.port())
+        .user(Some(USER))
+        .pass(Some(PASSWORD))
+        .prefer_socket(false);
+    Conn::new(opts).await.expect("log in through the proxy")
+}
+
+/// Queries `c` every 50 ms until a query fails (the proxy closed the session) or `within`
+/// passes; true when it failed.
+async fn closed_within(c: &mut Conn, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if c.query_drop("SELECT 1").await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[test]
+fn sigterm_closes_idle_sessions_at_once_and_a_transaction_after_its_commit() {
+    let Some(db) = MariaDb::start() else { return };
+    db.sql(&format!(
+        "CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+         GRANT ALL ON *.* TO '{USER}'@'%'; \
+         CREATE DATABASE app1; CREATE TABLE app1.t (id INT PRIMARY KEY);"
+    ));
+    let mut svc = Service::start_with(|proxy, admin| mysql_config(proxy, admin, db.addr()));
+    wait_until("the backend is healthy", Duration::from_secs(10), || {
+        svc.backends().iter().any(|b| b["status"] == "healthy")
+    });
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let _in_rt = rt.enter(); // the clients below are dropped inside it
+
+    let (mut idle, mut in_tx) = rt.block_on(async {
+        let mut idle = connect(&svc).await;
+        idle.query_drop("SELECT 1")
+            .await
+            .expect("idle session works");
+        let mut in_tx = connect(&svc).await;
+        in_tx.query_drop("BEGIN").await.expect("BEGIN");
+        in_tx
+            .query_drop("INSERT INTO app1.t VALUES (1)")
+            .await
+            .expect("INSERT in the transaction");
+        (idle, in_tx)
+    });
+
+    let sigterm = Instant::now();
+    svc.signal(libc::SIGTERM);
+    assert!(
+        rt.block_on(closed_within(&mut idle, Duration::from_secs(5))),
+        "the idle session should be closed soon after SIGTERM\n{}",
+        svc.log()
+    );
+
+    // The transaction is still open: its session and the process stay until it ends.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        svc.child.try_wait().expect("try_wait").is_none(),
+        "exited with a transaction open\n{}",
+        svc.log()
+    );
+    rt.block_on(async {
+        in_tx
+            .query_drop("INSERT INTO app1.t VALUES (2)")
+            .await
+            .expect("the transaction goes on during shutdown");
+        in_tx
+            .query_drop("COMMIT")
+            .await
+            .expect("COMMIT succeeds during shutdown");
+    });
+    assert!(
+        rt.block_on(closed_within(&mut in_tx, Duration::from_secs(5))),
+        "the session should be closed after its COMMIT\n{}",
+        svc.log()
+    );
+
+    let code = svc.wait_exit(Duration::from_secs(10).saturating_sub(sigterm.elapsed()));
+    assert_eq!(code, Some(0), "{}", svc.log());
+    assert!(
+        sigterm.elapsed() < Duration::from_secs(10),
+        "took {:?} of a 30 s shutdown_timeout",
+        sigterm.elapsed()
+    );
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM app1.t").trim(),
+        "2",
+        "the commit landed"
+    );
+}
