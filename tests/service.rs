@@ -563,3 +563,42 @@ fn a_listen_address_in_use_is_a_runtime_failure_exit_1() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("proxy.listen"), "{stderr}");
 }
+
+#[test]
+fn the_admin_api_survives_garbage_and_lists_a_never_healthy_backend_as_down() {
+    let a = Backend::start(Behaviour::Echo);
+    // Nothing listens on the second backend: configured, never healthy.
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let svc = Service::start(&[&a.addr, &dead], "");
+    wait_until(
+        "both backends listed, one healthy and one down",
+        Duration::from_secs(10),
+        || {
+            let b = svc.backends();
+            b.iter()
+                .any(|v| v["addr"] == a.addr.as_str() && v["status"] == "healthy")
+                && b.iter()
+                    .any(|v| v["addr"] == dead.as_str() && v["status"] == "down")
+        },
+    );
+
+    // Garbage, a request line with no end, and a reset: the admin port shrugs them off.
+    for junk in [&b"\x00\xff\x16\x03\x01garbage\r\n\r\n"[..], b"GET /", b""] {
+        let mut s = TcpStream::connect(svc.admin).expect("admin accepts");
+        let _ = s.write_all(junk);
+        drop(s);
+    }
+    for (method, path) in [
+        ("GET", "/no/such/thing"),
+        ("DELETE", "/backends"),
+        ("POST", "/backends/%zz/drain"),
+        ("GET", "/backends/127.0.0.1:1/drain"),
+    ] {
+        let (code, body) = http(svc.admin, method, path).expect("admin answers");
+        assert!((400..500).contains(&code), "{method} {path}: {code} {body}");
+    }
+    let (code, _) = http(svc.admin, "GET", "/health").expect("admin answers");
+    assert_eq!(code, 200, "still serving after bad input");
+    let mut c = svc.client();
+    assert_eq!(echo(&mut c, b"still proxying").unwrap(), b"still proxying");
+}
