@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchyard::{HealthCheckConfig, Probe, RouterConfig};
+use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RouterConfig};
 use thiserror::Error;
 
 /// A configuration problem: which key, and what was wrong with it.
@@ -90,8 +90,8 @@ impl LogLevel {
 pub enum Discovery {
     /// A fixed list of `host:port`.
     Static(Vec<String>),
-    /// TiDB topology in etcd, at these endpoints (`http://host:port`).
-    Etcd(Vec<String>),
+    /// TiDB topology in etcd, at these endpoints (`http://host:port`), with these timeouts.
+    Etcd(Vec<String>, EtcdConfig),
 }
 
 /// One MySQL account the proxy may log in with when it moves a session.
@@ -220,6 +220,12 @@ struct RawBackends {
 #[serde(deny_unknown_fields)]
 struct RawEtcd {
     endpoints: Vec<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    request_timeout: Option<Duration>,
+    #[serde(default)]
+    rounds: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    backoff: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -429,7 +435,20 @@ impl RawConfig {
                         })?;
                     backend_addr(&key, rest.trim_end_matches('/'))?;
                 }
-                Discovery::Etcd(etcd.endpoints)
+                let d = EtcdConfig::default();
+                let etcd_cfg = EtcdConfig {
+                    request_timeout: etcd.request_timeout.unwrap_or(d.request_timeout),
+                    rounds: etcd.rounds.unwrap_or(d.rounds),
+                    backoff: etcd.backoff.unwrap_or(d.backoff),
+                };
+                positive("backends.etcd.request_timeout", etcd_cfg.request_timeout)?;
+                if etcd_cfg.rounds == 0 {
+                    return Err(ConfigError::new(
+                        "backends.etcd.rounds",
+                        "must be at least 1",
+                    ));
+                }
+                Discovery::Etcd(etcd.endpoints, etcd_cfg)
             }
         };
 
@@ -688,8 +707,23 @@ mod tests {
         let c = load("backends: { etcd: { endpoints: [http://127.0.0.1:2379] } }\n").unwrap();
         assert_eq!(
             c.discovery,
-            Discovery::Etcd(vec!["http://127.0.0.1:2379".into()])
+            Discovery::Etcd(vec!["http://127.0.0.1:2379".into()], EtcdConfig::default())
         );
+        let c = load(
+            "backends: { etcd: { endpoints: [http://127.0.0.1:2379], request_timeout: 500ms, rounds: 5 } }\n",
+        )
+        .unwrap();
+        let Discovery::Etcd(_, etcd) = c.discovery else {
+            panic!("etcd discovery");
+        };
+        assert_eq!(etcd.request_timeout, Duration::from_millis(500));
+        assert_eq!(
+            (etcd.rounds, etcd.backoff),
+            (5, EtcdConfig::default().backoff)
+        );
+        let e = load("backends: { etcd: { endpoints: [http://127.0.0.1:2379], rounds: 0 } }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "backends.etcd.rounds");
     }
 
     #[test]

@@ -82,7 +82,10 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
     let router = match &cfg.discovery {
         Discovery::Static(addrs) => start_router(&cfg, StaticFetcher::new(addrs.clone())),
-        Discovery::Etcd(endpoints) => start_router(&cfg, EtcdFetcher::new(endpoints.clone())),
+        Discovery::Etcd(endpoints, etcd) => start_router(
+            &cfg,
+            EtcdFetcher::with_config(endpoints.clone(), etcd.clone()),
+        ),
     };
 
     let listener = tokio::net::TcpListener::bind(cfg.proxy_listen)
