@@ -33,6 +33,11 @@ use crate::model::BackendInfo;
 /// The prefix TiDB registers under.
 pub const TOPOLOGY_PREFIX: &str = "/topology/tidb/";
 
+/// The largest range response read (bytes). A TiDB topology entry is well under 1 KiB, so this
+/// holds tens of thousands of backends, while a confused or hostile endpoint streaming without end
+/// cannot grow the observer's memory beyond it.
+const MAX_RANGE_RESPONSE: usize = 64 << 20;
+
 /// Timeouts and retries of an [`EtcdFetcher`].
 ///
 /// A fetch that fails everywhere takes at most
@@ -132,10 +137,20 @@ impl EtcdFetcher {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("{url}: read response: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{url}: read response: {}", error_chain(&e)))?
+        {
+            if bytes.len() + chunk.len() > MAX_RANGE_RESPONSE {
+                return Err(format!(
+                    "{url}: response larger than {MAX_RANGE_RESPONSE} bytes; not reading further"
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(format!(
                 "{url}: HTTP {status}: {}",

@@ -226,6 +226,43 @@ async fn an_endpoint_that_is_not_etcd_is_an_error_not_an_empty_topology() {
     }
 }
 
+#[actix_rt::test]
+async fn an_endpoint_streaming_without_end_is_cut_off_with_a_bounded_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = [0u8; 4096];
+                let _ = s.read(&mut req).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let block = vec![b' '; 1 << 20];
+                // Until the client hangs up.
+                while s.write_all(&block).await.is_ok() {}
+            });
+        }
+    });
+    let cfg = EtcdConfig {
+        rounds: 1,
+        request_timeout: Duration::from_secs(20),
+        ..fast()
+    };
+    let started = Instant::now();
+    let err = EtcdFetcher::with_config(vec![format!("http://{addr}")], cfg)
+        .get_backend_list()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cut off by size, not by the timeout"
+    );
+}
+
 // ---- Inside the observer ----------------------------------------------------------------------
 
 struct Collector(mpsc::UnboundedSender<BackendsChanged>);
