@@ -142,7 +142,7 @@ pub fn start_proxied(
     conn: crate::proxy::NewConn,
     on_stop: impl FnOnce() + 'static,
 ) -> Option<actix::Addr<MysqlConn>> {
-    let live = conn.shared.live.enter();
+    let live = conn.live;
     let metrics = conn.shared.metrics.clone();
     let client = match tokio::net::TcpStream::from_std(conn.client) {
         Ok(s) => s,

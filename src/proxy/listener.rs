@@ -109,6 +109,7 @@ async fn accept_loop(
             id,
             client,
             peer,
+            live: shared.live.enter(),
             shared: shared.clone(),
         };
         hand_off(&workers, &mut turn, protocol, conn, peer);

@@ -49,6 +49,9 @@ pub struct NewConn {
     pub peer: SocketAddr,
     /// Routing and accounting.
     pub shared: ProxyShared,
+    /// Counts this client as open from the moment it was accepted, so a shutdown that starts
+    /// while it is on its way to a worker still waits for it.
+    pub live: LiveGuard,
 }
 
 /// Starts the connection actor for `protocol` on the current arbiter.

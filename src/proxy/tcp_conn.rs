@@ -40,7 +40,7 @@ pub struct TcpConn {
 impl TcpConn {
     /// Starts the actor for `conn` on the current arbiter.
     pub fn start_new(conn: NewConn, moves: Moves) {
-        let live = conn.shared.live.enter();
+        let live = conn.live;
         conn.shared.metrics.active.increment(1.0);
         let client = match TcpStream::from_std(conn.client) {
             Ok(s) => s,
