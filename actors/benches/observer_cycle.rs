@@ -10,28 +10,13 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use switchyard::{
-    BackendObserver, BackendsChanged, DefaultHealthCheck, HealthCheckConfig, Refresh, StaticFetcher,
-};
+use switchyard::{BackendObserver, DefaultHealthCheck, HealthCheckConfig, Refresh, StaticFetcher};
 use switchyard_testkit::doubles::{SqlBehaviour, SqlDouble};
-use tokio::sync::mpsc;
+use switchyard_testkit::Collector;
 
 const BACKENDS: usize = 500;
 const HUNG: usize = 10;
 const DIAL: Duration = Duration::from_millis(200);
-
-struct Collector(mpsc::UnboundedSender<BackendsChanged>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-}
-
-impl Handler<BackendsChanged> for Collector {
-    type Result = ();
-    fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
 
 /// Times `cycles` cycles (after one warm-up) with `concurrency` checks at once.
 async fn measure(addrs: &[String], concurrency: usize, cycles: usize) -> Vec<Duration> {
@@ -42,8 +27,7 @@ async fn measure(addrs: &[String], concurrency: usize, cycles: usize) -> Vec<Dur
         concurrency,
         ..HealthCheckConfig::default()
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = Collector(tx).start();
+    let (collector, mut rx) = Collector::start_new();
     let observer = BackendObserver::new(
         StaticFetcher::new(addrs.to_vec()),
         DefaultHealthCheck::new(cfg.clone()),

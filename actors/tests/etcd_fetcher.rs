@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use switchyard::*;
 use switchyard_testkit::doubles::{refused_addr, HttpBehaviour, HttpDouble};
+use switchyard_testkit::Collector;
 use switchyard_testkit::{Etcd, MariaDb};
 use tokio::sync::mpsc;
 
@@ -265,19 +266,6 @@ async fn an_endpoint_streaming_without_end_is_cut_off_with_a_bounded_error() {
 
 // ---- Inside the observer ----------------------------------------------------------------------
 
-struct Collector(mpsc::UnboundedSender<BackendsChanged>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-}
-
-impl Handler<BackendsChanged> for Collector {
-    type Result = ();
-    fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
 async fn next(rx: &mut mpsc::UnboundedReceiver<BackendsChanged>) -> BackendsChanged {
     tokio::time::timeout(Duration::from_secs(15), rx.recv())
         .await
@@ -300,8 +288,7 @@ async fn the_observer_finds_a_real_mariadb_through_etcd_and_reports_etcd_going_a
         max_retries: 0,
         ..HealthCheckConfig::default()
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = Collector(tx).start();
+    let (collector, mut rx) = Collector::start_new();
     let observer = BackendObserver::new(
         EtcdFetcher::with_config(vec![etcd.endpoint()], fast()),
         DefaultHealthCheck::new(cfg.clone()),

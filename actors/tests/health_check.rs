@@ -12,6 +12,7 @@ use switchyard_testkit::doubles::{
     err_packet, mysql_greeting, packet, refused_addr, HttpBehaviour, HttpDouble, SqlBehaviour,
     SqlDouble,
 };
+use switchyard_testkit::Collector;
 use switchyard_testkit::MariaDb;
 use tokio::sync::mpsc;
 
@@ -366,20 +367,6 @@ async fn a_real_mariadb_refusing_connections_is_down_with_its_message() {
 
 // ---- Inside the observer ----------------------------------------------------------------------
 
-/// Collects every report the observer sends.
-struct Collector(mpsc::UnboundedSender<BackendsChanged>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-}
-
-impl Handler<BackendsChanged> for Collector {
-    type Result = ();
-    fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
 /// An observer over `addrs` with the real health check; cycles only on `Refresh` (or its start).
 fn observe(
     addrs: Vec<String>,
@@ -389,8 +376,7 @@ fn observe(
     mpsc::UnboundedReceiver<BackendsChanged>,
     Addr<Collector>,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let collector = Collector(tx).start();
+    let (collector, rx) = Collector::start_new();
     let cfg = HealthCheckConfig {
         interval: Duration::from_secs(3600),
         ..cfg

@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use common::{manual_cfg, Tester};
 use switchyard::*;
+use switchyard_testkit::Collector;
 use tokio::sync::{mpsc, Notify};
 
 /// Discovery whose answer the test sets; reports each call on a channel.
@@ -46,20 +47,6 @@ impl HealthCheck for ScriptedHealth {
     }
 }
 
-/// Collects every report.
-struct Collector(mpsc::UnboundedSender<BackendsChanged>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-}
-
-impl Handler<BackendsChanged> for Collector {
-    type Result = ();
-    fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
 struct Rig {
     list: Rc<RefCell<Result<Vec<String>, FetchError>>>,
     health: ScriptedHealth,
@@ -82,8 +69,7 @@ fn rig(addrs: &[&str], cfg: HealthCheckConfig, gate: Option<Rc<Notify>>) -> Rig 
         .map(|a| a.to_string())
         .collect::<Vec<_>>())));
     let (calls_tx, calls) = mpsc::unbounded_channel();
-    let (tx, reports) = mpsc::unbounded_channel();
-    let collector = Collector(tx).start();
+    let (collector, reports) = Collector::start_new();
     let health = ScriptedHealth::default();
     let observer = BackendObserver::new(
         ScriptedFetcher {

@@ -10,11 +10,13 @@
 //! unless `SWITCHYARD_REQUIRE_SERVERS=1` (set by CI), where a missing server fails the test.
 //! A server that is installed but fails to start always fails the test, with the tail of its log.
 
+mod collector;
 pub mod doubles;
 mod etcd;
 mod mariadb;
 mod proc;
 
+pub use collector::Collector;
 pub use etcd::Etcd;
 pub use mariadb::MariaDb;
 pub use proc::{free_port, require_servers, skip_or_fail, TempDir};
