@@ -20,13 +20,7 @@ fn many_clients_are_echoed_and_spread_evenly_across_backends() {
     let backends: Vec<Backend> = (0..3).map(|_| Backend::start(Behaviour::Echo)).collect();
     let addrs: Vec<&str> = backends.iter().map(|b| b.addr.as_str()).collect();
     let svc = Service::start(&addrs, "");
-    wait_until("3 healthy backends", Duration::from_secs(10), || {
-        svc.backends()
-            .iter()
-            .filter(|b| b["status"] == "healthy")
-            .count()
-            == 3
-    });
+    svc.wait_healthy(3);
 
     let mut clients: Vec<TcpStream> = (0..30).map(|_| svc.client()).collect();
     let workers: Vec<_> = clients
@@ -84,13 +78,7 @@ fn a_killed_backend_is_marked_down_and_new_connections_avoid_it() {
     let mut doomed = Backend::start(Behaviour::Echo);
     let survivor = Backend::start(Behaviour::Echo);
     let svc = Service::start(&[&doomed.addr, &survivor.addr], "");
-    wait_until("2 healthy backends", Duration::from_secs(10), || {
-        svc.backends()
-            .iter()
-            .filter(|b| b["status"] == "healthy")
-            .count()
-            == 2
-    });
+    svc.wait_healthy(2);
     let mut before: Vec<TcpStream> = (0..4).map(|_| svc.client()).collect();
     for c in &mut before {
         echo(c, b"hello").expect("echo before the kill");
@@ -157,13 +145,7 @@ fn drain_sends_new_connections_elsewhere_and_an_unknown_backend_is_404() {
     let a = Backend::start(Behaviour::Echo);
     let b = Backend::start(Behaviour::Echo);
     let svc = Service::start(&[&a.addr, &b.addr], "");
-    wait_until("2 healthy backends", Duration::from_secs(10), || {
-        svc.backends()
-            .iter()
-            .filter(|b| b["status"] == "healthy")
-            .count()
-            == 2
-    });
+    svc.wait_healthy(2);
 
     let (code, body) = http(svc.admin, "POST", &format!("/backends/{}/drain", a.addr)).unwrap();
     assert_eq!(code, 200, "{body}");
@@ -309,13 +291,7 @@ fn a_backend_that_resets_or_hangs_mid_stream_affects_only_its_own_clients() {
     let reset = Backend::start(Behaviour::ResetAfter(1500));
     let hang = Backend::start(Behaviour::HangAfter(1500));
     let svc = Service::start(&[&good.addr, &reset.addr, &hang.addr], "");
-    wait_until("3 healthy backends", Duration::from_secs(10), || {
-        svc.backends()
-            .iter()
-            .filter(|b| b["status"] == "healthy")
-            .count()
-            == 3
-    });
+    svc.wait_healthy(3);
     let mut clients: Vec<TcpStream> = (0..9).map(|_| svc.client()).collect();
     for c in &mut clients {
         echo(c, &payload(1, 1000)).expect("the first 1000 bytes echo everywhere");

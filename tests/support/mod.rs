@@ -249,6 +249,21 @@ impl Service {
     }
 
     /// `GET /backends`, parsed.
+    /// Waits (up to 10 s) until `n` backends show as healthy in `/backends`.
+    pub fn wait_healthy(&self, n: usize) {
+        wait_until(
+            &format!("{n} healthy backends"),
+            Duration::from_secs(10),
+            || {
+                self.backends()
+                    .iter()
+                    .filter(|b| b["status"] == "healthy")
+                    .count()
+                    == n
+            },
+        );
+    }
+
     pub fn backends(&self) -> Vec<serde_json::Value> {
         let (code, body) = http(self.admin, "GET", "/backends").expect("GET /backends");
         assert_eq!(code, 200, "{body}");
