@@ -76,6 +76,7 @@
 //! ```
 
 mod conn;
+mod connect;
 mod default_check;
 mod discovery;
 mod error;
@@ -88,6 +89,9 @@ mod selector;
 mod static_router;
 
 pub use conn::{ConnHandle, Redirect};
+pub use connect::{
+    AttemptError, BoxError, ConnectError, ConnectFailure, Connected, Connector, Registration,
+};
 pub use default_check::DefaultHealthCheck;
 pub use discovery::{BackendFetcher, StaticFetcher};
 pub use error::{FetchError, ObserveError, RouteError, RouterError};

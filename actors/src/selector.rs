@@ -42,15 +42,21 @@ impl BackendSelector {
 
     /// The next backend to try.
     pub async fn next(&mut self) -> Result<BackendInst, RouteError> {
-        self.finish(None);
-        let inst = match self.route_once().await {
+        match self.next_untried().await {
             Err(RouteError::NoBackend) if !self.excluded.is_empty() => {
                 // Every candidate was returned once: start over.
                 self.excluded.clear();
-                self.route_once().await?
+                self.next_untried().await
             }
-            other => other?,
-        };
+            other => other,
+        }
+    }
+
+    /// Like [`BackendSelector::next`], but never starts over: `Err(NoBackend)` once every
+    /// candidate was returned. [`crate::Connector`] stops there, so it tries each backend once.
+    pub(crate) async fn next_untried(&mut self) -> Result<BackendInst, RouteError> {
+        self.finish(None);
+        let inst = self.route_once().await?;
         self.excluded.push(inst.addr().to_string());
         self.current = Some(inst.clone());
         Ok(inst)
