@@ -130,6 +130,9 @@ pub struct Config {
     pub protocol: Protocol,
     /// Threads (actix arbiters) that run client connections; at least 1.
     pub workers: usize,
+    /// Bound on one proxy → backend connect (`proxy.connect_timeout`), for a client's first
+    /// backend and for a move's target.
+    pub connect_timeout: Duration,
     /// Where the admin HTTP API listens.
     pub admin_listen: SocketAddr,
     /// Where backends come from.
@@ -182,7 +185,12 @@ struct RawProxy {
     listen: String,
     protocol: Protocol,
     workers: usize,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
 }
+
+/// `proxy.connect_timeout` when absent.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for RawProxy {
     fn default() -> Self {
@@ -190,6 +198,7 @@ impl Default for RawProxy {
             listen: "127.0.0.1:6000".into(),
             protocol: Protocol::Tcp,
             workers: 0,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -380,6 +389,7 @@ fn one_line(s: &str) -> String {
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let proxy_listen = listen_addr("proxy.listen", &self.proxy.listen)?;
+        positive("proxy.connect_timeout", self.proxy.connect_timeout)?;
         let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
         if proxy_listen == admin_listen {
             return Err(ConfigError::new(
@@ -537,6 +547,7 @@ impl RawConfig {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,
             },
+            connect_timeout: self.proxy.connect_timeout,
             admin_listen,
             discovery,
             health,
@@ -644,6 +655,7 @@ mod tests {
         assert_eq!(c.proxy_listen, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(c.admin_listen, "127.0.0.1:6080".parse().unwrap());
         assert_eq!(c.protocol, Protocol::Tcp);
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.health.probe, Probe::Tcp);
         assert_eq!(c.health.interval, Duration::from_secs(3));
         assert_eq!(c.router, RouterConfig::default());
@@ -663,6 +675,22 @@ mod tests {
         assert_eq!(c.health.interval, Duration::from_millis(10));
         assert_eq!(c.health.dial_timeout, Duration::from_secs(60));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_proxy_connect_timeout_is_its_own_key_and_must_be_positive() {
+        let c = load(
+            "proxy: { connect_timeout: 750ms }\nbackends: { static: [127.0.0.1:1] }\nhealth_check: { dial_timeout: 5s }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.connect_timeout, Duration::from_millis(750));
+        assert_eq!(c.health.dial_timeout, Duration::from_secs(5));
+        let e = load("proxy: { connect_timeout: 0s }\nbackends: { static: [127.0.0.1:1] }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "proxy.connect_timeout", "{e}");
+        let e = load("proxy: { connect_timeout: soon }\nbackends: { static: [127.0.0.1:1] }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "proxy.connect_timeout", "{e}");
     }
 
     #[test]

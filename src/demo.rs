@@ -2,9 +2,9 @@
 //!
 //! Starts in-process backends speaking a tiny line protocol (each reply names the backend that
 //! served it), a [`ScoreRouter`] observing them, and a stream of simulated clients. The clients
-//! are connection actors like the proxy's, except that their protocol has a safe point between
-//! requests, so a [`Redirect`] really moves them: they connect to the target, swap sockets and
-//! answer `RedirectSucceeded`. A scripted timeline kills one backend, adds another and drains a
+//! are connection actors like the proxy's and start the same way ([`ConnStart`]), except that
+//! their protocol has a safe point between requests, so a [`Redirect`] really moves them: they
+//! connect to the target, swap sockets and answer `RedirectSucceeded`. A scripted timeline kills one backend, adds another and drains a
 //! third while a table (one block per second) shows status, connections, score and moves.
 
 use std::cell::RefCell;
@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use switchyard::{
-    BackendFetcher, BackendInfo, BackendSelector, ConnClosed, ConnHandle, DefaultHealthCheck,
-    FetchError, GetBackends, GetDrained, HealthCheckConfig, Probe, Redirect, RedirectFailed,
-    RedirectSucceeded, RouterConfig, ScoreRouter, SetDrained,
+    BackendFetcher, BackendInfo, DefaultHealthCheck, FetchError, GetBackends, GetDrained,
+    HealthCheckConfig, Probe, Redirect, Registration, RouterConfig, ScoreRouter, SetDrained,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +24,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::debug;
+
+use crate::entry::{connect_backend, ConnStart, Entry, LiveConns};
+
+/// Bound on one connect to a demo backend (they are in-process: anything slower is a dead one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -137,7 +141,6 @@ impl BackendFetcher for DemoFetcher {
 
 #[derive(Debug, Default)]
 struct Stats {
-    live: usize,
     summary: DemoSummary,
     moves_in: HashMap<String, u64>,
     moves_out: HashMap<String, u64>,
@@ -147,13 +150,14 @@ type Shared = Rc<RefCell<Stats>>;
 
 type Line = BufReader<TcpStream>;
 
-/// One simulated client session: a request every `every`, until `ends_at`.
+/// One simulated client session: a request every 250 ms, until `ends_at`.
 struct DemoClient {
-    id: u64,
-    router: Addr<ScoreRouter>,
+    /// Its place in the live count, and how it reaches a backend.
+    start: ConnStart,
     stats: Shared,
     stream: Option<Line>,
-    backend: Option<String>,
+    /// Set once routed; dropping it (with the actor) unregisters the client.
+    registration: Option<Registration>,
     ends_at: Instant,
     seq: u64,
 }
@@ -169,7 +173,7 @@ impl DemoClient {
             return;
         };
         self.seq += 1;
-        let line = format!("client {} request {}\n", self.id, self.seq);
+        let line = format!("client {} request {}\n", self.start.id(), self.seq);
         let fut = async move {
             stream.get_mut().write_all(line.as_bytes()).await?;
             let mut reply = String::new();
@@ -190,7 +194,7 @@ impl DemoClient {
                         act.stats.borrow_mut().summary.requests += 1;
                     }
                     Err(e) => {
-                        debug!(client = act.id, error = %e, "backend lost");
+                        debug!(client = act.start.id(), error = %e, "backend lost");
                         act.stats.borrow_mut().summary.lost += 1;
                         ctx.stop();
                     }
@@ -203,44 +207,18 @@ impl Actor for DemoClient {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let router = self.router.clone();
-        let me = ctx.address().recipient::<Redirect>();
-        let id = self.id;
-        let connect = async move {
-            let mut selector = BackendSelector::new(&router);
-            let mut tried = Vec::new();
-            loop {
-                let inst = selector.next().await.ok()?;
-                let addr = inst.addr().to_string();
-                if tried.contains(&addr) {
-                    return None;
-                }
-                if let Ok(s) = TcpStream::connect(&addr).await {
-                    selector.finish(Some(ConnHandle::new(id, me)));
-                    return Some((addr, s));
-                }
-                tried.push(addr);
-            }
-        };
-        ctx.wait(connect.into_actor(self).map(|r, act, ctx| match r {
-            Some((addr, s)) => {
-                let _ = s.set_nodelay(true);
-                act.backend = Some(addr);
-                act.stream = Some(BufReader::new(s));
+        let routed = self.start.connect(ctx.address().recipient());
+        ctx.wait(routed.into_actor(self).map(|r, act, ctx| match r {
+            Ok(routed) => {
+                act.registration = Some(routed.registration);
+                act.stream = Some(BufReader::new(routed.backend));
                 ctx.run_interval(Duration::from_millis(250), |act, ctx| act.request(ctx));
             }
-            None => ctx.stop(),
+            Err(e) => {
+                debug!(client = act.start.id(), error = %e, "no backend");
+                ctx.stop();
+            }
         }));
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.stats.borrow_mut().live -= 1;
-        if let Some(addr) = self.backend.take() {
-            self.router.do_send(ConnClosed {
-                addr,
-                conn_id: self.id,
-            });
-        }
     }
 }
 
@@ -248,40 +226,31 @@ impl Handler<Redirect> for DemoClient {
     type Result = ();
 
     fn handle(&mut self, msg: Redirect, ctx: &mut Context<Self>) {
-        let Some(from) = self.backend.clone() else {
+        if self.registration.is_none() {
             return;
-        };
+        }
         let to = msg.to.addr().to_string();
         let started = Instant::now();
         let target = to.clone();
-        let fut = async move {
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&target)).await
-        };
+        let fut = async move { connect_backend(&target, CONNECT_TIMEOUT).await };
         ctx.wait(fut.into_actor(self).map(move |r, act, _| {
-            let id = act.id;
+            let Some(registration) = act.registration.as_mut() else {
+                return;
+            };
             match r {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
+                Ok(s) => {
+                    let from = registration.backend().to_string();
                     act.stream = Some(BufReader::new(s));
-                    act.backend = Some(to.clone());
+                    registration.redirect_succeeded(&to);
                     let mut st = act.stats.borrow_mut();
                     st.summary.moves += 1;
-                    *st.moves_in.entry(to.clone()).or_default() += 1;
-                    *st.moves_out.entry(from.clone()).or_default() += 1;
+                    *st.moves_in.entry(to).or_default() += 1;
+                    *st.moves_out.entry(from).or_default() += 1;
                     crate::metrics::migration(true, started.elapsed());
-                    act.router.do_send(RedirectSucceeded {
-                        from,
-                        to,
-                        conn_id: id,
-                    });
                 }
-                _ => {
+                Err(_) => {
+                    registration.redirect_failed(&to);
                     crate::metrics::migration(false, started.elapsed());
-                    act.router.do_send(RedirectFailed {
-                        from,
-                        to,
-                        conn_id: id,
-                    });
                 }
             }
         }));
@@ -324,6 +293,7 @@ async fn run_async(opts: DemoOptions, out: &mut dyn Write) -> std::io::Result<De
         DefaultHealthCheck::new(health.clone()),
         health,
     );
+    let entry = Entry::new(router.clone(), CONNECT_TIMEOUT);
 
     let stats: Shared = Rc::new(RefCell::new(Stats::default()));
     let d = opts.duration;
@@ -368,22 +338,17 @@ async fn run_async(opts: DemoOptions, out: &mut dyn Write) -> std::io::Result<De
                 }
                 // Keep the client count up, a few arrivals per tick.
                 for _ in 0..3 {
-                    if stats.borrow().live >= opts.clients {
+                    if entry.live.get() >= opts.clients {
                         break;
                     }
                     let life = Duration::from_millis(4_000 + rng.next() % 8_000);
-                    {
-                        let mut st = stats.borrow_mut();
-                        st.summary.sessions += 1;
-                        // Counted from here, not from `started`, so arrivals never overshoot.
-                        st.live += 1;
-                    }
+                    stats.borrow_mut().summary.sessions += 1;
                     DemoClient {
-                        id: next_id,
-                        router: router.clone(),
+                        // Counted live from here, not from `started`, so arrivals never overshoot.
+                        start: ConnStart::without_client(next_id, &entry),
                         stats: stats.clone(),
                         stream: None,
-                        backend: None,
+                        registration: None,
                         ends_at: Instant::now() + life,
                         seq: 0,
                     }
@@ -392,7 +357,7 @@ async fn run_async(opts: DemoOptions, out: &mut dyn Write) -> std::io::Result<De
                 }
             }
             _ = table_tick.tick() => {
-                let table = render(&router, &backends, &stats, start.elapsed(), &events).await;
+                let table = render(&router, &backends, &stats, &entry.live, start.elapsed(), &events).await;
                 if tty {
                     write!(out, "\x1b[H\x1b[2J")?;
                 }
@@ -474,6 +439,7 @@ async fn render(
     router: &Addr<ScoreRouter>,
     backends: &[EchoBackend],
     stats: &Shared,
+    live: &LiveConns,
     elapsed: Duration,
     events: &[String],
 ) -> String {
@@ -487,7 +453,7 @@ async fn render(
         t,
         "t={:>3}s  clients {:>3}  requests {:>6}  moves {:>4}",
         elapsed.as_secs(),
-        st.live,
+        live.get(),
         st.summary.requests,
         st.summary.moves
     );

@@ -3,7 +3,8 @@
 //! Starts the router (under `actix::Supervisor`) with its observer, the proxy listener and its
 //! worker arbiters, and the admin API; then waits for SIGINT/SIGTERM and shuts down in order:
 //! stop accepting, stop the observer, (`protocol: mysql`) ask every session to close at its next
-//! safe point, let connections finish (up to `shutdown_timeout`), stop.
+//! safe point, let connections finish (up to `shutdown_timeout`), stop. The protocol is chosen
+//! here, once: [`start_conn`] gives the listener the start function of `tcp` or `mysql`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Discovery, LogFormat, Protocol};
-use crate::metrics::ProxyMetrics;
+use crate::entry::{Entry, StartConn};
+use crate::mysql::sessions::{CloseAll, MysqlSessions};
+use crate::mysql::{MysqlConfig, MysqlUsers};
 use crate::proxy::listener::{ProxyListener, StopAccepting};
-use crate::proxy::sessions::{CloseAll, MysqlSessions};
-use crate::proxy::{LiveConns, ProxyShared};
+use crate::proxy::tcp_conn::{Moves, TcpConn};
 use crate::shutdown::{self, Drained};
 
 /// A failure while running: exit code 1.
@@ -78,6 +80,27 @@ pub fn start_router<F: BackendFetcher>(cfg: &Config, fetcher: F) -> Addr<ScoreRo
     })
 }
 
+/// The start function for `cfg.protocol`, and (`protocol: mysql`) the session registry that
+/// graceful shutdown asks to close sessions at their next safe point.
+pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
+    match cfg.protocol {
+        Protocol::Tcp => (Arc::new(|c| TcpConn::start_new(c, Moves::Refuse)), None),
+        Protocol::Mysql => {
+            let sessions = MysqlSessions::new().start();
+            let mysql = Arc::new(MysqlConfig {
+                users: MysqlUsers::from_config(&cfg.mysql_users),
+                connect_timeout: cfg.connect_timeout,
+                ..Default::default()
+            });
+            let registry = sessions.clone();
+            let start: StartConn = Arc::new(move |c| {
+                crate::mysql::start_proxied(c, mysql.clone(), &registry);
+            });
+            (start, Some(sessions))
+        }
+    }
+}
+
 async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
     let router = match &cfg.discovery {
@@ -107,24 +130,13 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let mut admin_task = actix_rt::spawn(admin_server);
 
     let workers: Vec<Arbiter> = (0..cfg.workers).map(|_| Arbiter::new()).collect();
-    let live = LiveConns::default();
-    let sessions = MysqlSessions::new().start();
-    let shared = ProxyShared {
-        router: router.clone(),
-        metrics: ProxyMetrics::new(),
-        live: live.clone(),
-        connect_timeout: cfg.health.dial_timeout,
-        mysql: std::sync::Arc::new(crate::mysql::MysqlConfig {
-            users: crate::mysql::MysqlUsers::from_config(&cfg.mysql_users),
-            connect_timeout: cfg.health.dial_timeout,
-            ..Default::default()
-        }),
-        sessions: sessions.clone(),
-    };
+    let entry = Entry::new(router.clone(), cfg.connect_timeout);
+    let live = entry.live.clone();
+    let (start, sessions) = start_conn(&cfg);
     let proxy = ProxyListener::new(
         listener,
-        cfg.protocol,
-        shared,
+        entry,
+        start,
         workers.iter().map(|a| a.handle()).collect(),
     )
     .start();
@@ -152,7 +164,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let _ = proxy.send(StopAccepting).await;
     router.do_send(StopObserver);
     if outcome.is_ok() {
-        if cfg.protocol == Protocol::Mysql {
+        if let Some(sessions) = &sessions {
             // idle sessions end now, busy ones after their command or transaction
             let asked = sessions.send(CloseAll).await.unwrap_or(0);
             info!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
-use crate::proxy::LiveConns;
+use crate::entry::LiveConns;
 
 /// Waits for SIGINT or SIGTERM and says which arrived.
 pub async fn wait_for_signal() -> std::io::Result<&'static str> {

@@ -14,10 +14,10 @@ use actix::prelude::*;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use switchyard::{
-    BackendHealth, BackendSelector, BackendsChanged, GetBackends, Rebalance, RouterConfig,
-    ScoreRouter, SetDrained,
+    BackendHealth, BackendsChanged, GetBackends, Rebalance, RouterConfig, ScoreRouter, SetDrained,
 };
-use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers, RouterLink};
+use switchyard_server::entry::{ConnStart, Entry};
+use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
 use switchyard_testkit::MariaDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,19 +79,12 @@ async fn proxy(backends: &[String], users: MysqlUsers) -> Proxy {
         move_timeout: Duration::from_secs(2),
         ..Default::default()
     });
-    let r = router.clone();
+    let entry = Entry::new(router.clone(), Duration::from_secs(2));
     actix::spawn(async move {
         let mut id = 0;
         while let Ok((stream, _)) = listener.accept().await {
             id += 1;
-            MysqlConn::new(
-                id,
-                stream,
-                BackendSelector::new(&r),
-                RouterLink::new(&r),
-                cfg.clone(),
-            )
-            .start();
+            MysqlConn::new(ConnStart::from_stream(id, stream, &entry), cfg.clone()).start();
         }
     });
     Proxy { addr, router }

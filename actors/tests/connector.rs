@@ -159,7 +159,9 @@ async fn the_first_backend_that_connects_is_registered_and_nothing_is_refreshed(
     let router = Recorder::start(&["a:1", "b:1"]);
     let (_conn, h) = handle(1);
     let got = Connector::new(&router, TIMEOUT)
-        .connect(h, |inst| async move { Ok::<_, std::io::Error>(inst.addr().len()) })
+        .connect(h, |inst| async move {
+            Ok::<_, std::io::Error>(inst.addr().len())
+        })
         .await
         .expect("connected");
     assert_eq!(got.backend.addr(), "a:1");
@@ -190,7 +192,11 @@ async fn a_failing_backend_is_reported_refreshed_and_skipped() {
     assert!(matches!(got.failures[0].error, AttemptError::Failed(_)));
     assert_eq!(
         router.send(Log).await.unwrap(),
-        [created("down:1", false), Event::Refresh, created("up:1", true)]
+        [
+            created("down:1", false),
+            Event::Refresh,
+            created("up:1", true)
+        ]
     );
 }
 
@@ -213,7 +219,11 @@ async fn when_every_backend_fails_each_is_tried_once_and_the_error_names_them_al
         .await
         .err()
         .expect("no backend connects");
-    assert_eq!(attempts, ["refuses:1", "hangs:1"], "each tried exactly once");
+    assert_eq!(
+        attempts,
+        ["refuses:1", "hangs:1"],
+        "each tried exactly once"
+    );
     assert!(matches!(err, ConnectError::AllFailed { .. }), "{err:?}");
     let tried: Vec<&str> = err.tried().iter().map(|f| f.backend.as_str()).collect();
     assert_eq!(tried, ["refuses:1", "hangs:1"]);

@@ -46,14 +46,9 @@ pub enum QueryError {
 pub type Rows = Vec<Vec<Option<Vec<u8>>>>;
 
 impl Backend {
-    /// Connects to `addr` (TCP only; the greeting is not read).
+    /// Connects to `addr` (TCP only, tuned like every proxied socket; the greeting is not read).
     pub async fn connect(addr: &str, timeout: Duration) -> std::io::Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = crate::entry::connect_backend(addr, timeout).await?;
         Ok(Self::from_stream(addr.to_string(), stream))
     }
 

@@ -2,22 +2,18 @@
 //!
 //! Inbound: [`Redirect`] from the router and [`CloseAtSafePoint`] from the service (drain,
 //! shutdown). Outbound: exactly one of `RedirectSucceeded` / `RedirectFailed` / `ConnClosed` per
-//! redirect, through a [`RouterLink`]. The actor only forwards control to the relay task over a
-//! channel; the task owns both sockets and all session state, relays one command at a time, and
-//! acts on control only at a safe point — between commands — so a move never splits a response
-//! and a client command that arrives during a move simply waits in its socket.
+//! redirect, through the connection's [`Registration`] (whose `Drop` reports `ConnClosed`). The
+//! actor only forwards control to the relay task over a channel; the task owns both sockets and
+//! all session state, relays one command at a time, and acts on control only at a safe point —
+//! between commands — so a move never splits a response and a client command that arrives
+//! during a move simply waits in its socket.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::dev::ToEnvelope;
 use actix::prelude::*;
-use switchyard::{
-    BackendInst, BackendSelector, ConnClosed, ConnHandle, Redirect, RedirectFailed,
-    RedirectSucceeded,
-};
+use switchyard::{BackendInst, Redirect, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -27,50 +23,15 @@ use super::packet::{self, caps, err_payload, flush, put_packet, Frame, PacketErr
 use super::session::{self, Blocker, Pending, Session};
 use super::tracker::{cmd, Kind, Next, Tracker};
 use super::{Credential, MysqlConfig};
+use crate::entry::{ConnStart, Counted};
+
+/// `ER_UNKNOWN_ERROR`: what a client is told when no backend can take it.
+const ER_UNKNOWN_ERROR: u16 = 1105;
 
 /// Close the session at its next safe point (drain, graceful shutdown).
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
 pub struct CloseAtSafePoint;
-
-/// Where a connection reports to its router: one recipient per message, so the connection
-/// works with any router actor.
-#[derive(Clone)]
-pub struct RouterLink {
-    succeeded: Recipient<RedirectSucceeded>,
-    failed: Recipient<RedirectFailed>,
-    closed: Recipient<ConnClosed>,
-}
-
-impl RouterLink {
-    /// A link to `router`.
-    pub fn new<R>(router: &Addr<R>) -> Self
-    where
-        R: Actor + Handler<RedirectSucceeded> + Handler<RedirectFailed> + Handler<ConnClosed>,
-        R::Context: ToEnvelope<R, RedirectSucceeded>
-            + ToEnvelope<R, RedirectFailed>
-            + ToEnvelope<R, ConnClosed>,
-    {
-        Self {
-            succeeded: router.clone().recipient(),
-            failed: router.clone().recipient(),
-            closed: router.clone().recipient(),
-        }
-    }
-
-    /// A link from three recipients (for routers behind other actors, and tests).
-    pub fn from_recipients(
-        succeeded: Recipient<RedirectSucceeded>,
-        failed: Recipient<RedirectFailed>,
-        closed: Recipient<ConnClosed>,
-    ) -> Self {
-        Self {
-            succeeded,
-            failed,
-            closed,
-        }
-    }
-}
 
 #[derive(Debug)]
 enum Control {
@@ -79,15 +40,12 @@ enum Control {
 }
 
 struct Start {
-    client: TcpStream,
-    selector: BackendSelector,
-    link: RouterLink,
+    conn: ConnStart,
     cfg: Arc<MysqlConfig>,
 }
 
 /// One MySQL-protocol client connection (see the module docs).
 pub struct MysqlConn {
-    id: u64,
     ctrl: mpsc::UnboundedSender<Control>,
     rx: Option<mpsc::UnboundedReceiver<Control>>,
     start: Option<Start>,
@@ -95,31 +53,18 @@ pub struct MysqlConn {
 }
 
 impl MysqlConn {
-    /// A connection actor for an accepted `client`, routed by `selector`, reporting to `link`.
-    /// `id` must be unique among the router's connections.
-    pub fn new(
-        id: u64,
-        client: TcpStream,
-        selector: BackendSelector,
-        link: RouterLink,
-        cfg: Arc<MysqlConfig>,
-    ) -> Self {
+    /// A connection actor for a started client connection (`conn` holds the client socket).
+    pub fn new(conn: ConnStart, cfg: Arc<MysqlConfig>) -> Self {
         let (ctrl, rx) = mpsc::unbounded_channel();
         Self {
-            id,
             ctrl,
             rx: Some(rx),
-            start: Some(Start {
-                client,
-                selector,
-                link,
-                cfg,
-            }),
+            start: Some(Start { conn, cfg }),
             on_stop: None,
         }
     }
 
-    /// Runs `f` when the actor stops (the service's live-connection count and gauges).
+    /// Runs `f` when the actor is gone, however it ended (it runs from `Drop`).
     pub fn on_stop(mut self, f: impl FnOnce() + 'static) -> Self {
         self.on_stop = Some(Box::new(f));
         self
@@ -134,12 +79,13 @@ impl Actor for MysqlConn {
             ctx.stop();
             return;
         };
-        let handle = ConnHandle::new(self.id, ctx.address().recipient());
-        let fut = run(self.id, start, handle, rx);
+        let fut = run(start, ctx.address().recipient(), rx);
         ctx.spawn(fut.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
+}
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
+impl Drop for MysqlConn {
+    fn drop(&mut self) {
         if let Some(f) = self.on_stop.take() {
             f();
         }
@@ -196,9 +142,10 @@ struct Login {
     secret: Option<NativeSecret>,
 }
 
+/// The client's socket halves count what crosses them into `bytes_in_total` / `bytes_out_total`.
 struct ClientSide {
-    reader: PacketReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: PacketReader<Counted<OwnedReadHalf>>,
+    writer: Counted<OwnedWriteHalf>,
     out: Vec<u8>,
 }
 
@@ -215,53 +162,30 @@ impl ClientSide {
     }
 }
 
-async fn run(id: u64, start: Start, handle: ConnHandle, ctrl: mpsc::UnboundedReceiver<Control>) {
-    let Start {
-        client,
-        mut selector,
-        link,
-        cfg,
-    } = start;
-    let peer = client
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = client.set_nodelay(true);
-    let (r, w) = client.into_split();
-    let mut client = ClientSide {
-        reader: PacketReader::new(r),
-        writer: w,
-        out: Vec::with_capacity(16 * 1024),
-    };
-    let mut backend = None;
-    let mut last_err = String::from("no backend");
-    for _ in 0..4 {
-        match selector.next().await {
-            Ok(inst) => match Backend::connect(inst.addr(), cfg.connect_timeout).await {
-                Ok(b) => {
-                    selector.finish(Some(handle.clone()));
-                    backend = Some(b);
-                    break;
-                }
-                Err(e) => {
-                    warn!(conn_id = id, backend = %inst.addr(), error = %e, "backend connect failed; trying the next");
-                    last_err = e.to_string();
-                }
-            },
-            Err(e) => {
-                last_err = e.to_string();
-                break;
-            }
-        }
-    }
-    drop(selector);
-    let Some(backend) = backend else {
-        client
-            .send_err(0, 1105, "HY000", &format!("switchyard: {last_err}"))
-            .await;
-        info!(conn_id = id, client = %peer, reason = %last_err, "client closed: no backend");
+async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: mpsc::UnboundedReceiver<Control>) {
+    let Start { mut conn, cfg } = start;
+    let id = conn.id();
+    let Some(client) = conn.take_client() else {
         return;
     };
+    let peer = conn.peer().map(|a| a.to_string()).unwrap_or_default();
+    let metrics = conn.metrics();
+    let (r, w) = client.into_split();
+    let mut client = ClientSide {
+        reader: PacketReader::new(Counted::new(r, metrics.bytes_in.clone())),
+        writer: Counted::new(w, metrics.bytes_out.clone()),
+        out: Vec::with_capacity(16 * 1024),
+    };
+    let routed = match conn.connect(redirect).await {
+        Ok(routed) => routed,
+        Err(e) => {
+            let msg = format!("switchyard: {e}");
+            client.send_err(0, ER_UNKNOWN_ERROR, "HY000", &msg).await;
+            info!(conn_id = id, client = %peer, reason = %e, "client closed: no backend");
+            return;
+        }
+    };
+    let backend = Backend::from_stream(routed.registration.backend().to_string(), routed.backend);
     let mut relay = Relay {
         id,
         peer,
@@ -270,7 +194,7 @@ async fn run(id: u64, start: Start, handle: ConnHandle, ctrl: mpsc::UnboundedRec
         session: Session::new(),
         tracker: Tracker::new(0),
         login: None,
-        link,
+        link: routed.registration,
         cfg,
         ctrl,
         pending: None,
@@ -288,10 +212,7 @@ async fn run(id: u64, start: Start, handle: ConnHandle, ctrl: mpsc::UnboundedRec
             debug!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "session ended")
         }
     }
-    relay.link.closed.do_send(ConnClosed {
-        addr: relay.backend.addr.clone(),
-        conn_id: id,
-    });
+    // dropping the relay drops its registration: ConnClosed on the backend it is on now
 }
 
 /// Commands whose responses the proxy cannot follow: the session becomes a plain byte relay.
@@ -305,7 +226,7 @@ struct Relay {
     session: Session,
     tracker: Tracker,
     login: Option<Login>,
-    link: RouterLink,
+    link: Registration,
     cfg: Arc<MysqlConfig>,
     ctrl: mpsc::UnboundedReceiver<Control>,
     pending: Option<BackendInst>,
@@ -369,11 +290,7 @@ impl Relay {
     fn failed(&self, to: &BackendInst, reason: &str) {
         crate::metrics::migration(false, Duration::ZERO);
         info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
-        self.link.failed.do_send(RedirectFailed {
-            from: self.backend.addr.clone(),
-            to: to.addr().to_string(),
-            conn_id: self.id,
-        });
+        self.link.redirect_failed(to.addr());
     }
 
     // -----------------------------------------------------------------------------------------
@@ -811,11 +728,7 @@ impl Relay {
                 c = self.ctrl.recv() => match c {
                     Some(Control::Redirect(to)) => {
                         info!(conn_id = self.id, to = %to.addr(), "redirect refused: raw relay");
-                        self.link.failed.do_send(RedirectFailed {
-                            from: self.backend.addr.clone(),
-                            to: to.addr().to_string(),
-                            conn_id: self.id,
-                        });
+                        self.link.redirect_failed(to.addr());
                     }
                     Some(Control::Close) => return Err(End::Drained),
                     None => {}
@@ -868,11 +781,7 @@ impl Relay {
                 let old = std::mem::replace(&mut self.backend, target);
                 crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
-                self.link.succeeded.do_send(RedirectSucceeded {
-                    from: old.addr.clone(),
-                    to: self.backend.addr.clone(),
-                    conn_id: self.id,
-                });
+                self.link.redirect_succeeded(&self.backend.addr);
                 quit(old);
                 Ok(())
             }

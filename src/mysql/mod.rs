@@ -1,7 +1,7 @@
 //! `protocol: mysql`: MySQL-protocol client connections that move between backends at safe
 //! points with their session state intact.
 //!
-//! One [`MysqlConn`] actor per client: it routes with a `BackendSelector`, passes the first login
+//! One [`MysqlConn`] actor per client: it starts like every connection (`crate::entry`), passes the first login
 //! through to the backend, relays commands while tracking where each response ends
 //! ([`tracker`]), and answers the router's `Redirect` by logging in to the target as the same user
 //! (credentials from [`MysqlUsers`]), restoring the session ([`session`]) and swapping backends
@@ -14,14 +14,16 @@ pub mod conn;
 pub mod handshake;
 pub mod packet;
 pub mod session;
+pub mod sessions;
 pub mod tracker;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor as _;
+use actix::{Actor as _, Addr};
 
-pub use conn::{CloseAtSafePoint, MysqlConn, RouterLink};
+pub use conn::{CloseAtSafePoint, MysqlConn};
 use handshake::{parse_password_hash, NativeSecret};
 
 /// A configured user's credential, as kept in memory: never the cleartext password.
@@ -135,36 +137,25 @@ impl MysqlUsers {
     }
 }
 
-/// Starts a [`MysqlConn`] for a client the service's listener accepted: the `protocol: mysql`
-/// arm of `proxy::start_conn`. Must run on the arbiter that will own the connection. Runs
-/// `on_stop` when the connection ends; `None` when the client socket could not be adopted.
+/// Starts a [`MysqlConn`] for a client the service's listener accepted (the service's
+/// `StartConn` in `protocol: mysql`), and keeps it in `sessions` while it lives. Must run on the
+/// arbiter that will own the connection.
 pub fn start_proxied(
-    conn: crate::proxy::NewConn,
-    on_stop: impl FnOnce() + 'static,
-) -> Option<actix::Addr<MysqlConn>> {
-    let live = conn.live;
-    let metrics = conn.shared.metrics.clone();
-    let client = match tokio::net::TcpStream::from_std(conn.client) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(conn_id = conn.id, peer = %conn.peer, error = %e, "cannot adopt client socket");
-            return None;
-        }
+    conn: crate::entry::NewConn,
+    cfg: Arc<MysqlConfig>,
+    sessions: &Addr<sessions::MysqlSessions>,
+) {
+    let id = conn.id;
+    let Some(start) = crate::entry::ConnStart::adopt(conn) else {
+        return;
     };
-    metrics.active.increment(1.0);
-    let router = &conn.shared.router;
-    MysqlConn::new(
-        conn.id,
-        client,
-        switchyard::BackendSelector::new(router),
-        RouterLink::new(router),
-        conn.shared.mysql.clone(),
-    )
-    .on_stop(move || {
-        metrics.active.decrement(1.0);
-        drop(live);
-        on_stop();
-    })
-    .start()
-    .into()
+    let gone = sessions.clone();
+    let addr = MysqlConn::new(start, cfg)
+        .on_stop(move || gone.do_send(sessions::Unregister { id }))
+        .start();
+    // sent before the actor can stop, from the same thread, so Unregister follows it
+    sessions.do_send(sessions::Register {
+        id,
+        close: addr.recipient(),
+    });
 }

@@ -3,7 +3,8 @@
 //! Accepting runs as a future inside the actor; [`StopAccepting`] stops the actor, which drops
 //! the future and with it the listening socket, so shutdown's "stop accepting" is one message.
 //! Each accepted socket leaves this thread as a `std` socket and is adopted by its worker's
-//! reactor there, so connections spread over all cores.
+//! reactor there, so connections spread over all cores. What starts on the worker is the
+//! service's [`StartConn`]: the listener does not know the protocol.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,8 +13,7 @@ use actix::prelude::*;
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
-use super::{start_conn, NewConn, ProxyShared};
-use crate::config::Protocol;
+use crate::entry::{Entry, NewConn, StartConn};
 
 /// Stop accepting; connections already accepted go on.
 #[derive(Debug, Clone, Copy, Message)]
@@ -23,24 +23,24 @@ pub struct StopAccepting;
 /// Accepts clients on one address.
 pub struct ProxyListener {
     listener: Option<TcpListener>,
-    protocol: Protocol,
-    shared: ProxyShared,
+    entry: Entry,
+    start: StartConn,
     workers: Vec<ArbiterHandle>,
 }
 
 impl ProxyListener {
-    /// A listener over an already bound socket; connections go round-robin to `workers`
-    /// (the current arbiter when empty).
+    /// A listener over an already bound socket; each client is started with `start` on one of
+    /// `workers`, round-robin (on the current arbiter when `workers` is empty).
     pub fn new(
         listener: TcpListener,
-        protocol: Protocol,
-        shared: ProxyShared,
+        entry: Entry,
+        start: StartConn,
         workers: Vec<ArbiterHandle>,
     ) -> Self {
         Self {
             listener: Some(listener),
-            protocol,
-            shared,
+            entry,
+            start,
             workers,
         }
     }
@@ -55,12 +55,12 @@ impl Actor for ProxyListener {
             return;
         };
         if let Ok(addr) = listener.local_addr() {
-            info!(listen = %addr, protocol = ?self.protocol, "proxy accepting clients");
+            info!(listen = %addr, "proxy accepting clients");
         }
-        let shared = self.shared.clone();
+        let entry = self.entry.clone();
+        let start = self.start.clone();
         let workers = self.workers.clone();
-        let protocol = self.protocol;
-        ctx.spawn(accept_loop(listener, protocol, shared, workers).into_actor(self));
+        ctx.spawn(accept_loop(listener, entry, start, workers).into_actor(self));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -77,8 +77,8 @@ impl Handler<StopAccepting> for ProxyListener {
 
 async fn accept_loop(
     listener: TcpListener,
-    protocol: Protocol,
-    shared: ProxyShared,
+    entry: Entry,
+    start: StartConn,
     workers: Vec<ArbiterHandle>,
 ) {
     let mut next_id: u64 = 1;
@@ -93,8 +93,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        super::tcp_conn::tune(&stream);
-        shared.metrics.accepted.increment(1);
+        entry.metrics.accepted.increment(1);
         let id = next_id;
         next_id += 1;
         let client = match stream.into_std() {
@@ -109,27 +108,28 @@ async fn accept_loop(
             id,
             client,
             peer,
-            live: shared.live.enter(),
-            shared: shared.clone(),
+            live: entry.live.enter(),
+            entry: entry.clone(),
         };
-        hand_off(&workers, &mut turn, protocol, conn, peer);
+        hand_off(&workers, &mut turn, &start, conn, peer);
     }
 }
 
 fn hand_off(
     workers: &[ArbiterHandle],
     turn: &mut usize,
-    protocol: Protocol,
+    start: &StartConn,
     conn: NewConn,
     peer: SocketAddr,
 ) {
     if workers.is_empty() {
-        start_conn(protocol, conn);
+        start(conn);
         return;
     }
     let worker = &workers[*turn % workers.len()];
     *turn = turn.wrapping_add(1);
-    if !worker.spawn_fn(move || start_conn(protocol, conn)) {
+    let start = start.clone();
+    if !worker.spawn_fn(move || start(conn)) {
         error!(peer = %peer, "worker arbiter is gone; dropping client");
     }
 }

@@ -1,16 +1,17 @@
 //! `MysqlSessions`: the live `protocol: mysql` connections, so graceful shutdown can reach them.
 //!
-//! `start_conn` sends [`Register`] when it starts a `MysqlConn` (from the worker arbiter that owns
-//! it) and the connection's stop hook sends [`Unregister`]; [`CloseAll`] fans
+//! [`super::start_proxied`] sends [`Register`] when it starts a `MysqlConn` (from the worker
+//! arbiter that owns it) and the connection's stop hook sends [`Unregister`]; [`CloseAll`] fans
 //! `CloseAtSafePoint` out to every live session. An actor, not a shared map, because the
-//! connections live on several arbiters and only this actor touches the set.
+//! connections live on several arbiters and only this actor touches the set. The service starts
+//! it only in `protocol: mysql`.
 
 use std::collections::HashMap;
 
 use actix::prelude::*;
 use tracing::debug;
 
-use crate::mysql::CloseAtSafePoint;
+use super::CloseAtSafePoint;
 
 /// A `MysqlConn` started; `close` reaches it until it stops.
 #[derive(Message)]

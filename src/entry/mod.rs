@@ -1,0 +1,69 @@
+//! The entry path every client connection takes, whatever its protocol: accepted → tuned →
+//! counted as live → routed → connected → registered with the router.
+//!
+//! It sits below both `proxy` (the listener and `tcp` connections) and `mysql`, so neither
+//! imports the other: the listener hands each [`NewConn`] to a [`StartConn`] chosen by the
+//! service, and every connection kind begins with a [`ConnStart`].
+
+mod live;
+mod socket;
+mod start;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use switchyard::ScoreRouter;
+
+pub use live::{LiveConns, LiveGuard};
+pub use socket::{connect_backend, tune, Counted};
+pub use start::{ConnStart, Routed};
+
+use crate::metrics::ProxyMetrics;
+
+/// What every connection of one proxy shares: where to route, what to count, how long to wait.
+#[derive(Clone)]
+pub struct Entry {
+    /// The router connections register with.
+    pub router: Addr<ScoreRouter>,
+    /// Metric handles.
+    pub metrics: ProxyMetrics,
+    /// Open client connections.
+    pub live: LiveConns,
+    /// Bound on one backend connect (`proxy.connect_timeout`).
+    pub connect_timeout: Duration,
+}
+
+impl Entry {
+    /// An entry routing through `router`, counting into the installed metrics recorder (a no-op
+    /// when none is installed) and into a fresh live count driving `switchyard_connections_active`.
+    pub fn new(router: Addr<ScoreRouter>, connect_timeout: Duration) -> Self {
+        let metrics = ProxyMetrics::new();
+        Self {
+            router,
+            live: LiveConns::with_gauge(metrics.active.clone()),
+            metrics,
+            connect_timeout,
+        }
+    }
+}
+
+/// A new client, accepted, on its way to a worker arbiter.
+pub struct NewConn {
+    /// Unique among this process's connections.
+    pub id: u64,
+    /// The client socket (non-blocking), re-registered on the worker's runtime.
+    pub client: std::net::TcpStream,
+    /// The client's address, for logs.
+    pub peer: SocketAddr,
+    /// Routing and accounting.
+    pub entry: Entry,
+    /// Counts this client as open from the moment it was accepted, so a shutdown that starts
+    /// while it is on its way to a worker still waits for it.
+    pub live: LiveGuard,
+}
+
+/// Starts the connection actor for one accepted client, on the arbiter it is called on (the one
+/// that will own the connection). The service picks one per protocol.
+pub type StartConn = Arc<dyn Fn(NewConn) + Send + Sync>;
