@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::Conn;
 use support::{wait_until, Service};
 use switchyard_testkit::MariaDb;
 
@@ -32,13 +32,9 @@ fn mysql_config(
 }
 
 async fn connect(svc: &Service) -> Conn {
-    let opts = OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(svc.proxy.port())
-        .user(Some(USER))
-        .pass(Some(PASSWORD))
-        .prefer_socket(false);
-    Conn::new(opts).await.expect("log in through the proxy")
+    Conn::new(support::mysql_opts(svc.proxy.port(), USER, PASSWORD))
+        .await
+        .expect("log in through the proxy")
 }
 
 /// Queries `c` every 50 ms until a query fails (the proxy closed the session) or `within`

@@ -237,7 +237,7 @@ impl Connector {
 
 /// A connection's registration with its router: where it is, and its voice for moves.
 ///
-/// Dropping it sends `ConnClosed` for the backend it is on now, so the router forgets the
+/// Made by [`Connector::connect`] once the connection is registered. Dropping it sends `ConnClosed` for the backend it is on now, so the router forgets the
 /// connection however it ends: returned, stopped, or unwound by a panic (a count that cannot
 /// leak is a drop guard). After a move, [`Registration::redirect_succeeded`] both reports the
 /// move and updates where the close will be reported.
@@ -248,22 +248,6 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// The registration of connection `conn_id`, already registered on `backend` with
-    /// `router` (for connections that register themselves with `ConnCreated`).
-    pub fn new<R>(router: &Addr<R>, conn_id: u64, backend: impl Into<String>) -> Self
-    where
-        R: Actor + Handler<ConnClosed> + Handler<RedirectSucceeded> + Handler<RedirectFailed>,
-        R::Context: ToEnvelope<R, ConnClosed>
-            + ToEnvelope<R, RedirectSucceeded>
-            + ToEnvelope<R, RedirectFailed>,
-    {
-        Self {
-            conn_id,
-            backend: backend.into(),
-            link: Link::new(router),
-        }
-    }
-
     /// The connection's id.
     pub fn conn_id(&self) -> u64 {
         self.conn_id

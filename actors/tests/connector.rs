@@ -4,7 +4,8 @@
 //! A recording router double shows exactly which messages a connection sent; the drop-guard
 //! tests use the real `ScoreRouter` and its connection count.
 
-use std::collections::HashMap;
+mod common;
+
 use std::future::pending;
 use std::time::Duration;
 
@@ -273,7 +274,8 @@ async fn with_no_backend_at_all_nothing_is_tried_and_the_route_error_is_returned
 #[actix_rt::test]
 async fn a_registration_reports_moves_and_closes_on_the_backend_it_moved_to() {
     let router = Recorder::start(&["a:1", "b:1"]);
-    let mut reg = Registration::new(&router, 7, "a:1");
+    let mut reg = register(&router, 7).await;
+    assert_eq!(reg.backend(), "a:1");
     reg.redirect_failed("b:1");
     reg.redirect_succeeded("b:1");
     assert_eq!(reg.backend(), "b:1");
@@ -281,6 +283,7 @@ async fn a_registration_reports_moves_and_closes_on_the_backend_it_moved_to() {
     assert_eq!(
         router.send(Log).await.unwrap(),
         [
+            created("a:1", true),
             Event::Failed {
                 from: "a:1".into(),
                 to: "b:1".into()
@@ -296,26 +299,22 @@ async fn a_registration_reports_moves_and_closes_on_the_backend_it_moved_to() {
 
 /// A `ScoreRouter` with two healthy backends and no periodic rebalance.
 async fn score_router() -> Addr<ScoreRouter> {
-    let router = ScoreRouter::new(RouterConfig {
-        rebalance_interval: Duration::ZERO,
-        ..RouterConfig::default()
-    })
-    .start();
-    let backends: HashMap<String, BackendHealth> = ["a:1", "b:1"]
-        .iter()
-        .map(|a| (a.to_string(), BackendHealth::healthy()))
-        .collect();
-    router
-        .send(BackendsChanged {
-            backends,
-            error: None,
-        })
-        .await
-        .unwrap();
-    router
+    let mut t = common::Tester::new();
+    t.add_backends(2).await;
+    t.router
 }
 
-async fn register(router: &Addr<ScoreRouter>, id: u64) -> Registration {
+/// Registers connection `id` through a connector whose connects always succeed.
+async fn register<R>(router: &Addr<R>, id: u64) -> Registration
+where
+    R: Handler<Route>
+        + Handler<ConnCreated>
+        + Handler<RefreshBackends>
+        + Handler<ConnClosed>
+        + Handler<RedirectSucceeded>
+        + Handler<RedirectFailed>
+        + Actor<Context = Context<R>>,
+{
     let (_conn, h) = handle(id);
     Connector::new(router, TIMEOUT)
         .connect(h, |_| async { Ok::<_, std::io::Error>(()) })

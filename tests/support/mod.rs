@@ -320,6 +320,17 @@ impl Drop for Service {
     }
 }
 
+/// `mysql_async` options to log in as `user` through the proxy at `port` (over TCP, never the
+/// local socket the client would otherwise prefer).
+pub fn mysql_opts(port: u16, user: &str, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+}
+
 /// Writes `data` and reads the same number of bytes back.
 pub fn echo(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut w = stream.try_clone()?;
