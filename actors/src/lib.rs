@@ -7,9 +7,12 @@
 //! - [`ScoreRouter`] keeps every backend's score (status + connections) and every connection's
 //!   place, answers [`Route`]s with the least-loaded healthy backend, and rebalances by sending
 //!   [`Redirect`] to connections on busy, failing or drained backends;
-//! - a connection (your actor) uses a [`BackendSelector`] to pick a backend, registers with a
-//!   [`ConnHandle`], and answers each [`Redirect`] with [`RedirectSucceeded`],
-//!   [`RedirectFailed`] or [`ConnClosed`].
+//! - a connection (your actor) reaches a backend through a [`Connector`] (each healthy backend
+//!   tried at most once, a failed connect reported and followed by a refresh), keeps the
+//!   [`Registration`] it gets, and answers each [`Redirect`] through it with
+//!   [`RedirectSucceeded`] or [`RedirectFailed`]; dropping the registration sends
+//!   [`ConnClosed`], so a connection that ends any way, a panic included, leaves no count behind.
+//!   [`BackendSelector`] is the lower-level step underneath: one route at a time.
 //!
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
@@ -26,32 +29,49 @@
 //!
 //! ## Embedding
 //!
-//! Start a router with its observer, then let each connection pick a backend through a
-//! [`BackendSelector`] and register itself so the router can move it later:
+//! Start a router with its observer, then let each connection reach a backend through a
+//! [`Connector`], which registers it so the router can move it later:
 //!
 //! ```no_run
+//! use std::time::Duration;
+//!
 //! use actix::prelude::*;
 //! use switchyard::*;
 //!
 //! /// A connection of your application. This one cannot move, so it refuses redirects.
 //! struct MyConn {
 //!     id: u64,
-//!     backend: String,
 //!     router: Addr<ScoreRouter>,
+//!     /// Set once connected; dropped with the actor, it tells the router the connection ended.
+//!     registration: Option<Registration>,
 //! }
 //!
 //! impl Actor for MyConn {
 //!     type Context = Context<Self>;
+//!
+//!     fn started(&mut self, ctx: &mut Context<Self>) {
+//!         let handle = ConnHandle::new(self.id, ctx.address().recipient());
+//!         let connect = Connector::new(&self.router, Duration::from_secs(2))
+//!             .connect(handle, |backend| {
+//!                 tokio::net::TcpStream::connect(backend.addr().to_string())
+//!             });
+//!         ctx.wait(connect.into_actor(self).map(|connected, conn, ctx| match connected {
+//!             Ok(c) => {
+//!                 conn.registration = Some(c.registration);
+//!                 // ... serve the client over c.conn, the backend socket ...
+//!             }
+//!             // names every backend tried and why it failed
+//!             Err(_no_backend) => ctx.stop(),
+//!         }));
+//!     }
 //! }
 //!
 //! impl Handler<Redirect> for MyConn {
 //!     type Result = ();
 //!     fn handle(&mut self, msg: Redirect, _: &mut Context<Self>) {
-//!         self.router.do_send(RedirectFailed {
-//!             from: self.backend.clone(),
-//!             to: msg.to.addr().to_string(),
-//!             conn_id: self.id,
-//!         });
+//!         if let Some(registration) = &self.registration {
+//!             registration.redirect_failed(msg.to.addr());
+//!         }
 //!     }
 //! }
 //!
@@ -64,14 +84,7 @@
 //!         DefaultHealthCheck::new(health.clone()),
 //!         health,
 //!     );
-//!     let mut selector = BackendSelector::new(&router);
-//!     let backend = selector.next().await.expect("a healthy backend");
-//!     // ... connect to backend.addr(); on failure call selector.finish(None) and try next() ...
-//!     let conn = MyConn { id: 1, backend: backend.addr().to_string(), router: router.clone() };
-//!     let addr = conn.start();
-//!     selector.finish(Some(ConnHandle::new(1, addr.recipient())));
-//!     // When the connection ends:
-//!     router.do_send(ConnClosed { addr: backend.addr().to_string(), conn_id: 1 });
+//!     MyConn { id: 1, router, registration: None }.start();
 //! }
 //! ```
 
