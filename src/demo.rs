@@ -207,18 +207,11 @@ impl Actor for DemoClient {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let routed = self.start.connect(ctx.address().recipient());
-        ctx.wait(routed.into_actor(self).map(|r, act, ctx| match r {
-            Ok(routed) => {
-                act.registration = Some(routed.registration);
-                act.stream = Some(BufReader::new(routed.backend));
-                ctx.run_interval(Duration::from_millis(250), |act, ctx| act.request(ctx));
-            }
-            Err(e) => {
-                debug!(client = act.start.id(), error = %e, "no backend");
-                ctx.stop();
-            }
-        }));
+        self.start.connect_then(ctx, |act: &mut Self, routed, ctx| {
+            act.registration = Some(routed.registration);
+            act.stream = Some(BufReader::new(routed.backend));
+            ctx.run_interval(Duration::from_millis(250), |act, ctx| act.request(ctx));
+        });
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use actix::prelude::*;
 use switchyard::{ConnHandle, ConnectError, Connector, Redirect, Registration};
 use tokio::net::TcpStream;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::{socket, Entry, LiveGuard, NewConn};
 use crate::metrics::ProxyMetrics;
@@ -98,6 +98,32 @@ impl ConnStart {
     /// The client socket, once: the connection's data path owns it from here.
     pub fn take_client(&mut self) -> Option<TcpStream> {
         self.client.take()
+    }
+
+    /// For an actor that starts routed: connects as [`ConnStart::connect`] (registering the
+    /// actor's address for `Redirect`s) while the actor handles no message, then runs
+    /// `on_routed`; when no backend is reachable, logs why and stops the actor.
+    pub fn connect_then<A>(
+        &self,
+        ctx: &mut Context<A>,
+        on_routed: impl FnOnce(&mut A, Routed, &mut Context<A>) + 'static,
+    ) where
+        A: Actor<Context = Context<A>> + Handler<Redirect>,
+    {
+        let (id, peer) = (self.id, self.peer);
+        let routed = self.connect(ctx.address().recipient());
+        ctx.wait(
+            actix::fut::wrap_future::<_, A>(routed).map(move |r, act, ctx| match r {
+                Ok(routed) => {
+                    debug!(conn_id = id, peer = ?peer, backend = %routed.registration.backend(), "routed");
+                    on_routed(act, routed, ctx);
+                }
+                Err(e) => {
+                    info!(conn_id = id, peer = ?peer, error = %e, "no backend for client; closing it");
+                    ctx.stop();
+                }
+            }),
+        );
     }
 
     /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use switchyard::{Redirect, Registration};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::copy;
 use crate::entry::{ConnStart, NewConn};
@@ -53,18 +53,10 @@ impl Actor for TcpConn {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let routed = self.start.connect(ctx.address().recipient());
-        ctx.wait(routed.into_actor(self).map(|r, act, ctx| match r {
-            Ok(routed) => {
-                debug!(conn_id = act.id(), peer = ?act.start.peer(), backend = %routed.registration.backend(), "routed");
-                act.registration = Some(routed.registration);
-                act.forward(routed.backend, ctx);
-            }
-            Err(e) => {
-                info!(conn_id = act.id(), peer = ?act.start.peer(), error = %e, "no backend for client; closing it");
-                ctx.stop();
-            }
-        }));
+        self.start.connect_then(ctx, |act: &mut Self, routed, ctx| {
+            act.registration = Some(routed.registration);
+            act.forward(routed.backend, ctx);
+        });
     }
 }
 
