@@ -101,6 +101,33 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
     }
 }
 
+/// `ER_CON_COUNT_ERROR`: the server's "Too many connections".
+const ER_CON_COUNT_ERROR: u16 = 1040;
+/// SQLSTATE of [`ER_CON_COUNT_ERROR`] ("server rejected the connection").
+const SQLSTATE_CONNECTION_REJECTED: &str = "08004";
+
+/// What a client over `proxy.max_connections` is sent before the close: in `mysql` mode what a
+/// server over its own `max_connections` sends, an ERR packet in place of the greeting
+/// (sequence 0), so clients show their usual "Too many connections"; in `tcp` mode nothing.
+pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
+    match protocol {
+        Protocol::Tcp => Arc::from(&[][..]),
+        Protocol::Mysql => {
+            let mut out = Vec::new();
+            crate::mysql::packet::put_packet(
+                &mut out,
+                0,
+                &crate::mysql::packet::err_payload(
+                    ER_CON_COUNT_ERROR,
+                    SQLSTATE_CONNECTION_REJECTED,
+                    "Too many connections",
+                ),
+            );
+            Arc::from(out)
+        }
+    }
+}
+
 async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
     let router = match &cfg.discovery {
@@ -130,7 +157,11 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let mut admin_task = actix_rt::spawn(admin_server);
 
     let workers: Vec<Arbiter> = (0..cfg.workers).map(|_| Arbiter::new()).collect();
-    let entry = Entry::new(router.clone(), cfg.connect_timeout);
+    let mut entry = Entry::new(router.clone(), cfg.connect_timeout);
+    entry.login_timeout = cfg.login_timeout;
+    entry.half_close_timeout = cfg.half_close_timeout;
+    entry.max_connections = cfg.max_connections;
+    entry.refusal = refusal(cfg.protocol);
     let live = entry.live.clone();
     let (start, sessions) = start_conn(&cfg);
     let proxy = ProxyListener::new(
