@@ -14,9 +14,11 @@ mod collector;
 pub mod doubles;
 mod etcd;
 mod mariadb;
+mod netns;
 mod proc;
 
 pub use collector::Collector;
 pub use etcd::Etcd;
-pub use mariadb::MariaDb;
+pub use mariadb::{MariaDb, MariaDbOptions};
+pub use netns::NetNs;
 pub use proc::{free_port, require_servers, skip_or_fail, TempDir};
