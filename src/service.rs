@@ -103,26 +103,23 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
 
 /// `ER_CON_COUNT_ERROR`: the server's "Too many connections".
 const ER_CON_COUNT_ERROR: u16 = 1040;
-/// SQLSTATE of [`ER_CON_COUNT_ERROR`] ("server rejected the connection").
-const SQLSTATE_CONNECTION_REJECTED: &str = "08004";
+/// The first byte of an ERR packet.
+const ERR_MARKER: u8 = 0xFF;
 
-/// What a client over `proxy.max_connections` is sent before the close: in `mysql` mode what a
-/// server over its own `max_connections` sends, an ERR packet in place of the greeting
-/// (sequence 0), so clients show their usual "Too many connections"; in `tcp` mode nothing.
+/// What a client over `proxy.max_connections` is sent before the close: in `mysql` mode exactly
+/// what a MariaDB or MySQL server over its own `max_connections` sends, an ERR packet in place of
+/// the greeting (sequence 0) with no SQLSTATE — before the handshake the server cannot know the
+/// client reads protocol 4.1 ERRs, and clients parse none there; they map 1040 to SQLSTATE 08004
+/// themselves. In `tcp` mode nothing.
 pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
     match protocol {
         Protocol::Tcp => Arc::from(&[][..]),
         Protocol::Mysql => {
-            let mut out = Vec::new();
-            crate::mysql::packet::put_packet(
-                &mut out,
-                0,
-                &crate::mysql::packet::err_payload(
-                    ER_CON_COUNT_ERROR,
-                    SQLSTATE_CONNECTION_REJECTED,
-                    "Too many connections",
-                ),
-            );
+            let mut payload = vec![ERR_MARKER];
+            payload.extend_from_slice(&ER_CON_COUNT_ERROR.to_le_bytes());
+            payload.extend_from_slice(b"Too many connections");
+            let mut out = Vec::with_capacity(4 + payload.len());
+            crate::mysql::packet::put_packet(&mut out, 0, &payload);
             Arc::from(out)
         }
     }
