@@ -406,7 +406,8 @@ impl<'a> Lexer<'a> {
                 if let Some(&n) = s.get(self.i + 1) {
                     out.push(n);
                 }
-                self.i += 2;
+                // a backslash at the very end escapes nothing: never step past the end
+                self.i = (self.i + 2).min(s.len());
             } else if c == q {
                 if s.get(self.i + 1) == Some(&q) {
                     out.push(q);
@@ -607,7 +608,7 @@ pub fn analyze(sql: &[u8]) -> Pending {
         changes: false,
     };
     for (toks, range) in &stmts {
-        let text = &sql[range.clone()];
+        let text = sql.get(range.clone()).unwrap_or_default();
         p.changes |= statement_changes(Some(first_word(toks).unwrap_or("")), text);
         statement_effects(toks, text, &mut p.effects);
         if has_lock_fn {
@@ -1119,6 +1120,15 @@ mod tests {
 
     fn effects(sql: &str) -> Vec<Effect> {
         analyze(sql.as_bytes()).effects
+    }
+
+    #[test]
+    fn a_quoted_string_cut_by_a_trailing_backslash_does_not_panic_the_scan() {
+        // issue 9, observation 1: `;'\` and friends panicked the session task
+        for sql in [&b";'\\"[..], b"CREATE '\\", b"SELECT GET_LOCK('\\"] {
+            let p = analyze(sql);
+            assert_eq!(p.statements, 1, "{:?}", String::from_utf8_lossy(sql));
+        }
     }
 
     #[test]
