@@ -231,6 +231,11 @@ impl DefaultHealthCheck {
 
 impl HealthCheck for DefaultHealthCheck {
     async fn check(&self, addr: &str, info: &BackendInfo) -> BackendHealth {
+        if !self.cfg.enable {
+            // As the reference router: checks off means every backend is taken as healthy,
+            // without a probe (and without a connection the backend would have to count).
+            return BackendHealth::healthy();
+        }
         let bound = self.check_bound();
         let health = match tokio::time::timeout(bound, self.check_unbounded(addr, info)).await {
             Ok(health) => health,
