@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard::wire::parse_password_hash;
 use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RouterConfig};
 use thiserror::Error;
 
@@ -589,19 +590,6 @@ fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
     } else {
         Err(bad("bad host"))
     }
-}
-
-/// `*` + 40 hex digits → the 20-byte `mysql_native_password` hash.
-fn parse_password_hash(s: &str) -> Option<[u8; 20]> {
-    let hex = s.strip_prefix('*')?;
-    if hex.len() != 40 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 20];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

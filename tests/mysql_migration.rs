@@ -565,7 +565,7 @@ async fn hostile_input_closes_only_that_client() {
     )
     .await
     .unwrap();
-    let resp = switchyard_server::mysql::handshake::Response {
+    let resp = switchyard::wire::Response {
         caps: 0x000F_A68D,
         max_packet: 1 << 24,
         charset: 45,
@@ -573,7 +573,7 @@ async fn hostile_input_closes_only_that_client() {
         auth: Vec::new(),
         plugin: "mysql_native_password".into(),
     };
-    let secret = switchyard_server::mysql::handshake::NativeSecret::from_password(PASSWORD);
+    let secret = switchyard::wire::NativeSecret::from_password(PASSWORD);
     raw.login(&resp, 0x0000_0200, &secret).await.unwrap();
     raw.out.extend_from_slice(&[
         9, 0, 0, 4, 3, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1',

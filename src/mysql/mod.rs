@@ -11,8 +11,7 @@
 
 pub mod backend;
 pub mod conn;
-pub mod handshake;
-pub mod packet;
+mod relay;
 pub mod session;
 pub mod tracker;
 
@@ -22,7 +21,7 @@ use std::time::Duration;
 use actix::Actor as _;
 
 pub use conn::{CloseAtSafePoint, MysqlConn, RouterLink};
-use handshake::{parse_password_hash, NativeSecret};
+use switchyard::wire::{parse_password_hash, NativeSecret};
 
 /// A configured user's credential, as kept in memory: never the cleartext password.
 #[derive(Debug, Clone)]

@@ -139,8 +139,9 @@ pub fn server_version(p: &[u8]) -> Result<&[u8], HandshakeError> {
     match p.first() {
         Some(&marker::PROTOCOL_V10) => {
             let mut pos = 1;
-            get_cstr_strict(p, &mut pos)
-                .ok_or(HandshakeError::Greeting("server version is not NUL-terminated"))
+            get_cstr_strict(p, &mut pos).ok_or(HandshakeError::Greeting(
+                "server version is not NUL-terminated",
+            ))
         }
         Some(&marker::ERR) => Err(ErrInfo::parse(p).map_or(
             HandshakeError::Greeting("ERR packet without an error code"),
@@ -205,7 +206,9 @@ impl Greeting {
         };
         let connection_id = get_arr(p, pos_after(4)).map(u32::from_le_bytes);
         let connection_id = connection_id.ok_or(short("short"))?;
-        let salt1 = p.get(pos_after(SALT1_LEN)..).and_then(|s| s.get(..SALT1_LEN));
+        let salt1 = p
+            .get(pos_after(SALT1_LEN)..)
+            .and_then(|s| s.get(..SALT1_LEN));
         let mut salt = salt1.ok_or(short("short salt"))?.to_vec();
         pos_after(1); // filler
         let caps_lo = pos_after(2);
@@ -596,6 +599,9 @@ mod tests {
     #[test]
     fn an_auth_switch_names_its_plugin_and_salt() {
         let (plugin, salt) = parse_auth_switch(b"\xfemysql_native_password\x00abc\x00");
-        assert_eq!((plugin.as_str(), salt.as_slice()), (NATIVE_PASSWORD, &b"abc"[..]));
+        assert_eq!(
+            (plugin.as_str(), salt.as_slice()),
+            (NATIVE_PASSWORD, &b"abc"[..])
+        );
     }
 }
