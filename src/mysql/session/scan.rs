@@ -603,4 +603,73 @@ mod tests {
             assert!(p.statements <= 1, "{sql}");
         }
     }
+
+    /// Pieces the scan treats specially, so random texts hit its corners often.
+    fn piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            proptest::sample::select(vec![
+                "'",
+                "\"",
+                "`",
+                "\\",
+                "@",
+                "@@",
+                ";",
+                "/*",
+                "*/",
+                "/*!",
+                "/*M!",
+                "--",
+                "-- ",
+                "#",
+                "\n",
+                " ",
+                ",",
+                ".",
+                "(",
+                ":=",
+                "SELECT ",
+                "CREATE ",
+                "TEMPORARY ",
+                "TABLE ",
+                "DROP ",
+                "LOCK ",
+                "PREPARE ",
+                "FROM ",
+                "GET_LOCK(",
+                "RELEASE_ALL_LOCKS",
+                "HANDLER ",
+                "XA ",
+                "INTO ",
+                "BEGIN ",
+                "x",
+                "1",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_scan_never_panics_and_ends_on_any_bytes(
+            pieces in proptest::collection::vec(piece(), 0..64)
+        ) {
+            let sql = pieces.concat();
+            let p = analyze(&sql);
+            proptest::prop_assert!(p.statements <= sql.len().max(1));
+            let mut s = crate::mysql::session::Session::new();
+            let p = s.before_query(&sql);
+            s.after_query(p, false);
+        }
+
+        #[test]
+        fn the_scan_never_panics_on_arbitrary_bytes(
+            sql in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let p = analyze(&sql);
+            proptest::prop_assert!(p.statements <= sql.len().max(1));
+        }
+    }
 }
