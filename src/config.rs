@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchyard::wire::parse_password_hash;
+use switchyard::wire::{parse_password_hash, SCRAMBLE_LEN};
 use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RouterConfig};
 use thiserror::Error;
 
@@ -110,7 +110,7 @@ pub enum MysqlSecret {
     /// The plain password.
     Password(String),
     /// SHA1(SHA1(password)), the 20 bytes behind `*<40 hex>` in `mysql.user`.
-    Hash([u8; 20]),
+    Hash([u8; SCRAMBLE_LEN]),
 }
 
 impl std::fmt::Debug for MysqlSecret {

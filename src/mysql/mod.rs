@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::Actor as _;
 
 pub use conn::{CloseAtSafePoint, MysqlConn, RouterLink};
-use switchyard::wire::{parse_password_hash, NativeSecret};
+use switchyard::wire::{parse_password_hash, NativeSecret, SCRAMBLE_LEN};
 
 /// A configured user's credential, as kept in memory: never the cleartext password.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub enum Credential {
     Secret(NativeSecret),
     /// From `password_hash`: `SHA1(SHA1(password))`; the session recovers `SHA1(password)` from
     /// the client's own login.
-    Hash([u8; 20]),
+    Hash([u8; SCRAMBLE_LEN]),
 }
 
 /// A bad `mysql.users` entry.

@@ -231,12 +231,7 @@ impl Greeting {
             // the last byte of the second part is a NUL terminator
             salt.extend_from_slice(part.split_last().map_or(part, |(_, s)| s));
         }
-        let plugin = if caps & caps::PLUGIN_AUTH != 0 {
-            let mut at = pos;
-            String::from_utf8_lossy(get_cstr(p, &mut at)).into_owned()
-        } else {
-            NATIVE_PASSWORD.to_string()
-        };
+        let plugin = plugin_name(p, pos, caps);
         Ok(Self {
             version,
             connection_id,
@@ -371,11 +366,7 @@ impl Response {
         if caps & caps::CONNECT_WITH_DB != 0 {
             get_cstr(p, &mut pos);
         }
-        let plugin = if caps & caps::PLUGIN_AUTH != 0 {
-            String::from_utf8_lossy(get_cstr(p, &mut pos)).into_owned()
-        } else {
-            NATIVE_PASSWORD.to_string()
-        };
+        let plugin = plugin_name(p, pos, caps);
         Ok(Self {
             caps,
             max_packet,
@@ -417,6 +408,16 @@ impl Response {
             NATIVE_PASSWORD,
         )
     }
+}
+
+/// The auth plugin named at `pos` (NUL-terminated) when `caps` has `CLIENT_PLUGIN_AUTH`;
+/// otherwise the only plugin such a peer can mean.
+fn plugin_name(p: &[u8], pos: usize, caps: u32) -> String {
+    if caps & caps::PLUGIN_AUTH == 0 {
+        return NATIVE_PASSWORD.to_string();
+    }
+    let mut pos = pos;
+    String::from_utf8_lossy(get_cstr(p, &mut pos)).into_owned()
 }
 
 fn write_response(

@@ -174,7 +174,6 @@ fn lock_check_sql(names: &[String]) -> String {
 /// otherwise (session and user variables from `information_schema`, then their digest).
 /// Named locks are checked in the first round trip.
 pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, StateError> {
-    let q = |step| move |source| StateError::Query { step, source };
     let names: Vec<String> = s.named_locks().iter().cloned().collect();
     let mut seqs = Vec::with_capacity(3);
     if !names.is_empty() {
@@ -188,13 +187,11 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
             seqs.push(b.send_query(USERVARS_SQL));
         }
     }
-    let mut got = answers(b, &seqs).await.map_err(q("snapshot"))?.into_iter();
+    let got = answers(b, &seqs).await.map_err(step("snapshot"))?;
+    let mut got = got.into_iter();
+    let mut next = |name| got.next().unwrap_or(Ok(Vec::new())).map_err(step(name));
     if !names.is_empty() {
-        let rows = got
-            .next()
-            .unwrap_or(Ok(Vec::new()))
-            .map_err(q("lock check"))?;
-        let row = rows.into_iter().next().unwrap_or_default();
+        let row = first_row(next("lock check")?);
         for (n, v) in names.iter().zip(row) {
             if v.as_deref() == Some(b"1") {
                 return Err(StateError::LockHeld);
@@ -203,14 +200,34 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
         }
     }
     if let Some(mut snap) = carried {
-        let rows = got.next().unwrap_or(Ok(Vec::new())).map_err(q("digest"))?;
-        snap.digest = rows.into_iter().next().unwrap_or_default();
+        snap.digest = first_row(next("digest")?);
         return Ok(snap);
     }
-    let rows = got
-        .next()
-        .unwrap_or(Ok(Vec::new()))
-        .map_err(q("session variables"))?;
+    let sysvars = sysvars_from(&next("session variables")?);
+    let uservars = uservars_from(&next("user variables")?);
+    let digest_sql = digest_sql(&sysvars, &uservars);
+    let digest = first_row(b.query(&digest_sql).await.map_err(step("digest"))?);
+    Ok(Snapshot {
+        sysvars,
+        uservars,
+        digest_sql,
+        digest,
+    })
+}
+
+/// Names the step a query failure happened in.
+fn step(step: &'static str) -> impl Fn(QueryError) -> StateError {
+    move |source| StateError::Query { step, source }
+}
+
+/// The first row of an answer (empty when there is none).
+fn first_row(rows: Rows) -> Vec<Option<Vec<u8>>> {
+    rows.into_iter().next().unwrap_or_default()
+}
+
+/// The changed session variables from [`SYSVARS_SQL`]'s rows, in the order they must be set:
+/// character sets before collations (setting one resets the other), the rest after.
+fn sysvars_from(rows: &Rows) -> Vec<SysVar> {
     let mut sysvars: Vec<SysVar> = rows
         .iter()
         .filter_map(|r| {
@@ -222,7 +239,6 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
         })
         .filter(|v| !NOT_RESTORED.contains(&v.name.as_str()))
         .collect();
-    // character sets before collations (setting one resets the other), the rest after
     sysvars.sort_by_key(|v| {
         (
             !v.name.starts_with("character_set"),
@@ -230,10 +246,11 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
             v.name.clone(),
         )
     });
-    let rows = got
-        .next()
-        .unwrap_or(Ok(Vec::new()))
-        .map_err(q("user variables"))?;
+    sysvars
+}
+
+/// The user variables from [`USERVARS_SQL`]'s rows, by name.
+fn uservars_from(rows: &Rows) -> Vec<UserVar> {
     let mut uservars: Vec<UserVar> = rows
         .iter()
         .filter_map(|r| {
@@ -246,15 +263,7 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
         })
         .collect();
     uservars.sort_by(|a, b| a.name.cmp(&b.name));
-    let digest_sql = digest_sql(&sysvars, &uservars);
-    let rows = b.query(&digest_sql).await.map_err(q("digest"))?;
-    let digest = rows.into_iter().next().unwrap_or_default();
-    Ok(Snapshot {
-        sysvars,
-        uservars,
-        digest_sql,
-        digest,
-    })
+    uservars
 }
 
 /// `SELECT DATABASE(), @@session.v…, <user variables…>`: one row that must read the same on
@@ -363,7 +372,6 @@ pub async fn restore(
     snap: &Snapshot,
     negotiated: u32,
 ) -> Result<Vec<(u32, u32)>, StateError> {
-    let q = |step| move |source| StateError::Query { step, source };
     let mut steps = Vec::with_capacity(4);
     if let Some(Some(db)) = snap.digest.first() {
         steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
@@ -382,11 +390,10 @@ pub async fn restore(
         .stmts()
         .map(|(id, st)| (id, st, b.send_command(cmd::STMT_PREPARE, &st.sql)))
         .collect();
-    for (step, seq) in steps {
-        b.read_answer(seq).await.map_err(q(step))?;
+    for (name, seq) in steps {
+        b.read_answer(seq).await.map_err(step(name))?;
     }
-    let rows = b.read_answer(digest_seq).await.map_err(q("digest"))?;
-    let digest = rows.into_iter().next().unwrap_or_default();
+    let digest = first_row(b.read_answer(digest_seq).await.map_err(step("digest"))?);
     if digest != snap.digest {
         let diff = digest
             .iter()
