@@ -5,9 +5,10 @@
 //! through to the backend, relays commands while tracking where each response ends
 //! ([`tracker`]), and answers the router's `Redirect` by logging in to the target as the same user
 //! (credentials from [`MysqlUsers`]), restoring the session ([`session`]) and swapping backends
-//! between two commands. It is shaped as an actor (control: redirect, drain) driving one task
-//! (the data path), so control messages never wait behind a long result set and the data path
-//! never takes a lock.
+//! between two commands. It is shaped as an actor (control: redirect, drain; in [`conn`])
+//! driving one task (the data path; in `relay`), so control messages never wait behind a long
+//! result set and the data path never takes a lock. The wire format itself is the library's
+//! `switchyard::wire`, shared with the health check.
 
 pub mod backend;
 pub mod conn;
