@@ -100,6 +100,7 @@ mod observer;
 mod router;
 mod selector;
 mod static_router;
+pub mod wire;
 
 pub use conn::{ConnHandle, Redirect};
 pub use connect::{
