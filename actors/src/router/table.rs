@@ -383,7 +383,8 @@ impl<C: ConnLink> ScoreTable<C> {
     /// Asks `id` to move to `to`, moving one point of conn score with it; true when the
     /// connection took the request.
     ///
-    /// A connection that does not take the request counts as a failed redirect.
+    /// A connection whose mailbox is full counts as a failed redirect. One that is gone can never
+    /// answer or close, so it is forgotten here as if it had closed.
     fn redirect_conn(&mut self, id: u64, to: &Name, now: Instant) -> bool {
         let Some(inst) = self.backends.get(to).map(|b| b.inst.clone()) else {
             return false;
@@ -400,10 +401,17 @@ impl<C: ConnLink> ScoreTable<C> {
                 debug!(conn_id = id, from = %from, to = %to, "redirect requested");
                 true
             }
-            Delivery::Busy | Delivery::Gone => {
-                // The connection is gone or swamped: treat as a failed redirect; its close will follow.
+            Delivery::Busy => {
+                // The connection is swamped: treat as a failed redirect and retry after back-off.
                 conn.phase = Phase::Failed { at: now };
                 debug!(conn_id = id, from = %from, "connection did not take the redirect");
+                false
+            }
+            Delivery::Gone => {
+                // Its actor stopped or panicked without `ConnClosed`: no answer or close will
+                // ever come, so settle its accounting now as a close would.
+                warn!(conn_id = id, backend = %from, "connection is gone without closing; forgetting it");
+                self.forget_conn(id);
                 false
             }
         }

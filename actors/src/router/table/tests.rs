@@ -443,6 +443,58 @@ fn a_connection_with_a_full_mailbox_counts_as_a_failed_redirect() {
 }
 
 #[test]
+fn a_gone_connection_is_forgotten_by_rebalance_as_if_it_had_closed() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    let ids = h.connect_n(4);
+    h.table.set_drained("a", true).expect("known");
+    let on_a: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| h.table.conns[id].backend.as_ref() == "a")
+        .collect();
+    h.answer(on_a[0], Delivery::Gone);
+    assert_eq!(h.rebalance(10), 1, "the live one is asked");
+    assert_eq!(h.table.conn_count(), 3);
+    let a = h.snap("a").expect("kept while drained");
+    assert_eq!((a.conn_count, a.conn_score), (1, 0));
+    assert_eq!(
+        h.conn_score("b"),
+        3,
+        "two settled and one incoming; nothing for the gone one"
+    );
+    // Its late close is a no-op.
+    h.table.conn_closed("a", on_a[0]);
+    h.ok();
+    assert_eq!(h.table.conn_count(), 3);
+}
+
+#[test]
+fn a_gone_connection_mid_list_is_forgotten_by_redirect_all_and_the_rest_are_asked() {
+    let mut h = harness();
+    h.healthy(&["a"]);
+    let ids = h.connect_n(3);
+    h.answer(ids[1], Delivery::Gone);
+    assert_eq!(h.table.redirect_all(h.now), 2);
+    h.ok();
+    assert_eq!(h.table.conn_count(), 2);
+    let a = h.snap("a").expect("known");
+    assert_eq!((a.conn_count, a.conn_score), (2, 2));
+}
+
+#[test]
+fn a_gone_connection_on_a_down_backend_lets_the_backend_be_dropped() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    let (id, on) = h.connect();
+    h.down(&on);
+    h.answer(id, Delivery::Gone);
+    assert_eq!(h.rebalance(10), 0);
+    assert!(h.snap(&on).is_none(), "down and empty: dropped");
+    assert_eq!(h.table.conn_count(), 0);
+}
+
+#[test]
 fn redirect_all_asks_every_settled_connection_to_stay_where_it_is() {
     let mut h = harness();
     h.healthy(&["a", "b"]);
