@@ -231,14 +231,7 @@ async fn rebalance_forgets_a_connection_whose_actor_panicked() {
     let b = t.add_backends(2).await;
     crashed_conn_on(&t, &b[0], &b[1..]).await;
     assert_eq!(t.snapshot(&b[0]).await.unwrap().conn_count, 1);
-    t.router
-        .send(SetDrained {
-            addr: b[0].clone(),
-            drained: true,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    t.set_drained(&b[0], true).await.unwrap();
     assert_eq!(t.rebalance(10).await, 0);
     let s = t.snapshot(&b[0]).await.expect("kept while drained");
     assert_eq!((s.conn_count, s.conn_score), (0, 0));
@@ -271,14 +264,7 @@ async fn a_late_close_of_a_connection_forgotten_after_a_panic_changes_nothing() 
     let mut t = Tester::new();
     let b = t.add_backends(2).await;
     let id = crashed_conn_on(&t, &b[0], &b[1..]).await;
-    t.router
-        .send(SetDrained {
-            addr: b[0].clone(),
-            drained: true,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    t.set_drained(&b[0], true).await.unwrap();
     assert_eq!(t.rebalance(10).await, 0);
     assert_eq!(t.conn_count().await, 0, "forgotten");
     let before = t.backends().await;

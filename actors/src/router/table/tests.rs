@@ -52,6 +52,20 @@ struct Harness {
 
 const BACKOFF: Duration = Duration::from_secs(3);
 
+/// Backends `a` (down) and `b`, one connection each; the one on `a` is asked to move to `b`.
+/// Returns its id.
+fn redirecting_off_a_dead_backend() -> (Harness, u64) {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    h.connect_n(2);
+    h.down("a");
+    assert_eq!(h.rebalance(10), 1);
+    let asked = h.asked();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].1, "b");
+    (h, asked[0].0)
+}
+
 fn harness() -> Harness {
     Harness {
         table: ScoreTable::new(RouterConfig {
@@ -381,13 +395,9 @@ fn a_successful_redirect_moves_the_connection_and_makes_it_the_newest_arrival() 
 
 #[test]
 fn a_failed_redirect_backs_off_until_the_backoff_has_passed() {
-    let mut h = harness();
-    h.healthy(&["a", "b"]);
-    h.connect_n(2);
-    h.down("a");
-    assert_eq!(h.rebalance(10), 1);
-    let (id, to) = h.asked()[0].clone();
-    h.table.redirect_failed("a", &to, id, h.now);
+    let (mut h, id) = redirecting_off_a_dead_backend();
+    let to = "b";
+    h.table.redirect_failed("a", to, id, h.now);
     h.ok();
     assert_eq!(h.conn_score("b"), 1, "the point went back");
     h.now += BACKOFF - Duration::from_millis(1);
@@ -409,12 +419,7 @@ fn no_second_redirect_is_asked_while_one_is_in_flight() {
 
 #[test]
 fn closing_a_redirecting_connection_releases_the_target() {
-    let mut h = harness();
-    h.healthy(&["a", "b"]);
-    h.connect_n(2);
-    h.down("a");
-    assert_eq!(h.rebalance(10), 1);
-    let (id, _) = h.asked()[0].clone();
+    let (mut h, id) = redirecting_off_a_dead_backend();
     assert_eq!(h.conn_score("b"), 2);
     h.table.conn_closed("a", id);
     h.ok();
@@ -529,12 +534,7 @@ fn a_redirect_result_for_an_unknown_or_settled_connection_changes_nothing() {
 
 #[test]
 fn a_redirect_result_that_names_other_backends_trusts_the_router() {
-    let mut h = harness();
-    h.healthy(&["a", "b"]);
-    h.connect_n(2);
-    h.down("a");
-    assert_eq!(h.rebalance(10), 1);
-    let (id, _) = h.asked()[0].clone();
+    let (mut h, id) = redirecting_off_a_dead_backend();
     h.table.redirect_succeeded("x", "y", id);
     h.ok();
     assert_eq!(h.count("b"), 2);
