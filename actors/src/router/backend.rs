@@ -108,6 +108,7 @@ impl ScoreIndex {
         }
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, b: &Backend) {
         let score = b.score();
         if b.routable() {
