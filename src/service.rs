@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::{
-    BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
+    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
 };
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -101,11 +101,6 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
     }
 }
 
-/// `ER_CON_COUNT_ERROR`: the server's "Too many connections".
-const ER_CON_COUNT_ERROR: u16 = 1040;
-/// The first byte of an ERR packet.
-const ERR_MARKER: u8 = 0xFF;
-
 /// What a client over `proxy.max_connections` is sent before the close: in `mysql` mode exactly
 /// what a MariaDB or MySQL server over its own `max_connections` sends, an ERR packet in place of
 /// the greeting (sequence 0) with no SQLSTATE — before the handshake the server cannot know the
@@ -115,11 +110,11 @@ pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
     match protocol {
         Protocol::Tcp => Arc::from(&[][..]),
         Protocol::Mysql => {
-            let mut payload = vec![ERR_MARKER];
-            payload.extend_from_slice(&ER_CON_COUNT_ERROR.to_le_bytes());
+            let mut payload = vec![wire::marker::ERR];
+            payload.extend_from_slice(&wire::code::ER_CON_COUNT_ERROR.to_le_bytes());
             payload.extend_from_slice(b"Too many connections");
-            let mut out = Vec::with_capacity(4 + payload.len());
-            crate::mysql::packet::put_packet(&mut out, 0, &payload);
+            let mut out = Vec::with_capacity(wire::HEADER + payload.len());
+            wire::put_packet(&mut out, 0, &payload);
             Arc::from(out)
         }
     }
