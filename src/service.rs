@@ -90,6 +90,10 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
             let mysql = Arc::new(MysqlConfig {
                 users: MysqlUsers::from_config(&cfg.mysql_users),
                 connect_timeout: cfg.connect_timeout,
+                probe_user: match cfg.health.probe_user.as_str() {
+                    "" => MysqlConfig::default().probe_user,
+                    user => user.to_string(),
+                },
                 ..Default::default()
             });
             let registry = sessions.clone();

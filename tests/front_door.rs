@@ -14,12 +14,16 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use support::{echo, http, mysql_opts, wait_until, Backend, Behaviour, Service};
+use switchyard::wire::ErrInfo;
+use switchyard_testkit::doubles::{SqlBehaviour, SqlDouble};
 use switchyard_testkit::{MariaDb, MariaDbOptions, NetNs};
 
 const USER: &str = "app";
 const PASSWORD: &str = "app-pw";
 /// MySQL's "Too many connections".
 const ER_CON_COUNT_ERROR: u16 = 1040;
+/// "Bad handshake": what the proxy says when a login runs past `proxy.login_timeout`.
+const ER_HANDSHAKE_ERROR: u16 = 1043;
 /// MariaDB's "Host '…' is blocked because of many connection errors".
 const ER_HOST_IS_BLOCKED: u16 = 1129;
 /// The first byte of an ERR packet.
@@ -279,6 +283,43 @@ fn silent_mysql_clients_are_closed_at_the_login_timeout_and_a_normal_login_is_no
     wait_metric(&svc, ACTIVE, 0.0);
 }
 
+#[test]
+fn a_client_left_waiting_on_a_stalled_backend_login_is_told_why_at_the_login_timeout() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // greets, then never answers the handshake response
+    let stalls_auth = rt.block_on(SqlDouble::start(SqlBehaviour::Greet(
+        "10.11.0-double".into(),
+    )));
+    // accepts, never greets
+    let never_greets = rt.block_on(SqlDouble::start(SqlBehaviour::Silent));
+    let start = |backend: &SqlDouble| {
+        let addr = backend.addr().to_string();
+        Service::start_with(|p, a| config(p, a, "mysql", &addr, "login_timeout: 500ms"))
+    };
+
+    let svc = start(&stalls_auth);
+    let mut c = svc.client();
+    expect_greeting(&mut c);
+    c.write_all(&handshake_response(USER, "mysql_native_password"))
+        .expect("send the handshake response");
+    let (seq, p) = read_packet(&mut c).expect("an answer at the login timeout");
+    assert_eq!(seq, 2, "where the server's answer would be");
+    let e = ErrInfo::parse(&p).expect("an ERR packet");
+    assert_eq!(e.code, ER_HANDSHAKE_ERROR, "{e}");
+    assert!(e.message.contains("login_timeout"), "{e}");
+    assert!(closed_by_proxy(&mut c, "the timed-out client").is_empty());
+    drop(svc);
+
+    let svc = start(&never_greets);
+    let mut c = svc.client();
+    let (seq, p) = read_packet(&mut c).expect("an answer at the login timeout");
+    assert_eq!(seq, 0, "in place of the greeting");
+    let (code, msg) = parse_greeting_err(&p);
+    assert_eq!(code, ER_HANDSHAKE_ERROR);
+    assert!(msg.contains("login_timeout"), "{msg}");
+    assert!(closed_by_proxy(&mut c, "the timed-out client").is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Aborted connects (issue 9, observation 4)
 // ---------------------------------------------------------------------------------------------
@@ -296,18 +337,68 @@ fn wait_no_connections_from(db: &MariaDb, host: &str) {
     });
 }
 
+/// A protocol-4.1 handshake response (sequence 1) for `user` announcing `plugin`, no auth data.
+fn handshake_response(user: &str, plugin: &str) -> Vec<u8> {
+    /// CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
+    const CAPS: u32 = 0x1 | 0x200 | 0x8000 | 0x8_0000;
+    /// utf8mb3_general_ci
+    const CHARSET: u8 = 33;
+    let mut p = Vec::new();
+    p.extend_from_slice(&CAPS.to_le_bytes());
+    p.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    p.push(CHARSET);
+    p.extend_from_slice(&[0u8; 23]);
+    p.extend_from_slice(user.as_bytes());
+    p.push(0);
+    p.push(0); // no auth data
+    p.extend_from_slice(plugin.as_bytes());
+    p.push(0);
+    let len = (p.len() as u32).to_le_bytes();
+    [&[len[0], len[1], len[2], 1][..], &p].concat()
+}
+
+/// Reads the greeting the proxy passes on; an ERR in its place (MariaDB blocking the proxy's
+/// host) fails the test with its message.
+fn expect_greeting(c: &mut TcpStream) {
+    let (_, greeting) = read_packet(c).expect("a greeting through the proxy");
+    if greeting.first() == Some(&ERR_MARKER) {
+        let (code, msg) = parse_greeting_err(&greeting);
+        panic!("an ERR {code} instead of a greeting: {msg}");
+    }
+    assert_eq!(
+        greeting.first(),
+        Some(&10),
+        "a v10 greeting, not {greeting:?}"
+    );
+}
+
+/// The first byte of an auth switch request.
+const AUTH_SWITCH: u8 = 0xFE;
+
+/// `n` clients that log in as `USER` announcing a plugin the account does not use, read the
+/// server's auth switch request, then hang up mid-exchange.
+fn abort_after_auth_switch(svc: &Service, n: usize) {
+    for _ in 0..n {
+        let mut c = svc.client();
+        expect_greeting(&mut c);
+        c.write_all(&handshake_response(USER, "client_ed25519"))
+            .expect("send the handshake response");
+        let (seq, p) = read_packet(&mut c).expect("the server's answer");
+        assert_eq!(
+            (seq, p.first()),
+            (2, Some(&AUTH_SWITCH)),
+            "an auth switch request, not {p:?}"
+        );
+    }
+}
+
 /// `n` clients that connect through the proxy, read the greeting, then hang up (`stay` false)
 /// or stay silent until the proxy closes them (`stay` true, the login timeout).
 fn abort_logins(svc: &Service, n: usize, stay: bool) {
     let mut clients: Vec<TcpStream> = (0..n)
         .map(|_| {
             let mut c = svc.client();
-            let (_, greeting) = read_packet(&mut c).expect("a greeting through the proxy");
-            assert_eq!(
-                greeting.first(),
-                Some(&10),
-                "a v10 greeting, not {greeting:?}"
-            );
+            expect_greeting(&mut c);
             c
         })
         .collect();
@@ -319,7 +410,7 @@ fn abort_logins(svc: &Service, n: usize, stay: bool) {
 }
 
 #[test]
-fn clients_that_leave_or_time_out_mid_login_never_get_the_proxy_host_blocked() {
+fn clients_that_leave_or_time_out_anywhere_in_a_login_never_get_the_proxy_host_blocked() {
     let Some(ns) = NetNs::create() else { return };
     let opts = MariaDbOptions {
         netns: Some(&ns),
@@ -363,6 +454,13 @@ fn clients_that_leave_or_time_out_mid_login_never_get_the_proxy_host_blocked() {
     wait_no_connections_from(&db, &ns.outside_name());
     must_log_in(&format!(
         "{} clients were closed at the login timeout",
+        2 * MAX_CONNECT_ERRORS
+    ));
+
+    abort_after_auth_switch(&svc, 2 * MAX_CONNECT_ERRORS);
+    wait_no_connections_from(&db, &ns.outside_name());
+    must_log_in(&format!(
+        "{} clients hung up after an auth switch",
         2 * MAX_CONNECT_ERRORS
     ));
 
