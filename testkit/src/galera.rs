@@ -275,8 +275,8 @@ impl Galera {
         let text = std::fs::read_to_string(&log).ok()?;
         let pos = text
             .lines()
-            .filter_map(|l| l.split("WSREP: Recovered position: ").nth(1))
-            .last()?
+            .rev()
+            .find_map(|l| l.split("WSREP: Recovered position: ").nth(1))?
             .trim()
             .to_string();
         // "00000000-…:-1" means nothing was recovered: let the node ask for SST.
