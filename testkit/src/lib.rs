@@ -17,6 +17,7 @@ pub mod doubles;
 mod etcd;
 mod galera;
 mod mariadb;
+pub mod mysql_client;
 mod proc;
 
 pub use collector::Collector;
