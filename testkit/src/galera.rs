@@ -138,18 +138,15 @@ impl Galera {
 
         // Seed: bootstrap node 1 once so its data dir carries the cluster's state, stop it
         // cleanly, and give the other nodes copies, so they join by IST.
-        galera.launch(0, true);
-        galera.wait_synced(0);
+        galera.bring_up(0, true, None);
         galera.stop(0);
         for node in &galera.nodes[1..] {
             copy_dir(&galera.nodes[0].data(), &node.data());
         }
-        galera.launch(0, true);
-        galera.wait_synced(0);
+        galera.bring_up(0, true, None);
         // One joiner at a time: two at once churn for seconds over who is in the primary view.
         for i in 1..NODES {
-            galera.launch(i, false);
-            galera.wait_synced(i);
+            galera.bring_up(i, false, None);
         }
         galera.wait_cluster(NODE_STARTUP);
         let mut galera = galera;
@@ -249,8 +246,7 @@ impl Galera {
             return;
         }
         let position = self.recover_position(node);
-        self.launch_at(node, false, position.as_deref());
-        self.wait_synced(node);
+        self.bring_up(node, false, position.as_deref());
         self.wait_cluster(NODE_STARTUP);
     }
 
@@ -353,11 +349,28 @@ impl Galera {
         );
     }
 
-    fn launch(&self, i: usize, new_cluster: bool) {
-        self.launch_at(i, new_cluster, None);
+    /// Starts node `i` and waits until it is `Synced`. A node that exits while starting is
+    /// started again, twice at most: now and then the group layer of a joiner aborts at once
+    /// ("Failed to set thread schedparams … No such process") and a second start succeeds.
+    fn bring_up(&self, i: usize, new_cluster: bool, position: Option<&str>) {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            self.launch(i, new_cluster, position);
+            match self.wait_synced(i) {
+                Ok(()) => return,
+                Err(e) if attempt < ATTEMPTS => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "galera: {} failed to start (attempt {attempt}), starting it again: {e}",
+                        self.nodes[i].name
+                    );
+                }
+                Err(e) => panic!("{e}\n{}", log_tail(&self.nodes[i].log(), 4096)),
+            }
+        }
     }
 
-    fn launch_at(&self, i: usize, new_cluster: bool, position: Option<&str>) {
+    fn launch(&self, i: usize, new_cluster: bool, position: Option<&str>) {
         let node = &self.nodes[i];
         let mut cmd = Command::new(&self.server);
         // --defaults-file (not --no-defaults): the SST scripts read the node's settings from it,
@@ -373,30 +386,25 @@ impl Galera {
         *node.lock() = Some(process);
     }
 
-    fn wait_synced(&self, i: usize) {
+    /// Waits until node `i` is `Synced`; an error when it exits first or takes too long (then
+    /// it is killed).
+    fn wait_synced(&self, i: usize) -> Result<(), String> {
+        let name = &self.nodes[i].name;
         let deadline = Instant::now() + NODE_STARTUP;
         loop {
             if let Some(p) = self.nodes[i].lock().as_mut() {
                 if !p.is_running() {
-                    panic!(
-                        "{} exited during startup\n{}",
-                        self.nodes[i].name,
-                        log_tail(&self.nodes[i].log(), 4096)
-                    );
+                    return Err(format!("{name} exited during startup"));
                 }
             }
             if self.status(i, "wsrep_local_state_comment").as_deref() == Some("Synced") {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 if let Some(mut p) = self.nodes[i].lock().take() {
                     p.kill();
                 }
-                panic!(
-                    "{} not Synced within {NODE_STARTUP:?}\n{}",
-                    self.nodes[i].name,
-                    log_tail(&self.nodes[i].log(), 4096)
-                );
+                return Err(format!("{name} not Synced within {NODE_STARTUP:?}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

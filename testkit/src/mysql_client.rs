@@ -259,6 +259,9 @@ pub enum Param {
     Int(i64),
     /// A string.
     Text(String),
+    /// The value was sent before with [`Client::send_long_data`]: typed as a string, and
+    /// (as libmysql does) left out of the execute packet.
+    LongData,
 }
 
 impl Param {
@@ -266,7 +269,7 @@ impl Param {
         match self {
             Param::Null => 0x06,
             Param::Int(_) => 0x08,
-            Param::Text(_) => 0xFD,
+            Param::Text(_) | Param::LongData => 0xFD,
         }
     }
 }
@@ -604,7 +607,7 @@ impl Client {
             }
             for v in params {
                 match v {
-                    Param::Null => {}
+                    Param::Null | Param::LongData => {}
                     Param::Int(i) => p.extend_from_slice(&i.to_le_bytes()),
                     Param::Text(s) => {
                         put_lenenc(&mut p, s.len() as u64);
