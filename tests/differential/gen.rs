@@ -69,11 +69,21 @@ pub enum Feature {
     /// string results with collation 46 (the collation rides on `character_set_results`); a
     /// move restores `collation_connection` only, and results come back labelled 45.
     NamesCollate,
+    /// Found by this tester: with `sql_select_limit = N` in force, switchyard's own snapshot
+    /// query of `information_schema.SYSTEM_VARIABLES` returns only N rows, so a move carries
+    /// only the first N changed variables (and the limit itself may be among those dropped).
+    SelectLimit,
+    /// Found by this tester: `SAVEPOINT` under `autocommit = 0` before any statement of the
+    /// transaction. The server creates the savepoint without reporting a transaction, so a
+    /// move loses it (`ROLLBACK TO` then fails with 1305); and whether that `SAVEPOINT`'s OK
+    /// says "in transaction" depends on the connection's history, so a fresh connection after
+    /// a move answers with other status flags.
+    SavepointOutsideTransaction,
 }
 
 impl Feature {
     /// Every switch, in a stable order.
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 9] = [
         Feature::FailedMultiStatementTransaction,
         Feature::HiddenUserLock,
         Feature::SetOption,
@@ -81,6 +91,8 @@ impl Feature {
         Feature::OneShotIsolation,
         Feature::SessionResults,
         Feature::NamesCollate,
+        Feature::SelectLimit,
+        Feature::SavepointOutsideTransaction,
     ];
 
     /// The name `SWITCHYARD_DIFF_FEATURES` uses.
@@ -93,6 +105,8 @@ impl Feature {
             Feature::OneShotIsolation => "one_shot_isolation",
             Feature::SessionResults => "session_results",
             Feature::NamesCollate => "names_collate",
+            Feature::SelectLimit => "select_limit",
+            Feature::SavepointOutsideTransaction => "savepoint_outside_transaction",
         }
     }
 }
@@ -150,6 +164,8 @@ struct Gen<'a> {
     /// Slots prepared so far with the number of parameters each takes.
     slots: Vec<(Slot, usize)>,
     next_slot: Slot,
+    /// Whether `autocommit = 0` may be in force (then any write opens a transaction).
+    autocommit_off: bool,
 }
 
 /// Generates the session of `seed`.
@@ -160,6 +176,7 @@ pub fn session(seed: u64, features: &Features) -> Script {
         cmds: Vec::new(),
         slots: Vec::new(),
         next_slot: 1,
+        autocommit_off: false,
     };
     let deprecate_eof = g.rng.chance(50);
     let target = g.rng.range(20, 45) as usize;
@@ -175,7 +192,20 @@ pub fn session(seed: u64, features: &Features) -> Script {
 
 impl Gen<'_> {
     fn q(&mut self, sql: impl Into<String>) {
-        self.cmds.push(Cmd::Query(sql.into()));
+        let sql = sql.into();
+        if sql.contains("autocommit = 0") {
+            self.autocommit_off = true;
+        } else if sql.contains("autocommit = 1") {
+            self.autocommit_off = false;
+        }
+        self.cmds.push(Cmd::Query(sql));
+    }
+
+    fn cmd(&mut self, c: Cmd) {
+        if matches!(c, Cmd::ResetConnection | Cmd::ChangeUser(_)) {
+            self.autocommit_off = false;
+        }
+        self.cmds.push(c);
     }
 
     fn on(&self, f: Feature) -> bool {
@@ -183,7 +213,16 @@ impl Gen<'_> {
     }
 
     fn value(&mut self) -> String {
-        let words = ["alpha", "beta", "gamma", "delta", "épsilon", "zeta"];
+        let words = [
+            "alpha",
+            "beta",
+            "gamma",
+            "delta",
+            "épsilon",
+            "zeta",
+            "o''brien",
+            "back\\\\slash",
+        ];
         format!("{}{}", self.rng.pick(&words), self.rng.below(100))
     }
 
@@ -261,6 +300,9 @@ impl Gen<'_> {
         if s.contains("COLLATE") && !self.on(Feature::NamesCollate) {
             s = "SET NAMES utf8mb4";
         }
+        if s.contains("sql_select_limit") && !self.on(Feature::SelectLimit) {
+            s = "SET SESSION max_sort_length = 64";
+        }
         self.q(s);
         self.q(
             "SELECT @@sql_mode, @@time_zone, @@character_set_client, @@collation_connection, \
@@ -293,6 +335,11 @@ impl Gen<'_> {
         self.q(start);
         self.q("SELECT @@in_transaction, @@tx_isolation");
         let steps = self.rng.range(1, 4);
+        if !self.on(Feature::SavepointOutsideTransaction) {
+            // A write first, so the transaction is active before any SAVEPOINT.
+            let k = self.rng.range(30, 60);
+            self.q(format!("INSERT INTO dt.t (k, v) VALUES ({k}, 'tx0')"));
+        }
         for _ in 0..steps {
             let k = self.rng.range(30, 60);
             match self.rng.below(6) {
@@ -319,10 +366,13 @@ impl Gen<'_> {
             0 => {
                 format!("SELECT 1; INSERT INTO dt.t (k, v) VALUES ({k}, 'ms'); SELECT ROW_COUNT()")
             }
-            1 => format!(
-                "INSERT INTO dt.t (k, v) VALUES ({k}, 'ms'); SELECT * FROM dt.missing; \
-                 INSERT INTO dt.t (k, v) VALUES ({k}, 'never')"
-            ),
+            // Under autocommit = 0 the write opens a transaction the proxy does not see.
+            1 if !self.autocommit_off || self.on(Feature::FailedMultiStatementTransaction) => {
+                format!(
+                    "INSERT INTO dt.t (k, v) VALUES ({k}, 'ms'); SELECT * FROM dt.missing; \
+                     INSERT INTO dt.t (k, v) VALUES ({k}, 'never')"
+                )
+            }
             2 if self.on(Feature::FailedMultiStatementTransaction) => format!(
                 "BEGIN; INSERT INTO dt.t (k, v) VALUES ({k}, 'ms-tx'); SELECT * FROM dt.missing"
             ),
@@ -552,12 +602,12 @@ impl Gen<'_> {
         match self.rng.below(5) {
             0 => self.cmds.push(Cmd::Ping),
             1 => {
-                self.cmds.push(Cmd::ResetConnection);
+                self.cmd(Cmd::ResetConnection);
                 self.q("SELECT @a, DATABASE(), @@autocommit, @@in_transaction");
             }
             2 => {
                 let u = self.rng.below(2) as u8;
-                self.cmds.push(Cmd::ChangeUser(u));
+                self.cmd(Cmd::ChangeUser(u));
                 self.q("SELECT CURRENT_USER(), @a, DATABASE()");
             }
             3 if self.on(Feature::SetOption) => {

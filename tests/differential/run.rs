@@ -77,9 +77,14 @@ pub fn prepare_cluster(g: &Galera) {
     }
 }
 
+/// An admin connection whose reads do not wait for the cluster (so watching the process list
+/// works even while a node's applier is blocked); [`Env`] turns the wait on for node 1's data.
 fn admin(addr: SocketAddr) -> Client {
     let opts = Options::new(ADMIN.0, ADMIN.1);
-    Client::connect(addr, &opts).unwrap_or_else(|e| panic!("admin login on {addr}: {e}"))
+    let mut c =
+        Client::connect(addr, &opts).unwrap_or_else(|e| panic!("admin login on {addr}: {e}"));
+    must(&mut c, "SET SESSION wsrep_sync_wait = 0");
+    c
 }
 
 fn must(c: &mut Client, sql: &str) -> Outcome {
@@ -140,7 +145,9 @@ impl Env {
         let nodes = galera.addrs();
         let svc = Service::start_with(|p, a| switchyard_config(p, a, &nodes));
         svc.wait_healthy(nodes.len());
-        let admins = nodes.iter().map(|a| admin(*a)).collect();
+        let mut admins: Vec<Client> = nodes.iter().map(|a| admin(*a)).collect();
+        // Node 1's admin resets and reads the data: it must see every committed write.
+        must(&mut admins[0], "SET SESSION wsrep_sync_wait = 15");
         let log = File::open(svc.dir.join("switchyard.log")).ok();
         Env {
             galera,
@@ -229,9 +236,18 @@ impl Env {
                 return;
             }
             if Instant::now() > deadline {
+                let lists: Vec<String> = (0..self.admins.len())
+                    .map(|i| {
+                        self.galera
+                            .try_sql(i, "SET SESSION wsrep_sync_wait = 0; SHOW FULL PROCESSLIST")
+                            .unwrap_or_else(|e| e)
+                    })
+                    .collect();
                 panic!(
-                    "test sessions still open after {QUIET_WITHIN:?}: per node {busy:?}, proxy {}",
-                    self.proxy_conns()
+                    "test sessions still open after {QUIET_WITHIN:?}: per node {busy:?}, proxy {}\n\
+                     process lists:\n{}",
+                    self.proxy_conns(),
+                    lists.join("\n---\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
