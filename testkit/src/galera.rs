@@ -76,7 +76,7 @@ pub struct Galera {
     server: PathBuf,
     client: PathBuf,
     started_in: Duration,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Galera {
@@ -132,7 +132,7 @@ impl Galera {
             server,
             client,
             started_in: Duration::ZERO,
-            _dir: dir,
+            dir,
         };
         galera.install(&install);
 
@@ -382,7 +382,8 @@ impl Galera {
         if let Some(pos) = position {
             cmd.arg(format!("--wsrep-start-position={pos}"));
         }
-        let process = ServerProcess::spawn(cmd, &node.dir.join("stdout.log"), &node.dir);
+        // The watchdog removes the whole cluster's directory once the test process is gone.
+        let process = ServerProcess::spawn(cmd, &node.dir.join("stdout.log"), self.dir.path());
         *node.lock() = Some(process);
     }
 

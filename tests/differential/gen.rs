@@ -48,9 +48,11 @@ impl Rng {
 /// observation it exercises; turn it on by default once that fix has landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Feature {
-    /// Observation 2: a multi-statement that opens a transaction and then fails
-    /// (`BEGIN; INSERT …; SELECT * FROM missing`), and a `CALL` that does the same. The proxy
-    /// keeps its old "no transaction" status and moves the session: the transaction is lost.
+    /// Observation 2: a command that opens a transaction and then fails. A multi-statement
+    /// (`BEGIN; INSERT …; SELECT * FROM missing`), a `CALL` that does the same, and under
+    /// `autocommit = 0` any write that fails (text or binary: a string bound to an INT column).
+    /// The proxy keeps its old "no transaction" status and moves the session: the transaction
+    /// is lost.
     FailedMultiStatementTransaction,
     /// Observation 3: a user lock taken where the statement scan cannot see it — a binary
     /// prepared `SELECT GET_LOCK(…)`, a `PREPARE … FROM` text run by `EXECUTE`, a procedure.
@@ -443,11 +445,19 @@ impl Gen<'_> {
         self.binary_use(slot, nparams);
     }
 
+    /// Whether a failing write must be avoided: under `autocommit = 0` it opens a transaction
+    /// the proxy does not see (see [`Feature::FailedMultiStatementTransaction`]).
+    fn no_failed_writes(&self) -> bool {
+        self.autocommit_off && !self.on(Feature::FailedMultiStatementTransaction)
+    }
+
     fn params(&mut self, n: usize) -> Vec<Param> {
+        // A string bound to an INT column fails the write in strict mode.
+        let strings = !self.no_failed_writes();
         (0..n)
             .map(|_| match self.rng.below(4) {
                 0 => Param::Null,
-                1 => Param::Text(self.value()),
+                1 if strings => Param::Text(self.value()),
                 _ => Param::Int(self.rng.range(0, 9)),
             })
             .collect()
@@ -455,7 +465,11 @@ impl Gen<'_> {
 
     fn binary_use(&mut self, slot: Slot, nparams: usize) {
         let mut params = self.params(nparams);
-        let after = self.rng.below(6);
+        let mut after = self.rng.below(6);
+        if after == 1 && self.no_failed_writes() {
+            // the long data is a string, bound to an INT column in the INSERT
+            after = 4;
+        }
         if after == 1 {
             // Long data follows: bind the parameter as a string from the start. (MariaDB 10.11
             // returns garbage for long data sent to a parameter last bound as an integer: a

@@ -51,32 +51,17 @@ pub mod status {
 }
 
 /// Why the client gave up on the connection (an ERR answer is not one: it is in [`Outcome`]).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket failed or timed out.
-    Io(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
     /// The server broke the protocol (or this client does not know that part of it).
+    #[error("protocol: {0}")]
     Protocol(String),
     /// Login was refused.
+    #[error("login refused: {0}")]
     Login(ServerError),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "i/o: {e}"),
-            ClientError::Protocol(m) => write!(f, "protocol: {m}"),
-            ClientError::Login(e) => write!(f, "login refused: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<std::io::Error> for ClientError {
-    fn from(e: std::io::Error) -> Self {
-        ClientError::Io(e)
-    }
 }
 
 pub(super) fn proto<T>(what: impl Into<String>) -> Result<T, ClientError> {
