@@ -282,6 +282,16 @@ impl Env {
         ] {
             must(a, sql);
         }
+        // Wait until every node has applied the reset. Galera applies other nodes' writes a
+        // moment later; a session that takes LOCK TABLES on a node before that blocks the
+        // node's applier, and its next read waits for the applier (wsrep_sync_wait) forever.
+        for a in &mut self.admins[1..] {
+            must(
+                a,
+                "SET SESSION wsrep_sync_wait = 15; SELECT COUNT(*) FROM dt.u; \
+                 SET SESSION wsrep_sync_wait = 0",
+            );
+        }
     }
 
     fn tables(&mut self) -> Vec<(String, String)> {
