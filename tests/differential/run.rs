@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -390,7 +390,6 @@ impl Env {
             return 0;
         };
         let mut new = String::new();
-        let _ = f.seek(SeekFrom::Current(0));
         let _ = f.read_to_string(&mut new);
         self.partial.push_str(&new);
         if let Some(cut) = self.partial.rfind('\n') {
