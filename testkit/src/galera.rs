@@ -479,18 +479,26 @@ fn my_cnf(node: &Node, cluster_address: &str) -> String {
     )
 }
 
-/// `cp -a from to` (the data dir holds only plain files and directories).
+/// `cp -a from to` (the data dir holds only plain files and directories); once more after a
+/// failure, which has been seen once on a loaded machine.
 fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap_or_else(|e| panic!("run cp: {e}"));
-    assert!(
-        status.success(),
-        "cp -a {} {} failed ({status})",
-        from.display(),
-        to.display()
-    );
+    let mut last = String::new();
+    for _attempt in 0..2 {
+        let _ = std::fs::remove_dir_all(to);
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap_or_else(|e| panic!("run cp: {e}"));
+        if out.status.success() {
+            return;
+        }
+        last = format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    panic!("cp -a {} {} failed: {last}", from.display(), to.display());
 }
