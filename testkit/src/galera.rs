@@ -326,6 +326,8 @@ impl Galera {
             init.arg("--no-defaults")
                 .arg("--auth-root-authentication-method=normal")
                 .arg("--skip-test-db")
+                // small redo log: the data dir is copied twice while seeding
+                .arg("--innodb-log-file-size=16M")
                 .arg(format!("--datadir={}", node.data().display()))
                 .arg(format!("--tmpdir={}", node.dir.join("tmp").display()));
             if is_root() {
@@ -439,7 +441,7 @@ fn my_cnf(node: &Node, cluster_address: &str) -> String {
     // keepalive_period <= inactive_check_period <= suspect_timeout <= inactive_timeout.
     let provider_options = format!(
         "gmcast.listen_addr=tcp://127.0.0.1:{gmcast};ist.recv_addr=127.0.0.1:{ist};\
-         gcache.size=32M;evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;\
+         gcache.size=16M;evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;\
          evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S;evs.install_timeout=PT4S"
     );
     let user = if is_root() { "user=root\n" } else { "" };
@@ -455,6 +457,7 @@ fn my_cnf(node: &Node, cluster_address: &str) -> String {
          {user}\
          skip-name-resolve\n\
          innodb-buffer-pool-size=32M\n\
+         innodb-log-file-size=16M\n\
          binlog-format=ROW\n\
          default-storage-engine=InnoDB\n\
          innodb-autoinc-lock-mode=2\n\
