@@ -239,7 +239,7 @@ fn sessions_answer_the_same_with_a_move_before_every_command() {
 
 /// The long run (2,000 sessions by default); see the module docs.
 #[test]
-#[ignore = "long: run with --ignored (about 20 min)"]
+#[ignore = "long: about 10 min; see the module docs"]
 fn long_run() {
     let Some((g, _turn)) = cluster() else { return };
     let s = settings(2000);
