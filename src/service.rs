@@ -90,6 +90,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
             let mysql = Arc::new(MysqlConfig {
                 users: MysqlUsers::from_config(&cfg.mysql_users),
                 connect_timeout: cfg.connect_timeout,
+                move_timeout: cfg.mysql_move_timeout,
                 ..Default::default()
             });
             let registry = sessions.clone();
