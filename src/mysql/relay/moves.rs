@@ -68,7 +68,7 @@ impl Relay {
     /// target when the session allows it.
     pub(super) async fn at_safe_point(&mut self) -> Result<(), End> {
         let blocker = self.session.blocker();
-        if self.closing && !matches!(blocker, Some(Blocker::Wait(_))) {
+        if self.closing && !self.session.closing_waits() {
             return Err(End::Drained);
         }
         let Some(to) = self.pending.take() else {

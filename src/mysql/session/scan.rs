@@ -321,11 +321,6 @@ const FIRST_WORDS: &[&str] = &[
     "DEALLOCATE",
     "HANDLER",
     "XA",
-    "SET",
-    "BEGIN",
-    "START",
-    "COMMIT",
-    "ROLLBACK",
 ];
 
 /// Statements that cannot change session or user variables or the current schema when their
@@ -439,7 +434,10 @@ pub fn analyze(sql: &[u8]) -> Pending {
                     None => None,
                 };
                 return Pending {
-                    effects: Vec::new(),
+                    effects: first
+                        .and_then(|w| tx_effect(w, &mut lx, sql))
+                        .into_iter()
+                        .collect(),
                     statements: 1,
                     changes: statement_changes(first, sql),
                     unknown_effects: false,
@@ -477,6 +475,21 @@ pub fn analyze(sql: &[u8]) -> Pending {
         }
     }
     p
+}
+
+/// The transaction effect of a statement whose first word is `first` (`lx` just past it),
+/// decided without tokenizing the rest: `BEGIN` and `COMMIT` are frequent, and this is the fast
+/// path's share of [`statement_effects`].
+fn tx_effect(first: &str, lx: &mut Lexer<'_>, text: &[u8]) -> Option<Effect> {
+    let mut then_transaction =
+        || matches!(lx.next_tok(), Some((Tok::Word(w, false), _)) if w == "TRANSACTION");
+    match first {
+        "SET" if then_transaction() => Some(Effect::TxOnce),
+        "START" if then_transaction() => Some(Effect::TxBoundary),
+        "BEGIN" if plain_begin(text) => Some(Effect::TxBoundary),
+        "COMMIT" | "ROLLBACK" => Some(Effect::TxBoundary),
+        _ => None,
+    }
 }
 
 fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
@@ -722,6 +735,16 @@ mod tests {
             assert_eq!(effects(sql), vec![Effect::TxBoundary], "{sql}");
         }
         assert!(effects("BEGIN NOT ATOMIC SELECT 1; END").is_empty());
+        assert!(effects("BEGIN NOT ATOMIC SELECT 1 END").is_empty());
+        // one statement is decided on the fast path, several by tokens: the same effects
+        assert_eq!(
+            effects("SET TRANSACTION READ ONLY; BEGIN"),
+            vec![Effect::TxOnce, Effect::TxBoundary]
+        );
+        assert_eq!(
+            effects("SELECT 1; set session transaction read only; commit"),
+            vec![Effect::TxBoundary]
+        );
         assert_eq!(
             effects("XA START 'x'"),
             vec![Effect::XaStart, Effect::TxBoundary]

@@ -138,6 +138,14 @@ impl Session {
         None
     }
 
+    /// Whether closing the session at a safe point (drain, shutdown) must wait: the client is
+    /// inside a transaction, or has sent statement long data not yet executed. What only keeps
+    /// a session from moving — a pending one-shot `SET TRANSACTION` among it — would end with
+    /// the session anyway, and does not delay closing.
+    pub fn closing_waits(&self) -> bool {
+        self.in_transaction() || self.xa || self.stmts.iter().any(|(_, s)| s.long_data)
+    }
+
     /// The server status flags a response ended with.
     pub fn set_status(&mut self, flags: u16) {
         self.status = flags;
@@ -494,6 +502,22 @@ mod tests {
         query(&mut s, "SELECT * FROM t", false, status::IN_TRANS);
         query(&mut s, "COMMIT", false, 0);
         assert_eq!(s.blocker(), None);
+    }
+
+    #[test]
+    fn closing_waits_for_a_transaction_or_long_data_but_not_for_a_one_shot() {
+        let mut s = Session::new();
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT);
+        assert!(!s.closing_waits());
+        query(&mut s, "BEGIN", false, IN_TRANS);
+        assert!(s.closing_waits());
+        query(&mut s, "COMMIT", false, IDLE);
+        let id = s.add_stmt(1, b"SELECT ?".to_vec(), 1, 1);
+        s.stmt_long_data(id);
+        assert!(s.closing_waits());
+        s.stmt_executed(id, false, IDLE);
+        assert!(!s.closing_waits());
     }
 
     #[test]
