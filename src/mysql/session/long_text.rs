@@ -37,7 +37,8 @@ fn is_effect_word(w: &[u8]) -> bool {
 }
 
 /// Whether a text too long to scan may have effects: it contains one of [`EFFECT_WORDS`]
-/// outside string literals and comments. Reads the text once and allocates nothing.
+/// outside string literals and comments — or anywhere, when a string holds a backslash before
+/// its quote, since `sql_mode` decides where such a string ends. Allocates nothing.
 pub(super) fn may_have_effects(sql: &[u8]) -> bool {
     let mut lx = Lexer::new(sql);
     while let Some(w) = lx.next_word_span() {
@@ -45,7 +46,7 @@ pub(super) fn may_have_effects(sql: &[u8]) -> bool {
             return true;
         }
     }
-    false
+    lx.escaped_quote && has_effect_word(sql)
 }
 
 /// Whether raw bytes contain one of [`EFFECT_WORDS`] as a whole word, quotes or not.
@@ -140,6 +141,15 @@ mod tests {
             assert!(!may_have_effects(sql.as_bytes()), "{sql}");
         }
         assert!(may_have_effects(b"SELECT `GET_LOCK`('a', 1)"));
+        // under NO_BACKSLASH_ESCAPES the string ends at `\'` and GET_LOCK runs
+        assert!(may_have_effects(b"SELECT 'x\\', GET_LOCK('b', 0), ''"));
+        assert!(!may_have_effects(
+            b"INSERT INTO t VALUES ('O\\'Brien', 'smith')"
+        ));
+        // ...and then words in strings count too: conservative, for long texts only
+        assert!(may_have_effects(
+            b"INSERT INTO t VALUES ('O\\'Brien', 'lock')"
+        ));
         assert!(may_have_effects(b"/*!40000 LOCK TABLES t READ */"));
     }
 

@@ -94,6 +94,9 @@ enum Tok {
 pub(super) struct Lexer<'a> {
     s: &'a [u8],
     i: usize,
+    /// A string held a backslash before its own quote (`'O\'Brien'`): under
+    /// `NO_BACKSLASH_ESCAPES` the server ends the string there, and reads what follows as code.
+    pub(super) escaped_quote: bool,
 }
 
 pub(super) fn is_word(c: u8) -> bool {
@@ -102,7 +105,11 @@ pub(super) fn is_word(c: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub(super) fn new(s: &'a [u8]) -> Self {
-        Self { s, i: 0 }
+        Self {
+            s,
+            i: 0,
+            escaped_quote: false,
+        }
     }
 
     /// The byte `ahead` places past the current one.
@@ -204,6 +211,7 @@ impl<'a> Lexer<'a> {
             if c == b'\\' && q != b'`' {
                 // a backslash at the very end escapes nothing (issue 9: `;'\` once stepped
                 // past the end here)
+                self.escaped_quote |= self.peek(1) == Some(q);
                 if let Some(o) = out.as_deref_mut() {
                     o.extend(self.peek(1));
                 }
