@@ -74,6 +74,17 @@ pub(super) enum BackendError {
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
+    /// The old backend stopped answering during a move's snapshot, and did not recover.
+    #[error("stopped answering during a move")]
+    Unresponsive,
+}
+
+/// Reports a redirect of connection `id` from `from` to `to` that did not happen, and why (also
+/// while the session's state is borrowed by a move).
+fn refused(link: &Registration, id: u64, from: &str, to: &BackendInst, reason: &str) {
+    crate::metrics::migration(false, Duration::ZERO);
+    info!(conn_id = id, from, to = %to.addr(), reason, "redirect refused");
+    link.redirect_failed(to.addr());
 }
 
 /// A client-side read error: a close between packets is the client leaving, anything else a
@@ -115,8 +126,19 @@ impl ClientSide {
     /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
     /// write is not worth reporting.
     pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
+        let _ = self.answer_err(seq, code, state, msg).await;
+    }
+
+    /// Answers a command with an ERR packet (sequence id `seq`) and goes on.
+    pub(super) async fn answer_err(
+        &mut self,
+        seq: u8,
+        code: u16,
+        state: &str,
+        msg: &str,
+    ) -> Result<(), End> {
         put_packet(&mut self.out, seq, &err_payload(code, state, msg));
-        let _ = self.flush().await;
+        self.flush().await
     }
 }
 
@@ -207,9 +229,7 @@ impl Relay {
 
     /// Reports a redirect to `to` that did not happen.
     fn failed(&self, to: &BackendInst, reason: &str) {
-        crate::metrics::migration(false, Duration::ZERO);
-        info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
-        self.link.redirect_failed(to.addr());
+        refused(&self.link, self.id, &self.backend.addr, to, reason);
     }
 
     /// Gives up tracking: relays bytes both ways until either side closes.
