@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use switchyard::wire::{code, sqlstate, PacketReader};
+use switchyard::wire::{code, sqlstate, OutBuf, PacketReader};
 use switchyard::{BackendInst, Redirect};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -117,7 +117,7 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: mpsc::UnboundedR
     let mut client = ClientSide {
         reader: PacketReader::new(Counted::new(r, metrics.bytes_in.clone())),
         writer: Counted::new(w, metrics.bytes_out.clone()),
-        out: Vec::with_capacity(16 * 1024),
+        out: OutBuf::new(),
     };
     let routed = match conn.connect(redirect).await {
         Ok(routed) => routed,
