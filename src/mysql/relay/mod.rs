@@ -20,11 +20,10 @@ use switchyard::wire::{
 };
 use switchyard::{BackendInst, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::Control;
+use super::conn::{Control, ControlRx};
 use super::session::Session;
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
@@ -126,7 +125,7 @@ pub(super) struct Relay {
     pub(super) login: Option<Login>,
     pub(super) link: Registration,
     pub(super) cfg: Arc<MysqlConfig>,
-    pub(super) ctrl: mpsc::UnboundedReceiver<Control>,
+    pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.
     pub(super) pending: Option<BackendInst>,
     /// Close at the next safe point.
