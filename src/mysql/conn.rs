@@ -107,7 +107,9 @@ struct Start {
 pub struct MysqlConn {
     ctrl: ControlTx,
     rx: Option<ControlRx>,
-    start: Option<Start>,
+    /// Boxed: taken into the relay task at once, it would otherwise keep its room in the actor
+    /// for the session's life.
+    start: Option<Box<Start>>,
     on_stop: Option<Box<dyn FnOnce()>>,
 }
 
@@ -118,7 +120,7 @@ impl MysqlConn {
         Self {
             ctrl,
             rx: Some(rx),
-            start: Some(Start { conn, cfg }),
+            start: Some(Box::new(Start { conn, cfg })),
             on_stop: None,
         }
     }
@@ -138,7 +140,7 @@ impl Actor for MysqlConn {
             ctx.stop();
             return;
         };
-        let fut = run(start, ctx.address().recipient(), rx);
+        let fut = run(*start, ctx.address().recipient(), rx);
         ctx.spawn(fut.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
