@@ -66,7 +66,7 @@ pub mod packet_reader {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use switchyard_server::mysql::packet::{PacketError, PacketReader, HEADER, MAX_PAYLOAD};
+    use switchyard::wire::{PacketError, PacketReader, HEADER, MAX_PAYLOAD};
     use tokio::io::{AsyncRead, ReadBuf};
 
     use super::{drive, Input};
@@ -413,9 +413,7 @@ pub mod packet_reader {
 /// Target 2: the response tracker, fed a server's (and, for `LOCAL INFILE` and auth exchanges,
 /// a client's) packets after a command chosen by the input.
 pub mod tracker {
-    use switchyard_server::mysql::packet::{
-        caps, put_packet, Frame, PacketReader, HEADER, MAX_PAYLOAD,
-    };
+    use switchyard::wire::{caps, put_packet, Frame, PacketReader, HEADER, MAX_PAYLOAD};
     use switchyard_server::mysql::tracker::{Kind, Next, Tracker};
 
     use super::{drive, Input};
@@ -528,10 +526,9 @@ pub mod scan {
 /// handshake response (parse and sanitize in place) and an auth-switch request, all on the same
 /// bytes.
 pub mod handshake {
-    use switchyard_server::mysql::handshake::{
-        parse_auth_switch, Greeting, NativeSecret, Response, NATIVE_PASSWORD,
+    use switchyard::wire::{
+        caps, parse_auth_switch, server_version, Greeting, NativeSecret, Response, NATIVE_PASSWORD,
     };
-    use switchyard_server::mysql::packet::caps;
 
     /// Runs one input.
     pub fn run(data: &[u8]) {
@@ -540,11 +537,42 @@ pub mod handshake {
         let _ = parse_auth_switch(data);
     }
 
-    /// A greeting parses, and parses the same once sanitized, with only the hidden bits gone.
+    /// Where a v10 greeting's lower capability bytes are, found without the parser: after the
+    /// protocol byte, the NUL-terminated version, the connection id, the first 8 salt bytes
+    /// and a filler byte.
+    fn caps_lo_at(data: &[u8]) -> Option<usize> {
+        let nul = data.get(1..)?.iter().position(|&b| b == 0)?;
+        Some(1 + nul + 1 + 4 + 8 + 1)
+    }
+
+    /// A greeting parses with its fields where the protocol puts them, parses the same once
+    /// sanitized (only the hidden bits gone), and reads back from its own `build`.
     fn greeting(data: &[u8]) {
+        let version = server_version(data);
         let Ok(g) = Greeting::parse(data) else {
             return;
         };
+        assert!(version.is_ok(), "a greeting parses but has no version");
+        let at = caps_lo_at(data).expect("a parsed greeting has a NUL-terminated version");
+        let lo = data.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        assert_eq!(
+            lo,
+            Some(g.caps as u16),
+            "capabilities read from the wrong offset (version {:?})",
+            version.ok().map(String::from_utf8_lossy)
+        );
+        // the salt: 8 bytes before the filler, and (CLIENT_SECURE_CONNECTION) the rest after
+        // caps, charset, status, upper caps, auth-data length and 10 reserved bytes
+        assert_eq!(g.salt.get(..8), data.get(at - 9..at - 1), "salt part 1 misread");
+        if g.caps & caps::SECURE_CONNECTION != 0 {
+            let part2 = &g.salt[8..];
+            let from = at + 2 + 1 + 2 + 2 + 1 + 10;
+            assert_eq!(
+                Some(part2),
+                data.get(from..from + part2.len()),
+                "salt part 2 read from the wrong offset"
+            );
+        }
         let mut p = data.to_vec();
         g.sanitize(&mut p);
         let again = Greeting::parse(&p).expect("a sanitized greeting still parses");
@@ -556,6 +584,15 @@ pub mod handshake {
         let mut twice = p.clone();
         again.sanitize(&mut twice);
         assert_eq!(twice, p, "sanitizing is idempotent");
+        let built = Greeting::parse(&g.build()).expect("a built greeting parses");
+        assert_eq!(
+            (&built.version, built.connection_id, built.caps, built.charset, built.status),
+            (&g.version, g.connection_id, g.caps, g.charset, g.status),
+            "a greeting reads back from its own build"
+        );
+        if g.caps & caps::PLUGIN_AUTH != 0 {
+            assert_eq!((&built.salt, &built.plugin), (&g.salt, &g.plugin));
+        }
     }
 
     /// A response parses, sanitizing is idempotent, and the proxy's own login built from it
@@ -588,6 +625,15 @@ pub mod handshake {
             (r.max_packet, r.charset, &r.user, NATIVE_PASSWORD)
         );
         assert_eq!(login.auth, secret.scramble(&salt));
+        let mut rebuilt = r.build();
+        let back = Response::parse_and_sanitize(&mut rebuilt).expect("a built response parses");
+        let cleared = caps::CONNECT_WITH_DB | caps::CONNECT_ATTRS;
+        assert_eq!(
+            (back.caps, back.max_packet, back.charset, &back.user),
+            (r.caps & !cleared, r.max_packet, r.charset, &r.user),
+            "a response reads back from its own build"
+        );
+        assert_eq!((&back.auth, &back.plugin), (&r.auth, &r.plugin));
     }
 }
 

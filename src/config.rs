@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard::wire::{parse_password_hash, SCRAMBLE_LEN};
 use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RouterConfig};
 use thiserror::Error;
 
@@ -109,7 +110,7 @@ pub enum MysqlSecret {
     /// The plain password.
     Password(String),
     /// SHA1(SHA1(password)), the 20 bytes behind `*<40 hex>` in `mysql.user`.
-    Hash([u8; 20]),
+    Hash([u8; SCRAMBLE_LEN]),
 }
 
 impl std::fmt::Debug for MysqlSecret {
@@ -600,19 +601,6 @@ fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
     } else {
         Err(bad("bad host"))
     }
-}
-
-/// `*` + 40 hex digits → the 20-byte `mysql_native_password` hash.
-fn parse_password_hash(s: &str) -> Option<[u8; 20]> {
-    let hex = s.strip_prefix('*')?;
-    if hex.len() != 40 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 20];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

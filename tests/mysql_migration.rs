@@ -558,7 +558,7 @@ async fn hostile_input_closes_only_that_client() {
     )
     .await
     .unwrap();
-    let resp = switchyard_server::mysql::handshake::Response {
+    let resp = switchyard::wire::Response {
         caps: 0x000F_A68D,
         max_packet: 1 << 24,
         charset: 45,
@@ -566,7 +566,7 @@ async fn hostile_input_closes_only_that_client() {
         auth: Vec::new(),
         plugin: "mysql_native_password".into(),
     };
-    let secret = switchyard_server::mysql::handshake::NativeSecret::from_password(PASSWORD);
+    let secret = switchyard::wire::NativeSecret::from_password(PASSWORD);
     raw.login(&resp, 0x0000_0200, &secret).await.unwrap();
     raw.out.extend_from_slice(&[
         9, 0, 0, 4, 3, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1',
@@ -579,4 +579,36 @@ async fn hostile_input_closes_only_that_client() {
     let one: i64 = good.query_first("SELECT 1").await.unwrap().unwrap();
     assert_eq!(one, 1, "the other client is unaffected");
     good.disconnect().await.unwrap();
+}
+
+/// Issue 9, observation 1: these 3-byte-ish queries once panicked the session task (the
+/// statement scan stepped past a trailing backslash), so the client got no answer and the
+/// router kept counting a connection that was gone.
+#[actix_rt::test]
+async fn a_query_ending_in_a_backslash_gets_the_servers_error_and_the_session_lives_on() {
+    let Some((a, _)) = servers() else { return };
+    let p = proxy(&[addr(a)], users()).await;
+    let mut c = connect(&p, USER, PASSWORD).await.unwrap();
+    for sql in [";'\\", "CREATE '\\", "SELECT GET_LOCK('\\"] {
+        match c.query_drop(sql).await {
+            Err(mysql_async::Error::Server(_)) => {}
+            other => panic!("{sql:?}: expected the server's error, got {other:?}"),
+        }
+        let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
+        assert_eq!(one, 1, "the session still answers after {sql:?}");
+    }
+    c.disconnect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let snaps = p.router.send(GetBackends).await.unwrap();
+        let count = snaps.iter().map(|s| s.conn_count).sum::<usize>();
+        if count == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the router still counts {count} connection(s) after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

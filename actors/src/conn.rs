@@ -39,10 +39,10 @@ impl ConnHandle {
         self.id
     }
 
-    /// Sends a redirect without waiting; false when the connection's mailbox is closed or full,
-    /// which the router treats as a failed redirect.
-    pub(crate) fn try_redirect(&self, to: BackendInst) -> bool {
-        self.redirect.try_send(Redirect { to }).is_ok()
+    /// Sends a redirect without waiting. `Full` means the connection is swamped (the router
+    /// counts a failed redirect); `Closed` means its actor is gone and will never answer.
+    pub(crate) fn try_redirect(&self, to: BackendInst) -> Result<(), SendError<Redirect>> {
+        self.redirect.try_send(Redirect { to })
     }
 }
 

@@ -15,12 +15,16 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::health::{HealthCheck, HealthCheckConfig, Probe};
 use crate::model::{BackendHealth, BackendInfo};
+use crate::wire::{
+    self, caps, charset, cmd, marker, put_packet, HandshakeError, PacketError, PacketReader,
+    Response, NATIVE_PASSWORD,
+};
 
 /// The largest greeting accepted. A real one is about a hundred bytes; a length field claiming
 /// more is a server speaking another protocol (or garbage), not a reason to buffer megabytes.
@@ -156,7 +160,7 @@ impl DefaultHealthCheck {
     /// Connects to the SQL port and, for [`Probe::Mysql`], reads the server version.
     async fn check_sql(&self, addr: &str) -> Result<Option<String>, Failure> {
         let dial = self.cfg.dial_timeout;
-        let mut conn = match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
+        let conn = match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(Failure::retry(format!(
                     "connect {addr}: timed out after {dial:?}"
@@ -175,6 +179,7 @@ impl DefaultHealthCheck {
         if self.cfg.probe == Probe::Tcp {
             return Ok(None);
         }
+        let mut conn = PacketReader::new(conn);
         match tokio::time::timeout(dial, read_greeting(&mut conn)).await {
             Err(_) => Err(Failure::retry(format!(
                 "read greeting from {addr}: no greeting within {dial:?}"
@@ -226,6 +231,11 @@ impl DefaultHealthCheck {
 
 impl HealthCheck for DefaultHealthCheck {
     async fn check(&self, addr: &str, info: &BackendInfo) -> BackendHealth {
+        if !self.cfg.enable {
+            // As the reference router: checks off means every backend is taken as healthy,
+            // without a probe (and without a connection the backend would have to count).
+            return BackendHealth::healthy();
+        }
         let bound = self.check_bound();
         let health = match tokio::time::timeout(bound, self.check_unbounded(addr, info)).await {
             Ok(health) => health,
@@ -268,143 +278,77 @@ impl Failure {
 /// (`mysql_native_password`, protocol 4.1), reads the one reply, and says `COM_QUIT` when it was
 /// let in. Loopback connections are exempt from the host cache, which is why only a remote
 /// backend shows the problem.
-pub(crate) async fn sign_off<S>(conn: &mut S, user: &str) -> io::Result<()>
+pub(crate) async fn sign_off<S>(conn: &mut PacketReader<S>, user: &str) -> Result<(), PacketError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
-    const CLIENT_LONG_PASSWORD: u32 = 0x1;
-    const CLIENT_PROTOCOL_41: u32 = 0x200;
-    const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
-    const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
-    let caps =
-        CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH;
-    let mut payload = Vec::with_capacity(64 + user.len());
-    payload.extend_from_slice(&caps.to_le_bytes());
-    payload.extend_from_slice(&(16u32 << 20).to_le_bytes()); // max packet size
-    payload.push(33); // utf8_general_ci
-    payload.extend_from_slice(&[0u8; 23]);
-    payload.extend_from_slice(user.as_bytes());
-    payload.push(0);
-    payload.push(0); // empty auth response
-    payload.extend_from_slice(b"mysql_native_password\0");
-    let len = (payload.len() as u32).to_le_bytes();
-    let mut packet = vec![len[0], len[1], len[2], 1];
-    packet.extend_from_slice(&payload);
-    conn.write_all(&packet).await?;
-    let mut header = [0u8; 4];
-    if read_full(conn, &mut header).await? < 4 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "no reply to the probe login",
-        ));
-    }
+    let login = Response {
+        caps: caps::MYSQL | caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH,
+        max_packet: PROBE_MAX_PACKET,
+        charset: charset::UTF8_GENERAL_CI,
+        user: user.to_string(),
+        auth: Vec::new(),
+        plugin: NATIVE_PASSWORD.to_string(),
+    };
+    let mut out = Vec::with_capacity(wire::HEADER + 64 + user.len());
+    let seq = put_packet(&mut out, 1, &login.build());
+    wire::flush(conn.get_mut(), &mut out).await?;
     // Read the whole reply (an OK or ERR is small), so closing leaves nothing unread behind:
     // unread bytes would turn our close into a reset.
-    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-    let mut reply = vec![0u8; len.min(64 * 1024)];
-    let got = read_full(conn, &mut reply).await?;
-    if got > 0 && reply[0] == 0x00 {
+    let reply = conn.frame_seq(seq).await?;
+    if reply.first() == marker::OK && !reply.payload().is_empty() {
         // Let in (a user created for checks): leave politely.
-        conn.write_all(&[1, 0, 0, 0, 0x01]).await?;
+        put_packet(&mut out, 0, &[cmd::QUIT]);
+        wire::flush(conn.get_mut(), &mut out).await?;
     }
     Ok(())
 }
 
+/// The max packet size the probe's login announces.
+const PROBE_MAX_PACKET: u32 = 16 << 20;
+
 /// Reads the server's initial handshake packet and returns the version it announces.
 ///
-/// A MySQL packet is a 3-byte little-endian payload length and a sequence id; the greeting's
-/// payload starts with the protocol version (10) and the NUL-terminated server version. A server
-/// that refuses us sends an ERR packet (0xff, error code, message) instead, e.g. MariaDB's
-/// "Host … is blocked because of many connection errors".
-pub(crate) async fn read_greeting<R: tokio::io::AsyncRead + Unpin>(
-    conn: &mut R,
+/// A server that refuses us sends an ERR packet instead (code and message), e.g. MariaDB's
+/// "Host … is blocked because of many connection errors"; that is final.
+pub(crate) async fn read_greeting<R: AsyncRead + Unpin>(
+    conn: &mut PacketReader<R>,
 ) -> Result<String, Failure> {
-    let mut header = [0u8; 4];
-    let got = read_full(conn, &mut header)
-        .await
-        .map_err(|e| Failure::retry(e.to_string()))?;
-    if got == 0 {
-        return Err(Failure::retry("connection closed before any greeting"));
-    }
-    if got < header.len() {
-        return Err(Failure::retry(format!(
-            "truncated greeting: connection closed after {got} of 4 header bytes"
-        )));
-    }
-    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-    if len == 0 {
-        return Err(Failure::final_("empty greeting packet"));
-    }
-    if len > MAX_GREETING_LEN {
-        return Err(Failure::final_(format!(
+    conn.set_max_payload(MAX_GREETING_LEN);
+    let greeting = conn.frame().await.map_err(|e| match e {
+        PacketError::Closed => Failure::retry("connection closed before any greeting"),
+        PacketError::Truncated { got, .. } if got < wire::HEADER => Failure::retry(format!(
+            "truncated greeting: connection closed after {got} of {} header bytes",
+            wire::HEADER
+        )),
+        PacketError::Truncated { got, want } => Failure::retry(format!(
+            "truncated greeting: connection closed after {} of {} bytes",
+            got - wire::HEADER,
+            want - wire::HEADER
+        )),
+        PacketError::TooLarge { len, .. } => Failure::final_(format!(
             "greeting of {len} bytes exceeds the {MAX_GREETING_LEN}-byte limit; not a MySQL server?"
-        )));
-    }
-    let mut payload = vec![0u8; len];
-    let got = read_full(conn, &mut payload)
-        .await
-        .map_err(|e| Failure::retry(e.to_string()))?;
-    if got < len {
-        return Err(Failure::retry(format!(
-            "truncated greeting: connection closed after {got} of {len} bytes"
-        )));
-    }
-    parse_greeting(&payload)
+        )),
+        e => Failure::retry(e.to_string()),
+    })?;
+    conn.set_max_payload(wire::MAX_PAYLOAD);
+    parse_greeting(greeting.payload())
 }
 
 /// Takes the server version out of a greeting payload (header stripped).
 pub(crate) fn parse_greeting(payload: &[u8]) -> Result<String, Failure> {
-    match payload.first() {
-        Some(0xff) => {
-            let code = match payload.get(1..3) {
-                Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]),
-                _ => {
-                    return Err(Failure::final_(
-                        "server refused the connection (ERR packet)",
-                    ))
-                }
-            };
-            let mut msg = payload.get(3..).unwrap_or_default();
-            // With CLIENT_PROTOCOL_41 the message is preceded by '#' and a 5-byte SQL state.
-            if msg.first() == Some(&b'#') && msg.len() >= 6 {
-                msg = &msg[6..];
-            }
-            Err(Failure::final_(format!(
-                "server refused the connection: ERROR {code}: {}",
-                text(msg)
-            )))
-        }
-        Some(10) => {
-            let rest = &payload[1..];
-            let Some(end) = rest.iter().position(|&b| b == 0) else {
-                return Err(Failure::final_(
-                    "malformed greeting: server version is not NUL-terminated",
-                ));
-            };
-            Ok(text(&rest[..end]))
-        }
-        Some(v) => Err(Failure::final_(format!(
-            "unsupported protocol version {v} in greeting (want 10); not a MySQL server?"
+    match wire::server_version(payload) {
+        Ok(version) => Ok(text(version)),
+        Err(HandshakeError::Refused(e)) => Err(Failure::final_(format!(
+            "server refused the connection: ERROR {}: {}",
+            e.code,
+            text(e.message.as_bytes())
         ))),
-        None => Err(Failure::final_("empty greeting packet")),
-    }
-}
-
-/// Reads until `buf` is full or the peer closes; returns how many bytes arrived.
-async fn read_full<R: tokio::io::AsyncRead + Unpin>(
-    conn: &mut R,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = conn.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
+        Err(e @ HandshakeError::Protocol(_)) => {
+            Err(Failure::final_(format!("{e}; not a MySQL server?")))
         }
-        filled += n;
+        Err(e) => Err(Failure::final_(e.to_string())),
     }
-    Ok(filled)
 }
 
 /// Bytes from the network as printable text, bounded in length.
@@ -456,16 +400,13 @@ mod tests {
     use super::*;
 
     fn frame(payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut out = len.to_le_bytes()[..3].to_vec();
-        out.push(0);
-        out.extend_from_slice(payload);
+        let mut out = Vec::new();
+        put_packet(&mut out, 0, payload);
         out
     }
 
     async fn read(bytes: &[u8]) -> Result<String, Failure> {
-        let mut r = bytes;
-        read_greeting(&mut r).await
+        read_greeting(&mut PacketReader::new(bytes)).await
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 
 use thiserror::Error;
 
+use crate::model::BackendStatus;
+
 /// Discovery could not produce a backend list.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("fetch backend list: {msg}")]
@@ -55,4 +57,105 @@ pub enum RouterError {
     /// The named backend is not known to the router.
     #[error("unknown backend {0}")]
     UnknownBackend(String),
+}
+
+/// A broken invariant of the router's tables: which one, and the numbers that disagree.
+///
+/// It is never expected: [`crate::CheckInvariants`] returns it so tests can check after every
+/// step, and a debug build checks after every message and panics with it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvariantError {
+    /// A registered connection names a backend the router does not know.
+    #[error("conn {conn_id} is on backend {backend}, which the router does not know")]
+    ConnOnUnknownBackend {
+        /// The connection.
+        conn_id: u64,
+        /// The backend it names.
+        backend: String,
+    },
+    /// A registered connection is missing from its backend's list.
+    #[error("conn {conn_id} is missing from the list of backend {backend}")]
+    ConnNotListed {
+        /// The connection.
+        conn_id: u64,
+        /// Its backend.
+        backend: String,
+    },
+    /// A connection is redirecting to a backend the router does not know.
+    #[error("conn {conn_id} is redirecting to backend {to}, which the router does not know")]
+    RedirectToUnknownBackend {
+        /// The connection.
+        conn_id: u64,
+        /// The redirect's target.
+        to: String,
+    },
+    /// More routes were finished on a backend than were handed out.
+    #[error("backend {backend}: pending routes {pending} < 0")]
+    NegativePending {
+        /// The backend.
+        backend: String,
+        /// Its pending count.
+        pending: i64,
+    },
+    /// A backend's redirect counters differ from what its connections' phases add up to.
+    #[error(
+        "backend {backend}: incoming/outgoing {incoming}/{outgoing} \
+         but its connections say {counted_incoming}/{counted_outgoing}"
+    )]
+    RedirectCounts {
+        /// The backend.
+        backend: String,
+        /// Its counter of redirects heading to it.
+        incoming: i64,
+        /// Its counter of redirects leaving it.
+        outgoing: i64,
+        /// Connections redirecting to it.
+        counted_incoming: i64,
+        /// Its connections that are redirecting elsewhere.
+        counted_outgoing: i64,
+    },
+    /// The health flag connections read disagrees with the backend's status.
+    #[error(
+        "backend {backend}: its handle says healthy = {handle_healthy}, its status is {status}"
+    )]
+    HandleHealth {
+        /// The backend.
+        backend: String,
+        /// What [`crate::BackendInst::healthy`] returns.
+        handle_healthy: bool,
+        /// Its status.
+        status: BackendStatus,
+    },
+    /// A backend's slot in the score index belongs to another backend (or to none).
+    #[error("backend {backend}: slot {slot} names another backend")]
+    SlotNamesAnother {
+        /// The backend.
+        backend: String,
+        /// Its slot number.
+        slot: u32,
+    },
+    /// The backends list a different number of connections than are registered.
+    #[error("{listed} connections listed on backends, {registered} registered")]
+    ConnCount {
+        /// Connections in the backends' lists.
+        listed: usize,
+        /// Connections in the connection table.
+        registered: usize,
+    },
+    /// The ordering of routable backends is out of step with their scores.
+    #[error("routable ordering out of step: {indexed} entries, the backends make {expected}")]
+    RoutableIndex {
+        /// Entries in the ordering.
+        indexed: usize,
+        /// Entries the backends' current scores make.
+        expected: usize,
+    },
+    /// The ordering of backends with connections is out of step with their scores.
+    #[error("loaded ordering out of step: {indexed} entries, the backends make {expected}")]
+    LoadedIndex {
+        /// Entries in the ordering.
+        indexed: usize,
+        /// Entries the backends' current scores make.
+        expected: usize,
+    },
 }

@@ -96,10 +96,12 @@ mod error;
 mod etcd;
 mod health;
 mod model;
+mod observation;
 mod observer;
 mod router;
 mod selector;
 mod static_router;
+pub mod wire;
 
 pub use conn::{ConnHandle, Redirect};
 pub use connect::{
@@ -107,17 +109,18 @@ pub use connect::{
 };
 pub use default_check::DefaultHealthCheck;
 pub use discovery::{BackendFetcher, StaticFetcher};
-pub use error::{FetchError, ObserveError, RouteError, RouterError};
+pub use error::{FetchError, InvariantError, ObserveError, RouteError, RouterError};
+pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 #[doc(hidden)]
 pub use etcd::{fuzz_decode_range, fuzz_parse_info};
-pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};
-pub use observer::{BackendObserver, GetObserved, Refresh, StopObserver};
+pub use observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
+pub use observer::BackendObserver;
 pub use router::{
-    BackendsChanged, CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained,
-    Rebalance, RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route,
-    RouterConfig, ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained, Rebalance,
+    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RouterConfig,
+    ScoreRouter, ServerVersion, SetDrained, StopRouter,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

@@ -2,8 +2,9 @@
 //!
 //! Each cycle fetches the list ([`BackendFetcher`]), checks every backend ([`HealthCheck`],
 //! concurrently with a bound), applies hysteresis (`fall` / `rise`), compares with the last cycle
-//! and sends [`BackendsChanged`] to its receiver. Inbound: [`Refresh`] (run a cycle now) and
-//! [`StopObserver`]. Cycles never overlap: a refresh during a cycle is folded into one more.
+//! and sends [`BackendsChanged`] to its receiver. Inbound: [`Refresh`] (run a cycle now),
+//! [`GetObserved`] and [`StopObserver`]. Cycles never overlap: a refresh during a cycle is folded
+//! into one more. Its messages live in `observation`, which the router shares.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -19,24 +20,7 @@ use crate::discovery::BackendFetcher;
 use crate::error::{FetchError, ObserveError};
 use crate::health::{HealthCheck, HealthCheckConfig};
 use crate::model::{BackendHealth, BackendStatus};
-use crate::router::BackendsChanged;
-
-/// Run a cycle now. While a cycle runs, any number of refreshes fold into one more cycle.
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "()")]
-pub struct Refresh;
-
-/// Stop the observer; it sends nothing after this.
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "()")]
-pub struct StopObserver;
-
-/// Every backend of the last good cycle with the health the observer reports for it, unhealthy
-/// ones included. The router only learns of backends once they are healthy; an operator's view
-/// (the service's `/backends`) wants the configured-but-down ones too.
-#[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "HashMap<String, BackendHealth>")]
-pub struct GetObserved;
+use crate::observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
 
 /// Consecutive results of one backend, for hysteresis.
 #[derive(Debug, Clone, Copy, Default)]

@@ -127,6 +127,28 @@ async fn a_refused_status_port_is_final_at_once() {
 }
 
 #[actix_rt::test]
+async fn a_disabled_check_answers_healthy_at_once_without_touching_the_backend() {
+    let off = HealthCheckConfig {
+        enable: false,
+        ..cfg(3)
+    };
+    let http = HttpDouble::start(HttpBehaviour::Status(500)).await;
+    let sql = SqlDouble::start(SqlBehaviour::Greet("v".into())).await;
+    let h = DefaultHealthCheck::new(off.clone())
+        .check(&sql.addr().to_string(), &status_at(&http))
+        .await;
+    assert_eq!(h, BackendHealth::healthy());
+    assert_eq!(http.accepted(), 0, "no status request");
+    assert_eq!(sql.accepted(), 0, "no SQL connection");
+    // nobody listens there: a probe would have been refused
+    let dead = refused_addr().await;
+    let h = DefaultHealthCheck::new(off)
+        .check(&dead.to_string(), &no_status())
+        .await;
+    assert_eq!(h, BackendHealth::healthy());
+}
+
+#[actix_rt::test]
 async fn a_refused_sql_port_is_final_at_once() {
     let dead = refused_addr().await;
     let started = Instant::now();

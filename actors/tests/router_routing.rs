@@ -313,14 +313,7 @@ async fn drained_backend_gets_no_routes_and_is_emptied() {
     let mut t = Tester::new();
     let b = t.add_backends(2).await;
     t.add_conns(10).await;
-    t.router
-        .send(SetDrained {
-            addr: b[0].clone(),
-            drained: true,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    t.set_drained(&b[0], true).await.unwrap();
     assert_eq!(t.router.send(GetDrained).await.unwrap(), vec![b[0].clone()]);
     t.add_conns(4).await;
     assert_eq!(t.snapshot(&b[0]).await.unwrap().conn_count, 5);
@@ -329,14 +322,7 @@ async fn drained_backend_gets_no_routes_and_is_emptied() {
     // Drained and down: kept while drained, dropped once undrained.
     t.kill(&b[0]).await;
     assert!(t.snapshot(&b[0]).await.is_some());
-    t.router
-        .send(SetDrained {
-            addr: b[0].clone(),
-            drained: false,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    t.set_drained(&b[0], false).await.unwrap();
     assert!(t.snapshot(&b[0]).await.is_none());
     t.check().await;
 }
@@ -344,14 +330,7 @@ async fn drained_backend_gets_no_routes_and_is_emptied() {
 #[actix_rt::test]
 async fn draining_an_unknown_backend_is_an_error() {
     let t = Tester::new();
-    let r = t
-        .router
-        .send(SetDrained {
-            addr: "nowhere:1".into(),
-            drained: true,
-        })
-        .await
-        .unwrap();
+    let r = t.set_drained("nowhere:1", true).await;
     assert_eq!(r, Err(RouterError::UnknownBackend("nowhere:1".into())));
 }
 
@@ -360,14 +339,7 @@ async fn undrained_backend_takes_routes_again() {
     let mut t = Tester::new();
     let b = t.add_backends(2).await;
     for drained in [true, false] {
-        t.router
-            .send(SetDrained {
-                addr: b[0].clone(),
-                drained,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        t.set_drained(&b[0], drained).await.unwrap();
     }
     t.add_conns(4).await;
     t.check_balanced(0).await;

@@ -84,14 +84,7 @@ async fn storm(seed: u64, steps: usize) {
                 let known: Vec<String> = t.health.keys().cloned().collect();
                 if let Some(addr) = pick(&mut rng, known.into_iter()) {
                     // Unknown when the router dropped it: that is an error, not a panic.
-                    let _ = t
-                        .router
-                        .send(SetDrained {
-                            addr,
-                            drained: rng.gen_bool(0.3),
-                        })
-                        .await
-                        .unwrap();
+                    let _ = t.set_drained(&addr, rng.gen_bool(0.3)).await;
                 }
             }
         }

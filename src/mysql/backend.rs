@@ -9,10 +9,18 @@ use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::handshake::{self, Greeting, HandshakeError, NativeSecret, Response};
-use super::packet::{
-    self, caps, flush, get_lenenc_str, put_packet, ErrInfo, PacketError, PacketReader,
+use switchyard::wire::{
+    self, caps, cmd, flush, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
+    parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Greeting,
+    HandshakeError, NativeSecret, PacketError, PacketReader, Response, NATIVE_PASSWORD,
 };
+
+use super::tracker::{Kind, Next, PrepareOk, Tracker};
+
+/// Largest packet a server may send during a login (a greeting, an auth switch).
+pub const LOGIN_MAX_PAYLOAD: usize = 64 * 1024;
+/// Room for the few small commands the proxy queues on its own.
+const OUT_BUF: usize = 16 * 1024;
 
 /// A connected backend: address, reader, writer and the capabilities of the session on it.
 pub struct Backend {
@@ -59,7 +67,7 @@ impl Backend {
             addr,
             reader: PacketReader::new(r),
             writer: w,
-            out: Vec::with_capacity(16 * 1024),
+            out: Vec::with_capacity(OUT_BUF),
             deprecate_eof: false,
         }
     }
@@ -77,7 +85,7 @@ impl Backend {
         session_caps: u32,
         secret: &NativeSecret,
     ) -> Result<(), HandshakeError> {
-        self.reader.set_max_payload(64 * 1024);
+        self.reader.set_max_payload(LOGIN_MAX_PAYLOAD);
         let g = self.reader.frame_seq(0).await?;
         let greeting = Greeting::parse(g.payload())?;
         let server_caps = greeting.caps & !caps::HIDDEN;
@@ -92,24 +100,20 @@ impl Backend {
             let f = self.reader.frame_seq(seq).await?;
             seq = seq.wrapping_add(1);
             match f.first() {
-                0x00 => break,
-                0xFF => {
-                    return Err(HandshakeError::Refused(
-                        packet::parse_err(f.payload()).to_string(),
-                    ))
-                }
-                0xFE => {
-                    let (plugin, salt) = handshake::parse_auth_switch(f.payload());
-                    if plugin != handshake::NATIVE_PASSWORD {
+                marker::OK => break,
+                marker::ERR => return Err(HandshakeError::Refused(parse_err(f.payload()))),
+                marker::AUTH_SWITCH => {
+                    let (plugin, salt) = parse_auth_switch(f.payload());
+                    if plugin != NATIVE_PASSWORD {
                         return Err(HandshakeError::Plugin(plugin));
                     }
                     seq = put_packet(&mut self.out, seq, &secret.scramble(&salt));
                     self.flush().await.map_err(PacketError::from)?;
                 }
-                _ => return Err(HandshakeError::Greeting("unexpected packet during login")),
+                _ => return Err(HandshakeError::Unexpected),
             }
         }
-        self.reader.set_max_payload(packet::MAX_PAYLOAD);
+        self.reader.set_max_payload(wire::MAX_PAYLOAD);
         self.deprecate_eof = session_caps & caps::DEPRECATE_EOF != 0;
         Ok(())
     }
@@ -125,7 +129,7 @@ impl Backend {
 
     /// Queues a text query (not flushed); returns the sequence id its answer starts at.
     pub fn send_query(&mut self, sql: &str) -> u8 {
-        self.send_command(super::tracker::cmd::QUERY, sql.as_bytes())
+        self.send_command(cmd::QUERY, sql.as_bytes())
     }
 
     /// Reads the answer to a queued query or command: the rows of its result sets (none for
@@ -160,18 +164,20 @@ impl Backend {
         loop {
             let (_, first) = self.reader.logical(next(&mut seq), usize::MAX).await?;
             let n = match first.first() {
-                Some(0x00) => {
-                    let ok = packet::parse_ok(&first).ok_or(QueryError::Shape("short OK"))?;
-                    if ok.status & packet::status::MORE_RESULTS != 0 {
+                Some(&marker::OK) => {
+                    let ok = parse_ok(&first).ok_or(QueryError::Shape("short OK"))?;
+                    if more_results(ok.status) {
                         continue;
                     }
                     return Ok(());
                 }
-                Some(0xFF) => return Err(QueryError::Server(packet::parse_err(&first))),
-                Some(0xFB) => return Err(QueryError::Shape("LOCAL INFILE request")),
+                Some(&marker::ERR) => return Err(QueryError::Server(parse_err(&first))),
+                Some(&marker::LOCAL_INFILE) => {
+                    return Err(QueryError::Shape("LOCAL INFILE request"))
+                }
                 _ => {
                     let mut pos = 0;
-                    packet::get_lenenc(&first, &mut pos).ok_or(QueryError::Shape("column count"))?
+                    get_lenenc(&first, &mut pos).ok_or(QueryError::Shape("column count"))?
                 }
             };
             for _ in 0..n {
@@ -179,17 +185,17 @@ impl Backend {
             }
             if !self.deprecate_eof {
                 let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
-                if p.first() != Some(&0xFE) {
+                if p.first() != Some(&marker::EOF) {
                     return Err(QueryError::Shape("expected EOF after columns"));
                 }
             }
             let status = loop {
                 let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
-                if p.first() == Some(&0xFF) {
-                    return Err(QueryError::Server(packet::parse_err(&p)));
+                if p.first() == Some(&marker::ERR) {
+                    return Err(QueryError::Server(parse_err(&p)));
                 }
-                if packet::is_terminator(&p, self.deprecate_eof) {
-                    break packet::terminator_status(&p, self.deprecate_eof).unwrap_or(0);
+                if is_terminator(&p, self.deprecate_eof) {
+                    break terminator_status(&p, self.deprecate_eof).unwrap_or(0);
                 }
                 let mut pos = 0;
                 let mut row = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(4096));
@@ -199,7 +205,7 @@ impl Backend {
                 }
                 rows.push(row);
             };
-            if status & packet::status::MORE_RESULTS == 0 {
+            if !more_results(status) {
                 return Ok(());
             }
         }
@@ -208,12 +214,8 @@ impl Backend {
 
 impl Backend {
     /// Prepares `sql` as a binary statement (`COM_STMT_PREPARE`) and reads the whole answer.
-    pub async fn prepare(
-        &mut self,
-        sql: &[u8],
-        negotiated: u32,
-    ) -> Result<super::tracker::PrepareOk, QueryError> {
-        let seq = self.send_command(super::tracker::cmd::STMT_PREPARE, sql);
+    pub async fn prepare(&mut self, sql: &[u8], negotiated: u32) -> Result<PrepareOk, QueryError> {
+        let seq = self.send_command(cmd::STMT_PREPARE, sql);
         self.read_prepare(seq, negotiated).await
     }
 
@@ -223,8 +225,7 @@ impl Backend {
         &mut self,
         seq: u8,
         negotiated: u32,
-    ) -> Result<super::tracker::PrepareOk, QueryError> {
-        use super::tracker::{Kind, Next, Tracker};
+    ) -> Result<PrepareOk, QueryError> {
         self.flush().await.map_err(PacketError::from)?;
         let mut t = Tracker::new(negotiated);
         let mut next = t.start(Kind::Prepare, seq.wrapping_sub(1));
@@ -232,8 +233,8 @@ impl Backend {
         while next == Next::Server {
             let f = self.reader.frame().await?;
             t.check_seq(&f)?;
-            if f.first() == 0xFF {
-                err = Some(packet::parse_err(f.payload()));
+            if f.first() == marker::ERR {
+                err = Some(parse_err(f.payload()));
             }
             next = t
                 .on_server(&f)

@@ -5,14 +5,14 @@
 //! through to the backend, relays commands while tracking where each response ends
 //! ([`tracker`]), and answers the router's `Redirect` by logging in to the target as the same user
 //! (credentials from [`MysqlUsers`]), restoring the session ([`session`]) and swapping backends
-//! between two commands. It is shaped as an actor (control: redirect, drain) driving one task
-//! (the data path), so control messages never wait behind a long result set and the data path
-//! never takes a lock.
+//! between two commands. It is shaped as an actor (control: redirect, drain; in [`conn`])
+//! driving one task (the data path; in `relay`), so control messages never wait behind a long
+//! result set and the data path never takes a lock. The wire format itself is the library's
+//! `switchyard::wire`, shared with the health check.
 
 pub mod backend;
 pub mod conn;
-pub mod handshake;
-pub mod packet;
+mod relay;
 pub mod session;
 pub mod sessions;
 pub mod tracker;
@@ -24,7 +24,7 @@ use std::time::Duration;
 use actix::{Actor as _, Addr};
 
 pub use conn::{CloseAtSafePoint, MysqlConn};
-use handshake::{parse_password_hash, NativeSecret};
+use switchyard::wire::{parse_password_hash, NativeSecret, SCRAMBLE_LEN};
 
 /// A configured user's credential, as kept in memory: never the cleartext password.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub enum Credential {
     Secret(NativeSecret),
     /// From `password_hash`: `SHA1(SHA1(password))`; the session recovers `SHA1(password)` from
     /// the client's own login.
-    Hash([u8; 20]),
+    Hash([u8; SCRAMBLE_LEN]),
 }
 
 /// A bad `mysql.users` entry.

@@ -7,47 +7,10 @@
 //! (an authentication exchange), `COM_STATISTICS` (a bare string) and commands with no response.
 //! It is a pure state machine over physical packets, so it is tested without sockets.
 
-use super::packet::{
-    self, caps, get_arr, get_lenenc, is_terminator, status, terminator_status, Frame,
+use switchyard::wire::{
+    caps, cmd, get_arr, get_lenenc, is_terminator, marker, parse_ok, status, terminator_status,
+    Frame, PacketError,
 };
-
-/// Command bytes (`COM_*`).
-pub mod cmd {
-    /// Close the session.
-    pub const QUIT: u8 = 0x01;
-    /// Change the current schema.
-    pub const INIT_DB: u8 = 0x02;
-    /// Text query.
-    pub const QUERY: u8 = 0x03;
-    /// Column list of a table (deprecated).
-    pub const FIELD_LIST: u8 = 0x04;
-    /// Server statistics string.
-    pub const STATISTICS: u8 = 0x09;
-    /// Process list (deprecated).
-    pub const PROCESS_INFO: u8 = 0x0a;
-    /// Kill a connection (deprecated).
-    pub const PROCESS_KILL: u8 = 0x0c;
-    /// Is the server alive.
-    pub const PING: u8 = 0x0e;
-    /// Re-authenticate as another user.
-    pub const CHANGE_USER: u8 = 0x11;
-    /// Prepare a binary statement.
-    pub const STMT_PREPARE: u8 = 0x16;
-    /// Execute a binary statement.
-    pub const STMT_EXECUTE: u8 = 0x17;
-    /// Send a long parameter (no response).
-    pub const STMT_SEND_LONG_DATA: u8 = 0x18;
-    /// Close a binary statement (no response).
-    pub const STMT_CLOSE: u8 = 0x19;
-    /// Reset a binary statement.
-    pub const STMT_RESET: u8 = 0x1a;
-    /// Set a connection option (answered with EOF or ERR).
-    pub const SET_OPTION: u8 = 0x1b;
-    /// Fetch rows from a cursor.
-    pub const STMT_FETCH: u8 = 0x1c;
-    /// Reset the session.
-    pub const RESET_CONNECTION: u8 = 0x1f;
-}
 
 /// How a command is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,9 +50,14 @@ impl Kind {
             cmd::CHANGE_USER => Kind::Auth,
             // INIT_DB, CREATE_DB, DROP_DB, REFRESH, SHUTDOWN, PROCESS_KILL, DEBUG, PING,
             // STMT_RESET, SET_OPTION, RESET_CONNECTION
-            0x02
-            | 0x05..=0x08
-            | 0x0c..=0x0e
+            cmd::INIT_DB
+            | cmd::CREATE_DB
+            | cmd::DROP_DB
+            | cmd::REFRESH
+            | cmd::SHUTDOWN
+            | cmd::PROCESS_KILL
+            | cmd::DEBUG
+            | cmd::PING
             | cmd::STMT_RESET
             | cmd::SET_OPTION
             | cmd::RESET_CONNECTION => Kind::Simple,
@@ -227,9 +195,9 @@ impl Tracker {
     }
 
     /// Checks the sequence id of the next packet, from either side.
-    pub fn check_seq(&mut self, f: &Frame) -> Result<(), packet::PacketError> {
+    pub fn check_seq(&mut self, f: &Frame) -> Result<(), PacketError> {
         if f.seq() != self.next_seq {
-            return Err(packet::PacketError::Sequence {
+            return Err(PacketError::Sequence {
                 got: f.seq(),
                 want: self.next_seq,
             });
@@ -259,12 +227,14 @@ impl Tracker {
         let deprecate = self.deprecate_eof;
         match self.state {
             State::ResultStart | State::InfileResult => match head {
-                Some(0x00) if !f.continued() => {
-                    let ok = packet::parse_ok(p).ok_or(TrackError("short OK"))?;
+                Some(marker::OK) if !f.continued() => {
+                    let ok = parse_ok(p).ok_or(TrackError("short OK"))?;
                     self.end_result(ok.status);
                 }
-                Some(0xFF) => self.fail(),
-                Some(0xFB) if self.state == State::ResultStart => self.state = State::Infile,
+                Some(marker::ERR) => self.fail(),
+                Some(marker::LOCAL_INFILE) if self.state == State::ResultStart => {
+                    self.state = State::Infile
+                }
                 _ if self.state == State::InfileResult => {
                     return Err(TrackError("expected OK or ERR after LOCAL INFILE data"))
                 }
@@ -278,7 +248,7 @@ impl Tracker {
                 }
             },
             State::Columns(n) => {
-                if head == Some(0xFF) {
+                if head == Some(marker::ERR) {
                     self.fail();
                 } else if n > 1 {
                     self.state = State::Columns(n - 1);
@@ -291,7 +261,7 @@ impl Tracker {
                 }
             }
             State::ColumnsEof => match head {
-                Some(0xFE) => {
+                Some(marker::EOF) => {
                     let st = terminator_status(p, false).ok_or(TrackError("short EOF"))?;
                     self.status = st;
                     if self.kind == Kind::Execute && st & status::CURSOR_EXISTS != 0 {
@@ -300,11 +270,11 @@ impl Tracker {
                         self.state = State::Rows;
                     }
                 }
-                Some(0xFF) => self.fail(),
+                Some(marker::ERR) => self.fail(),
                 _ => return Err(TrackError("expected EOF after column definitions")),
             },
             State::Rows | State::FetchRows => {
-                if head == Some(0xFF) {
+                if head == Some(marker::ERR) {
                     self.fail();
                 } else if is_terminator(p, deprecate) {
                     let st =
@@ -318,7 +288,7 @@ impl Tracker {
                 }
             }
             State::PrepareFirst => match head {
-                Some(0x00) => {
+                Some(marker::OK) => {
                     let id = get_arr::<4>(p, 1).ok_or(TrackError("short prepare OK"))?;
                     let cols = get_arr::<2>(p, 5).ok_or(TrackError("short prepare OK"))?;
                     let params = get_arr::<2>(p, 7).ok_or(TrackError("short prepare OK"))?;
@@ -330,44 +300,44 @@ impl Tracker {
                     self.prepared = Some(ok);
                     self.after_params(ok.params, ok.columns, true);
                 }
-                Some(0xFF) => self.fail(),
+                Some(marker::ERR) => self.fail(),
                 _ => return Err(TrackError("expected prepare OK or ERR")),
             },
             State::PrepareParams(left, cols) => self.after_params(left - 1, cols, false),
             State::PrepareParamsEof(cols) => {
-                if head != Some(0xFE) {
+                if head != Some(marker::EOF) {
                     return Err(TrackError("expected EOF after parameter definitions"));
                 }
                 self.after_cols(cols, false);
             }
             State::PrepareCols(left) => self.after_cols(left - 1, true),
             State::PrepareColsEof => {
-                if head != Some(0xFE) {
+                if head != Some(marker::EOF) {
                     return Err(TrackError("expected EOF after column definitions"));
                 }
                 self.state = State::Done;
             }
             State::One => self.state = State::Done,
             State::Simple => match head {
-                Some(0x00) | Some(0xFE) => {
-                    if let Some(st) = terminator_status(p, head == Some(0x00) || deprecate) {
+                Some(marker::OK) | Some(marker::EOF) => {
+                    if let Some(st) = terminator_status(p, head == Some(marker::OK) || deprecate) {
                         self.status = st;
                     }
                     self.state = State::Done;
                 }
-                Some(0xFF) => self.fail(),
+                Some(marker::ERR) => self.fail(),
                 _ => return Err(TrackError("expected OK, EOF or ERR")),
             },
             State::Auth => match head {
-                Some(0x00) => {
-                    if let Some(ok) = packet::parse_ok(p) {
+                Some(marker::OK) => {
+                    if let Some(ok) = parse_ok(p) {
                         self.status = ok.status;
                     }
                     self.auth_ok = true;
                     self.state = State::Done;
                 }
-                Some(0xFF) => self.fail(),
-                // auth switch (0xFE) or more data (0x01): the plugin decides who speaks next
+                Some(marker::ERR) => self.fail(),
+                // auth switch or more data: the plugin decides who speaks next
                 _ => return Ok(Next::Either),
             },
             State::Infile | State::Done => return Err(TrackError("packet after the response")),
@@ -413,7 +383,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mysql::packet::{put_packet, PacketReader, MAX_PAYLOAD};
+    use switchyard::wire::{err_payload, put_packet, PacketReader, MAX_PAYLOAD};
 
     async fn frames(payloads: &[&[u8]]) -> Vec<Frame> {
         let mut wire = Vec::new();
@@ -475,7 +445,7 @@ mod tests {
         .await;
         assert_eq!(r, Some(6));
         let mut t = Tracker::new(caps::PROTOCOL_41);
-        let err = crate::mysql::packet::err_payload(1064, "42000", "syntax");
+        let err = err_payload(1064, "42000", "syntax");
         let r = run(&mut t, Kind::Query, &[OK_MORE, &err]).await;
         assert_eq!(r, Some(1));
         assert!(t.error);

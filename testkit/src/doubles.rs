@@ -1,12 +1,13 @@
 //! Loopback doubles: tiny tokio servers that misbehave on request.
 //!
-//! A [`SqlDouble`] stands in for a backend's SQL port (a proper MySQL greeting, arbitrary bytes,
-//! silence, an immediate close); an [`HttpDouble`] for its status port (any status code, garbage,
-//! silence). Both count accepted connections, so a test can tell a retried check from one that
-//! gave up at once, and both can change behaviour while running. They must be started inside a
-//! tokio runtime (an `#[actix_rt::test]` is one); dropping one stops it and closes its
-//! connections.
+//! One [`Double`] serves each accepted connection with a [`Behaviour`]: a [`SqlDouble`] stands in
+//! for a backend's SQL port (a proper MySQL greeting, arbitrary bytes, silence, an immediate
+//! close), an [`HttpDouble`] for its status port (any status code, garbage, silence). A double
+//! counts accepted connections, so a test can tell a retried check from one that gave up at once,
+//! and can change behaviour while running. Doubles must be started inside a tokio runtime (an
+//! `#[actix_rt::test]` is one); dropping one stops it and closes its connections.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,32 +90,56 @@ pub async fn refused_addr() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
-/// A fake SQL port.
+/// What a [`Double`] does with each connection it accepts: one async function that serves it.
+///
+/// The double keeps the behaviour behind a lock and clones it for each connection, so a test
+/// can switch it with [`Double::set`] while the double runs; connections already being served
+/// keep the behaviour they started with.
+pub trait Behaviour: Clone + Send + 'static {
+    /// Serves one accepted connection to its end.
+    fn serve(self, conn: TcpStream) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl Behaviour for SqlBehaviour {
+    fn serve(self, conn: TcpStream) -> impl Future<Output = ()> + Send + 'static {
+        serve_sql(conn, self)
+    }
+}
+
+impl Behaviour for HttpBehaviour {
+    fn serve(self, conn: TcpStream) -> impl Future<Output = ()> + Send + 'static {
+        serve_http(conn, self)
+    }
+}
+
+/// A fake port on loopback serving each connection with a [`Behaviour`]: it counts what it
+/// accepts, can switch behaviour while running, and stops (closing every connection) when
+/// dropped.
 #[derive(Debug)]
-pub struct SqlDouble {
+pub struct Double<B> {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
-    behaviour: Arc<Mutex<SqlBehaviour>>,
+    behaviour: Arc<Mutex<B>>,
     task: JoinHandle<()>,
 }
 
-impl SqlDouble {
+/// A fake SQL port.
+pub type SqlDouble = Double<SqlBehaviour>;
+
+/// A fake HTTP status port.
+pub type HttpDouble = Double<HttpBehaviour>;
+
+impl<B: Behaviour> Double<B> {
     /// Listens on a free loopback port with `behaviour`.
-    pub async fn start(behaviour: SqlBehaviour) -> SqlDouble {
+    pub async fn start(behaviour: B) -> Double<B> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let accepted = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(behaviour));
-        let task = tokio::spawn(serve(listener, accepted.clone(), {
-            let behaviour = behaviour.clone();
-            move |conn| {
-                let b = behaviour.lock().expect("behaviour lock").clone();
-                serve_sql(conn, b)
-            }
-        }));
-        SqlDouble {
+        let task = tokio::spawn(serve(listener, accepted.clone(), behaviour.clone()));
+        Double {
             addr,
             accepted,
             behaviour,
@@ -122,7 +147,7 @@ impl SqlDouble {
         }
     }
 
-    /// The address to check.
+    /// The address to connect to (for an HTTP double, its port is the status port).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -133,79 +158,24 @@ impl SqlDouble {
     }
 
     /// Changes what later connections get.
-    pub fn set(&self, behaviour: SqlBehaviour) {
+    pub fn set(&self, behaviour: B) {
         *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
 }
 
-impl Drop for SqlDouble {
+impl<B> Drop for Double<B> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// A fake HTTP status port.
-#[derive(Debug)]
-pub struct HttpDouble {
-    addr: SocketAddr,
+/// Accepts forever, serving each connection with the behaviour of the moment in a task owned by
+/// this one (so aborting it closes every connection).
+async fn serve<B: Behaviour>(
+    listener: TcpListener,
     accepted: Arc<AtomicUsize>,
-    behaviour: Arc<Mutex<HttpBehaviour>>,
-    task: JoinHandle<()>,
-}
-
-impl HttpDouble {
-    /// Listens on a free loopback port with `behaviour`.
-    pub async fn start(behaviour: HttpBehaviour) -> HttpDouble {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("local address");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let behaviour = Arc::new(Mutex::new(behaviour));
-        let task = tokio::spawn(serve(listener, accepted.clone(), {
-            let behaviour = behaviour.clone();
-            move |conn| {
-                let b = behaviour.lock().expect("behaviour lock").clone();
-                serve_http(conn, b)
-            }
-        }));
-        HttpDouble {
-            addr,
-            accepted,
-            behaviour,
-            task,
-        }
-    }
-
-    /// The address (its port is the status port).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Changes what later requests get.
-    pub fn set(&self, behaviour: HttpBehaviour) {
-        *self.behaviour.lock().expect("behaviour lock") = behaviour;
-    }
-}
-
-impl Drop for HttpDouble {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Accepts forever, handling each connection in a task owned by this one (so aborting it closes
-/// every connection).
-async fn serve<F, Fut>(listener: TcpListener, accepted: Arc<AtomicUsize>, handle: F)
-where
-    F: Fn(TcpStream) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
+    behaviour: Arc<Mutex<B>>,
+) {
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -213,7 +183,8 @@ where
             continue;
         };
         accepted.fetch_add(1, Ordering::SeqCst);
-        conns.spawn(handle(conn));
+        let b = behaviour.lock().expect("behaviour lock").clone();
+        conns.spawn(b.serve(conn));
     }
 }
 

@@ -311,6 +311,17 @@ impl Tester {
         panic!("rebalance did not come to rest");
     }
 
+    /// Drains or undrains `addr`, as an operator does; the router's answer.
+    pub async fn set_drained(&self, addr: &str, drained: bool) -> Result<(), RouterError> {
+        self.router
+            .send(SetDrained {
+                addr: addr.to_string(),
+                drained,
+            })
+            .await
+            .expect("router alive")
+    }
+
     pub async fn backends(&self) -> Vec<BackendSnapshot> {
         self.router.send(GetBackends).await.expect("router alive")
     }
@@ -390,37 +401,41 @@ impl Tester {
         );
     }
 
-    /// Healthy backends' connection counts differ by at most `slack`.
-    pub async fn check_balanced(&self, slack: usize) {
-        let snaps = self.backends().await;
-        let counts: Vec<usize> = snaps
+    /// One figure of every healthy backend, with its smallest and largest (`None` when no
+    /// backend is healthy).
+    async fn healthy_spread<T: Copy + Ord>(
+        &self,
+        figure: impl Fn(&BackendSnapshot) -> T,
+    ) -> Option<(Vec<T>, T, T)> {
+        let figures: Vec<T> = self
+            .backends()
+            .await
             .iter()
             .filter(|b| b.health.status == BackendStatus::Healthy)
-            .map(|b| b.conn_count)
+            .map(figure)
             .collect();
-        let (Some(min), Some(max)) = (counts.iter().min(), counts.iter().max()) else {
-            return;
-        };
-        assert!(
-            max - min <= slack,
-            "unbalanced: counts {counts:?} (slack {slack})"
-        );
+        let min = figures.iter().min().copied()?;
+        let max = figures.iter().max().copied()?;
+        Some((figures, min, max))
+    }
+
+    /// Healthy backends' connection counts differ by at most `slack`.
+    pub async fn check_balanced(&self, slack: usize) {
+        if let Some((counts, min, max)) = self.healthy_spread(|b| b.conn_count).await {
+            assert!(
+                max - min <= slack,
+                "unbalanced: counts {counts:?} (slack {slack})"
+            );
+        }
     }
 
     /// Among healthy backends, busiest / (idlest + 1) is below `ratio` (the rebalance goal).
     pub async fn check_ratio(&self, ratio: f64) {
-        let snaps = self.backends().await;
-        let scores: Vec<i64> = snaps
-            .iter()
-            .filter(|b| b.health.status == BackendStatus::Healthy)
-            .map(|b| b.score)
-            .collect();
-        let (Some(min), Some(max)) = (scores.iter().min(), scores.iter().max()) else {
-            return;
-        };
-        assert!(
-            (*max as f64) / ((*min + 1) as f64) < ratio,
-            "unbalanced: scores {scores:?} (ratio {ratio})"
-        );
+        if let Some((scores, min, max)) = self.healthy_spread(|b| b.score).await {
+            assert!(
+                (max as f64) / ((min + 1) as f64) < ratio,
+                "unbalanced: scores {scores:?} (ratio {ratio})"
+            );
+        }
     }
 }

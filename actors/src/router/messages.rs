@@ -1,0 +1,128 @@
+//! The messages [`crate::ScoreRouter`] handles, beside the actor that handles them.
+//!
+//! Connections and selectors send the routing and lifecycle events; operators and tests send the
+//! rest. [`crate::StaticRouter`] answers the same routing ones, so a connection works with either.
+//! The observer's report, [`crate::BackendsChanged`], lives in `observation`, shared with it.
+
+use actix::prelude::*;
+
+use crate::conn::ConnHandle;
+use crate::error::{InvariantError, RouteError, RouterError};
+use crate::model::{BackendInst, BackendSnapshot};
+
+/// Pick a backend for a new connection, skipping `excluded` (addresses already tried).
+///
+/// The chosen backend's conn score is raised by one at once, so routes that arrive before any
+/// connection finishes still spread out; [`ConnCreated`] settles it.
+#[derive(Debug, Clone, Default, Message)]
+#[rtype(result = "Result<BackendInst, RouteError>")]
+pub struct Route {
+    /// Addresses not to return.
+    pub excluded: Vec<String>,
+}
+
+/// The outcome of a route: `Some` = connected and registered, `None` = the connect failed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ConnCreated {
+    /// The backend the route returned.
+    pub backend: String,
+    /// The new connection, or `None` when connecting failed.
+    pub conn: Option<ConnHandle>,
+}
+
+/// A connection finished moving from `from` to `to`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RedirectSucceeded {
+    /// Where it was.
+    pub from: String,
+    /// Where it is now.
+    pub to: String,
+    /// Its id.
+    pub conn_id: u64,
+}
+
+/// A connection could not move and stays on `from`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RedirectFailed {
+    /// Where it stays.
+    pub from: String,
+    /// Where it was asked to go.
+    pub to: String,
+    /// Its id.
+    pub conn_id: u64,
+}
+
+/// A connection ended (possibly mid-redirect).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ConnClosed {
+    /// The backend it was on.
+    pub addr: String,
+    /// Its id.
+    pub conn_id: u64,
+}
+
+/// Ask the observer for a cycle now.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "()")]
+pub struct RefreshBackends;
+
+/// Ask every connection to redirect to the backend it is on (a testing aid: exercises the whole
+/// move path without changing the balance).
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<(), RouterError>")]
+pub struct RedirectConnections;
+
+/// Run one rebalance step now, moving at most `max_conns` connections.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Rebalance {
+    /// Upper bound of connections asked to move.
+    pub max_conns: usize,
+}
+
+/// Number of registered connections.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "usize")]
+pub struct ConnCount;
+
+/// The server version last announced by a healthy backend (empty when none yet).
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "String")]
+pub struct ServerVersion;
+
+/// Every backend, ascending by score.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<BackendSnapshot>")]
+pub struct GetBackends;
+
+/// Addresses of the backends an operator drained, sorted.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<String>")]
+pub struct GetDrained;
+
+/// Drain (`true`) or undrain (`false`) a backend. A drained backend gets no new routes and its
+/// connections are moved off by rebalance; it is kept while drained even if down and empty.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), RouterError>")]
+pub struct SetDrained {
+    /// The backend's SQL address.
+    pub addr: String,
+    /// Drain or undrain.
+    pub drained: bool,
+}
+
+/// Stop the router. Under an [`actix::Supervisor`] it restarts with its tables intact;
+/// otherwise it stops for good and stops its observer.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "()")]
+pub struct StopRouter;
+
+/// Check the router's internal invariants; `Err` names the first broken one and its numbers.
+/// Tests send it after every step.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<(), InvariantError>")]
+pub struct CheckInvariants;

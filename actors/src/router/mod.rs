@@ -1,0 +1,352 @@
+//! `ScoreRouter`: the actor that owns the score table and talks to connections and its observer.
+//!
+//! Inbound: routes ([`Route`], [`ConnCreated`]), connection events ([`RedirectSucceeded`],
+//! [`RedirectFailed`], [`ConnClosed`]), observer reports ([`BackendsChanged`]) and operator
+//! requests ([`SetDrained`], [`Rebalance`], [`RedirectConnections`], queries). Outbound:
+//! [`crate::Redirect`] to connections and [`Refresh`] to its observer.
+//!
+//! The actor is a thin shell: every decision is made by the plain `ScoreTable` (in `table`),
+//! tested on its own; the shell turns each message into one call, reads the clock and runs the
+//! periodic tick. Nothing is behind a lock: the actor is the only owner.
+
+mod backend;
+mod config;
+mod messages;
+mod table;
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::conn::ConnHandle;
+use crate::discovery::BackendFetcher;
+use crate::error::{InvariantError, RouteError, RouterError};
+use crate::health::{HealthCheck, HealthCheckConfig};
+use crate::model::{BackendHealth, BackendInst, BackendSnapshot};
+use crate::observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
+use crate::observer::BackendObserver;
+use table::{ConnLink, Delivery, ScoreTable};
+
+pub use config::RouterConfig;
+pub use messages::{
+    CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained, Rebalance,
+    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, ServerVersion,
+    SetDrained, StopRouter,
+};
+
+/// The table reaches a connection through its handle: a full mailbox is `Busy`, a closed one
+/// (the actor stopped or panicked) is `Gone`.
+impl ConnLink for ConnHandle {
+    fn id(&self) -> u64 {
+        ConnHandle::id(self)
+    }
+
+    fn redirect(&self, to: BackendInst) -> Delivery {
+        match self.try_redirect(to) {
+            Ok(()) => Delivery::Sent,
+            Err(SendError::Full(_)) => Delivery::Busy,
+            Err(SendError::Closed(_)) => Delivery::Gone,
+        }
+    }
+}
+
+/// Where the router's observer listens, when it has one.
+struct ObserverLink {
+    refresh: Recipient<Refresh>,
+    stop: Recipient<StopObserver>,
+    observed: Recipient<GetObserved>,
+}
+
+/// Routes new connections to the least-loaded healthy backend and moves connections off busy,
+/// failing or drained backends.
+///
+/// Score of a backend = status score + conn score; smaller is idler. See the module docs for the
+/// messages it handles.
+pub struct ScoreRouter {
+    table: ScoreTable<ConnHandle>,
+    observer: Option<ObserverLink>,
+}
+
+impl ScoreRouter {
+    /// A router with no observer: feed it [`BackendsChanged`] yourself.
+    pub fn new(cfg: RouterConfig) -> ScoreRouter {
+        ScoreRouter {
+            table: ScoreTable::new(cfg),
+            observer: None,
+        }
+    }
+
+    /// Starts a router and a [`BackendObserver`] that reports to it. Stopping the router for
+    /// good stops the observer.
+    pub fn start_observed<F, H>(
+        cfg: RouterConfig,
+        fetcher: F,
+        health_check: H,
+        health: HealthCheckConfig,
+    ) -> Addr<ScoreRouter>
+    where
+        F: BackendFetcher,
+        H: HealthCheck,
+    {
+        ScoreRouter::create(|ctx| ScoreRouter::observed(cfg, fetcher, health_check, health, ctx))
+    }
+
+    /// Builds a router inside `ctx` with its observer started; for
+    /// `actix::Supervisor::start(|ctx| ScoreRouter::observed(.., ctx))`.
+    pub fn observed<F, H>(
+        cfg: RouterConfig,
+        fetcher: F,
+        health_check: H,
+        health: HealthCheckConfig,
+        ctx: &mut Context<ScoreRouter>,
+    ) -> ScoreRouter
+    where
+        F: BackendFetcher,
+        H: HealthCheck,
+    {
+        let receiver = ctx.address().recipient::<BackendsChanged>();
+        let observer = BackendObserver::new(fetcher, health_check, health, receiver).start();
+        let mut router = ScoreRouter::new(cfg);
+        router.observer = Some(ObserverLink {
+            refresh: observer.clone().recipient(),
+            stop: observer.clone().recipient(),
+            observed: observer.recipient(),
+        });
+        router
+    }
+
+    fn refresh_observer(&self) {
+        if let Some(link) = &self.observer {
+            link.refresh.do_send(Refresh);
+        }
+    }
+
+    /// The synchronous core of [`Route`]: what the handler does, callable on a router that is
+    /// not running as an actor (an application that owns it some other way, or a benchmark
+    /// that puts this very scoring behind a lock to price the actor's messaging).
+    pub fn route(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
+        let r = self.table.route(excluded);
+        if matches!(r, Err(RouteError::NoBackend)) {
+            debug!(
+                excluded = excluded.len(),
+                "no routable backend; asking for a refresh"
+            );
+            self.refresh_observer();
+        }
+        r
+    }
+
+    /// The synchronous core of [`ConnCreated`] (see [`ScoreRouter::route`]).
+    pub fn conn_created(&mut self, backend: &str, conn: Option<ConnHandle>) {
+        self.table.conn_created(backend, conn);
+    }
+
+    /// The synchronous core of [`BackendsChanged`] (see [`ScoreRouter::route`]).
+    pub fn backends_changed(&mut self, msg: BackendsChanged) {
+        self.table.backends_changed(msg.backends, msg.error);
+    }
+
+    /// Checks that the indexes and counters agree with the connection table.
+    pub fn debug_assert_invariants(&self) -> Result<(), InvariantError> {
+        self.table.check_invariants()
+    }
+
+    /// In a debug build, panics when a message left the tables inconsistent (skipped on very
+    /// large tables, where the full check would dominate).
+    fn check(&self) {
+        #[cfg(debug_assertions)]
+        if self.table.conn_count() <= 20_000 {
+            if let Err(e) = self.table.check_invariants() {
+                panic!("router invariant broken: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for ScoreRouter {
+    fn drop(&mut self) {
+        if let Some(link) = self.observer.take() {
+            link.stop.do_send(StopObserver);
+        }
+    }
+}
+
+impl Actor for ScoreRouter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let cfg = self.table.config();
+        if !cfg.rebalance_interval.is_zero() {
+            let max = cfg.conns_per_tick;
+            ctx.run_interval(cfg.rebalance_interval, move |act, _| {
+                act.table.rebalance(max, Instant::now());
+            });
+        }
+    }
+}
+
+impl Supervised for ScoreRouter {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        warn!(
+            backends = self.table.backend_count(),
+            conns = self.table.conn_count(),
+            "router restarting; keeping its tables and asking for a refresh"
+        );
+        self.refresh_observer();
+    }
+}
+
+impl Handler<Route> for ScoreRouter {
+    type Result = Result<BackendInst, RouteError>;
+    fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
+        let r = self.route(&msg.excluded);
+        self.check();
+        r
+    }
+}
+
+impl Handler<ConnCreated> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: ConnCreated, _: &mut Context<Self>) {
+        self.table.conn_created(&msg.backend, msg.conn);
+        self.check();
+    }
+}
+
+impl Handler<RedirectSucceeded> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: RedirectSucceeded, _: &mut Context<Self>) {
+        self.table
+            .redirect_succeeded(&msg.from, &msg.to, msg.conn_id);
+        self.check();
+    }
+}
+
+impl Handler<RedirectFailed> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: RedirectFailed, _: &mut Context<Self>) {
+        self.table
+            .redirect_failed(&msg.from, &msg.to, msg.conn_id, Instant::now());
+        self.check();
+    }
+}
+
+impl Handler<ConnClosed> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: ConnClosed, _: &mut Context<Self>) {
+        self.table.conn_closed(&msg.addr, msg.conn_id);
+        self.check();
+    }
+}
+
+impl Handler<BackendsChanged> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
+        self.backends_changed(msg);
+        self.check();
+    }
+}
+
+impl Handler<RefreshBackends> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, _: RefreshBackends, _: &mut Context<Self>) {
+        self.refresh_observer();
+    }
+}
+
+impl Handler<RedirectConnections> for ScoreRouter {
+    type Result = Result<(), RouterError>;
+    fn handle(&mut self, _: RedirectConnections, _: &mut Context<Self>) -> Self::Result {
+        self.table.redirect_all(Instant::now());
+        self.check();
+        Ok(())
+    }
+}
+
+impl Handler<Rebalance> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: Rebalance, _: &mut Context<Self>) {
+        self.table.rebalance(msg.max_conns, Instant::now());
+        self.check();
+    }
+}
+
+impl Handler<ConnCount> for ScoreRouter {
+    type Result = usize;
+    fn handle(&mut self, _: ConnCount, _: &mut Context<Self>) -> usize {
+        self.table.conn_count()
+    }
+}
+
+impl Handler<ServerVersion> for ScoreRouter {
+    type Result = String;
+    fn handle(&mut self, _: ServerVersion, _: &mut Context<Self>) -> String {
+        self.table.server_version().to_string()
+    }
+}
+
+impl Handler<GetBackends> for ScoreRouter {
+    type Result = Vec<BackendSnapshot>;
+    fn handle(&mut self, _: GetBackends, _: &mut Context<Self>) -> Self::Result {
+        self.table.snapshots()
+    }
+}
+
+impl Handler<GetDrained> for ScoreRouter {
+    type Result = Vec<String>;
+    fn handle(&mut self, _: GetDrained, _: &mut Context<Self>) -> Self::Result {
+        self.table.drained()
+    }
+}
+
+impl Handler<SetDrained> for ScoreRouter {
+    type Result = Result<(), RouterError>;
+    fn handle(&mut self, msg: SetDrained, _: &mut Context<Self>) -> Self::Result {
+        let r = self.table.set_drained(&msg.addr, msg.drained);
+        self.check();
+        r
+    }
+}
+
+/// Stops the router's observer (no more health checks or discovery) while the router keeps
+/// serving on its last view: the service's first step of a graceful shutdown.
+impl Handler<StopObserver> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, _: StopObserver, _: &mut Context<Self>) {
+        if let Some(link) = self.observer.take() {
+            link.stop.do_send(StopObserver);
+            info!("observer stopped; routing on the last known backends");
+        }
+    }
+}
+
+/// Forwards to the observer: every backend it saw last cycle (empty without an observer, or once
+/// it is stopped).
+impl Handler<GetObserved> for ScoreRouter {
+    type Result = ResponseFuture<HashMap<String, BackendHealth>>;
+    fn handle(&mut self, _: GetObserved, _: &mut Context<Self>) -> Self::Result {
+        let observed = self.observer.as_ref().map(|l| l.observed.clone());
+        Box::pin(async move {
+            match observed {
+                Some(r) => r.send(GetObserved).await.unwrap_or_default(),
+                None => HashMap::new(),
+            }
+        })
+    }
+}
+
+impl Handler<StopRouter> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, _: StopRouter, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<CheckInvariants> for ScoreRouter {
+    type Result = Result<(), InvariantError>;
+    fn handle(&mut self, _: CheckInvariants, _: &mut Context<Self>) -> Self::Result {
+        self.table.check_invariants()
+    }
+}

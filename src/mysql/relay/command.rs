@@ -1,0 +1,332 @@
+//! One client command: parse it, run the session's hook before it, forward it, relay its
+//! response packet by packet (the tracker says where it ends), run the session's hook after it.
+//!
+//! The relay never reaches into the session: the `before` hook returns a [`Hook`] naming what
+//! the response must settle (a query's pending effects, a statement id), and `after` hands it
+//! back to the session with what the response said (error, status flags).
+
+use switchyard::wire::{cmd, code, get_cstr, marker, sqlstate, Frame, PacketError};
+use tracing::debug;
+
+use super::{backend_err, client_err, End, Relay};
+use crate::mysql::session::{stmts, Pending};
+use crate::mysql::tracker::{Kind, Next};
+use crate::mysql::Credential;
+
+/// Commands whose responses the proxy cannot follow: the session becomes a plain byte relay.
+const RAW_COMMANDS: &[u8] = &[
+    cmd::BINLOG_DUMP,
+    cmd::TABLE_DUMP,
+    cmd::CONNECT_OUT,
+    cmd::REGISTER_SLAVE,
+    cmd::BINLOG_DUMP_GTID,
+    cmd::STMT_BULK_EXECUTE,
+];
+
+/// Bytes queued for the client before a long response is flushed mid-way.
+const CLIENT_FLUSH_AT: usize = 256 * 1024;
+/// Bytes queued for the backend before a long command (or `LOCAL INFILE` data) is flushed.
+const BACKEND_FLUSH_AT: usize = 1 << 20;
+/// Sequence id of the proxy's answer to a command it refuses.
+const ANSWER_SEQ: u8 = 1;
+
+/// What a command leaves for its `after` hook.
+enum Hook {
+    /// `COM_QUERY`: the scanned effects, applied once the response says whether it failed.
+    Query(Pending),
+    /// `COM_STMT_PREPARE`: the statement text, registered when the server's OK arrives.
+    Prepare(Vec<u8>),
+    /// `COM_STMT_EXECUTE` of this client statement id.
+    Execute(u32),
+    /// `COM_STMT_FETCH`.
+    Fetch(u32),
+    /// `COM_STMT_RESET`.
+    ResetStmt(u32),
+    /// `COM_STMT_SEND_LONG_DATA`.
+    LongData(u32),
+    /// `COM_STMT_CLOSE`.
+    CloseStmt(u32),
+    /// `COM_RESET_CONNECTION`.
+    ResetConnection,
+    /// `COM_CHANGE_USER`.
+    ChangeUser,
+    /// Nothing to settle.
+    Nothing,
+}
+
+impl Relay {
+    /// Relays one client command and its response.
+    pub(super) async fn command(&mut self, mut first: Frame) -> Result<(), End> {
+        if first.seq() != 0 {
+            return Err(End::Client(PacketError::Sequence {
+                got: first.seq(),
+                want: 0,
+            }));
+        }
+        let code = first.first();
+        let Some(kind) = Kind::of(code) else {
+            return self.untracked(first).await;
+        };
+        let mut hook = self.before(code, &mut first);
+        let last = self.forward(&first).await?;
+        if code == cmd::QUIT {
+            return Err(End::Quit);
+        }
+        let prepare_sql = match &mut hook {
+            Hook::Prepare(sql) => Some(std::mem::take(sql)),
+            _ => None,
+        };
+        self.relay_response(kind, last, prepare_sql).await?;
+        self.after(kind, hook, &first);
+        Ok(())
+    }
+
+    /// A command the tracker cannot follow: relayed as raw bytes from now on, or refused.
+    async fn untracked(&mut self, first: Frame) -> Result<(), End> {
+        if RAW_COMMANDS.contains(&first.first()) {
+            return self.raw_relay(first).await;
+        }
+        self.client
+            .send_err(
+                ANSWER_SEQ,
+                code::ER_UNKNOWN_COM_ERROR,
+                sqlstate::COMM_LINK_FAILURE,
+                "Unknown command",
+            )
+            .await;
+        Ok(())
+    }
+
+    /// The session's hook before a command: what it may change, and statement-id mapping
+    /// (which may rewrite the command).
+    fn before(&mut self, code: u8, first: &mut Frame) -> Hook {
+        let arg = first.payload().get(1..).unwrap_or_default();
+        match code {
+            cmd::QUERY => Hook::Query(self.session.before_query(arg)),
+            cmd::STMT_PREPARE => {
+                let sql = arg.to_vec();
+                if first.continued() {
+                    self.session.lose("prepared statement text over 16 MiB");
+                }
+                Hook::Prepare(sql)
+            }
+            cmd::STMT_EXECUTE
+            | cmd::STMT_FETCH
+            | cmd::STMT_CLOSE
+            | cmd::STMT_RESET
+            | cmd::STMT_SEND_LONG_DATA => {
+                let id = self.before_stmt(code, first);
+                match (code, id) {
+                    (_, None) => Hook::Nothing,
+                    (cmd::STMT_EXECUTE, Some(id)) => Hook::Execute(id),
+                    (cmd::STMT_FETCH, Some(id)) => Hook::Fetch(id),
+                    (cmd::STMT_CLOSE, Some(id)) => Hook::CloseStmt(id),
+                    (cmd::STMT_RESET, Some(id)) => Hook::ResetStmt(id),
+                    (_, Some(id)) => Hook::LongData(id),
+                }
+            }
+            // commands that leave variables and schema alone
+            cmd::QUIT
+            | cmd::FIELD_LIST
+            | cmd::STATISTICS
+            | cmd::PROCESS_INFO
+            | cmd::SET_OPTION
+            | cmd::PROCESS_KILL
+            | cmd::PING => Hook::Nothing,
+            cmd::RESET_CONNECTION => {
+                self.session.mark_changed();
+                Hook::ResetConnection
+            }
+            cmd::CHANGE_USER => {
+                self.session.mark_changed();
+                Hook::ChangeUser
+            }
+            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), …
+            _ => {
+                self.session.mark_changed();
+                Hook::Nothing
+            }
+        }
+    }
+
+    /// Maps a `COM_STMT_*` command's statement id to the backend's; for an execute, adds the
+    /// parameter types a re-prepared statement needs and notes what it may change. Returns
+    /// the client's statement id, `None` when unknown.
+    fn before_stmt(&mut self, code: u8, first: &mut Frame) -> Option<u32> {
+        let id = self.session.map_stmt(first.payload_mut());
+        if code != cmd::STMT_EXECUTE {
+            return id;
+        }
+        if id.is_some() && stmts::wants_cursor(first.payload()) {
+            debug!(
+                conn_id = self.id,
+                stmt = id,
+                "execute with a cursor requested"
+            );
+        }
+        let rewritten = id.and_then(|id| {
+            self.session
+                .bind_stmt_types(id, first.payload(), first.continued())
+        });
+        if let Some(payload) = rewritten {
+            *first = Frame::new(0, &payload);
+        }
+        if self.session.stmt_changes(id) {
+            self.session.mark_changed();
+        }
+        id
+    }
+
+    /// Sends the command and its continuation packets to the backend; returns the sequence id
+    /// of its last packet.
+    async fn forward(&mut self, first: &Frame) -> Result<u8, End> {
+        let mut last = first.seq();
+        let mut total = first.payload().len();
+        let mut more = first.continued();
+        self.backend.out.extend_from_slice(first.raw());
+        while more {
+            if self.backend.out.len() >= BACKEND_FLUSH_AT {
+                self.backend.flush().await.map_err(backend_err)?;
+            }
+            let f = self
+                .client
+                .reader
+                .frame_seq(last.wrapping_add(1))
+                .await
+                .map_err(client_err)?;
+            total += f.payload().len();
+            if total > self.cfg.max_packet {
+                return Err(End::Client(PacketError::TooLarge {
+                    len: total,
+                    max: self.cfg.max_packet,
+                }));
+            }
+            last = f.seq();
+            more = f.continued();
+            self.backend.out.extend_from_slice(f.raw());
+        }
+        self.backend.flush().await.map_err(backend_err)?;
+        Ok(last)
+    }
+
+    /// The session's hook after a command: what the response says.
+    fn after(&mut self, kind: Kind, hook: Hook, first: &Frame) {
+        let (error, flags) = (self.tracker.error, self.tracker.status);
+        if !error || kind == Kind::Auth {
+            self.session.set_status(flags);
+        }
+        match hook {
+            Hook::Query(pending) => self.session.after_query(pending, error),
+            Hook::Execute(id) => self.session.stmt_executed(id, error, flags),
+            Hook::Fetch(id) => self.session.stmt_fetched(id, error, flags),
+            Hook::ResetStmt(id) => self.session.reset_stmt(id),
+            Hook::LongData(id) => self.session.stmt_long_data(id),
+            Hook::CloseStmt(id) => self.session.close_stmt(id),
+            Hook::ResetConnection if !error => self.session.reset(),
+            Hook::ChangeUser => self.after_change_user(first),
+            Hook::ResetConnection | Hook::Prepare(_) | Hook::Nothing => {}
+        }
+    }
+
+    /// `COM_CHANGE_USER` let the client in as another user: the session starts over, and can
+    /// move only if that user has a usable entry in `mysql.users`.
+    fn after_change_user(&mut self, first: &Frame) {
+        if !self.tracker.auth_ok {
+            return;
+        }
+        self.session.reset();
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        let mut pos = 1;
+        let user = String::from_utf8_lossy(get_cstr(first.payload(), &mut pos)).into_owned();
+        login.secret = match self.cfg.users.get(&user) {
+            Some(Credential::Secret(s)) => Some(*s),
+            _ => None,
+        };
+        if login.secret.is_none() {
+            debug!(conn_id = self.id, user = %user, "changed user cannot move (no cleartext-derived secret)");
+        }
+        login.response.user = user;
+    }
+
+    /// Relays the response to a command whose last packet carried `last`. A prepare's OK gets
+    /// the client's statement id instead of the backend's.
+    async fn relay_response(
+        &mut self,
+        kind: Kind,
+        last: u8,
+        mut prepare_sql: Option<Vec<u8>>,
+    ) -> Result<(), End> {
+        let mut next = self.tracker.start(kind, last);
+        loop {
+            match next {
+                Next::Done => break,
+                Next::Server => {
+                    let mut f = self.backend_frame().await?;
+                    self.tracker.check_seq(&f).map_err(backend_err)?;
+                    next = self.tracker.on_server(&f).map_err(backend_err)?;
+                    if let Some(ok) = self.tracker.prepared {
+                        if f.first() == marker::OK && !f.continued() {
+                            if let Some(sql) = prepare_sql.take() {
+                                let id = self
+                                    .session
+                                    .add_stmt(ok.stmt_id, sql, ok.params, ok.columns);
+                                stmts::write_id(f.payload_mut(), id);
+                            }
+                        }
+                    }
+                    self.client.out.extend_from_slice(f.raw());
+                    if self.client.out.len() >= CLIENT_FLUSH_AT {
+                        self.client.flush().await?;
+                    }
+                }
+                Next::Client => {
+                    self.client.flush().await?;
+                    let f = self.client.reader.frame().await.map_err(client_err)?;
+                    self.tracker.check_seq(&f).map_err(End::Client)?;
+                    next = self.tracker.on_client(&f);
+                    self.backend.out.extend_from_slice(f.raw());
+                    if next != Next::Client || self.backend.out.len() >= BACKEND_FLUSH_AT {
+                        self.backend.flush().await.map_err(backend_err)?;
+                    }
+                }
+                Next::Either => next = self.auth_turn().await?,
+            }
+        }
+        self.client.flush().await
+    }
+
+    /// One packet of an auth exchange inside a command (`COM_CHANGE_USER`), from whichever side
+    /// speaks: the plugin decides.
+    async fn auth_turn(&mut self) -> Result<Next, End> {
+        self.client.flush().await?;
+        self.backend.flush().await.map_err(backend_err)?;
+        tokio::select! {
+            f = self.backend.reader.frame() => {
+                let f = f.map_err(backend_err)?;
+                self.tracker.check_seq(&f).map_err(backend_err)?;
+                let next = self.tracker.on_server(&f).map_err(backend_err)?;
+                self.client.out.extend_from_slice(f.raw());
+                Ok(next)
+            }
+            f = self.client.reader.frame() => {
+                let f = f.map_err(client_err)?;
+                self.tracker.check_seq(&f).map_err(End::Client)?;
+                self.backend.out.extend_from_slice(f.raw());
+                Ok(Next::Either)
+            }
+        }
+    }
+
+    /// The next backend packet; flushes what the client is owed before waiting for the network.
+    async fn backend_frame(&mut self) -> Result<Frame, End> {
+        loop {
+            if let Some(f) = self.backend.reader.try_frame().map_err(backend_err)? {
+                return Ok(f);
+            }
+            self.client.flush().await?;
+            self.backend.reader.fill().await.map_err(backend_err)?;
+        }
+    }
+}

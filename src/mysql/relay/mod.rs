@@ -1,0 +1,225 @@
+//! The relay task of one MySQL session: it owns both sockets and all session state, relays one
+//! command at a time, and acts on control (redirect, close) only at a safe point, between
+//! commands, so a move never splits a response.
+//!
+//! Split by phase: [`login`] passes the first login through, [`command`] parses each command,
+//! runs the session's before/after hooks around it and forwards it and its response, and
+//! [`moves`] carries the session to another backend. This file holds the loop that chooses
+//! between them and the errors that end a session.
+
+mod command;
+mod login;
+mod moves;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::wire::{
+    err_payload, flush, marker, parse_err, put_packet, Frame, HandshakeError, NativeSecret,
+    PacketError, PacketReader, Response,
+};
+use switchyard::{BackendInst, Registration};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::backend::{Backend, QueryError};
+use super::conn::Control;
+use super::session::Session;
+use super::tracker::{TrackError, Tracker};
+use super::MysqlConfig;
+use crate::entry::Counted;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum End {
+    #[error("client quit")]
+    Quit,
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("client protocol violation: {0}")]
+    Client(#[source] PacketError),
+    #[error("backend {0}")]
+    Backend(#[from] BackendError),
+    #[error("login failed")]
+    LoginFailed,
+    #[error("closed at a safe point (drain or shutdown)")]
+    Drained,
+}
+
+/// What went wrong on the backend side of a session.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BackendError {
+    /// Framing: the connection closed, or sent a packet out of sequence or too long.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    /// Writing to the backend failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Its greeting was no v10 greeting (or an ERR: too many connections, host blocked).
+    #[error(transparent)]
+    Greeting(#[from] HandshakeError),
+    /// A response that does not follow the protocol.
+    #[error(transparent)]
+    Protocol(#[from] TrackError),
+    /// The old backend failed while the proxy read the session's state for a move.
+    #[error(transparent)]
+    Snapshot(#[from] QueryError),
+    /// The backend closed while the session was relayed as raw bytes.
+    #[error("closed during raw relay")]
+    ClosedInRawRelay,
+}
+
+/// A client-side read error: a close between packets is the client leaving, anything else a
+/// protocol violation.
+fn client_err(e: PacketError) -> End {
+    match e {
+        PacketError::Closed => End::ClientClosed,
+        e => End::Client(e),
+    }
+}
+
+/// A backend-side error of any kind.
+fn backend_err(e: impl Into<BackendError>) -> End {
+    End::Backend(e.into())
+}
+
+/// What the session needs to log in again elsewhere.
+pub(super) struct Login {
+    response: Response,
+    negotiated: u32,
+    secret: Option<NativeSecret>,
+}
+
+/// The client's socket: packets in, a reusable buffer out. Both halves count what crosses them
+/// into `bytes_in_total` / `bytes_out_total`.
+pub(super) struct ClientSide {
+    pub(super) reader: PacketReader<Counted<OwnedReadHalf>>,
+    pub(super) writer: Counted<OwnedWriteHalf>,
+    pub(super) out: Vec<u8>,
+}
+
+impl ClientSide {
+    async fn flush(&mut self) -> Result<(), End> {
+        flush(&mut self.writer, &mut self.out)
+            .await
+            .map_err(|e| client_err(e.into()))
+    }
+
+    /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
+    /// write is not worth reporting.
+    pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
+        put_packet(&mut self.out, seq, &err_payload(code, state, msg));
+        let _ = self.flush().await;
+    }
+}
+
+/// The relay task's state (see the module docs).
+pub(super) struct Relay {
+    pub(super) id: u64,
+    pub(super) peer: String,
+    pub(super) client: ClientSide,
+    pub(super) backend: Backend,
+    pub(super) session: Session,
+    pub(super) tracker: Tracker,
+    pub(super) login: Option<Login>,
+    pub(super) link: Registration,
+    pub(super) cfg: Arc<MysqlConfig>,
+    pub(super) ctrl: mpsc::UnboundedReceiver<Control>,
+    /// A redirect waiting for the next safe point.
+    pub(super) pending: Option<BackendInst>,
+    /// Close at the next safe point.
+    pub(super) closing: bool,
+}
+
+impl Relay {
+    /// Logs in, then relays commands until the session ends; returns why it ended.
+    pub(super) async fn serve(&mut self) -> End {
+        if let Err(e) = self.login().await {
+            return e;
+        }
+        loop {
+            if let Err(e) = self.at_safe_point().await {
+                return e;
+            }
+            let r = tokio::select! {
+                c = self.ctrl.recv() => {
+                    self.on_control(c);
+                    Ok(())
+                }
+                f = self.client.reader.frame() => match f {
+                    Ok(f) => self.command(f).await,
+                    Err(e) => Err(client_err(e)),
+                },
+                f = self.backend.reader.frame() => self.unsolicited(f).await,
+            };
+            if let Err(e) = r {
+                return e;
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Option<Control>) {
+        match c {
+            Some(Control::Redirect(to)) => {
+                if let Some(old) = self.pending.replace(to) {
+                    self.failed(&old, "superseded by a newer redirect");
+                }
+            }
+            Some(Control::Close) => self.closing = true,
+            None => {}
+        }
+    }
+
+    /// A backend packet between commands: passed on to the client.
+    async fn unsolicited(&mut self, f: Result<Frame, PacketError>) -> Result<(), End> {
+        let f = f.map_err(backend_err)?;
+        // e.g. the server's "connection was killed" ERR before it closes
+        if f.first() == marker::ERR {
+            let e = parse_err(f.payload());
+            warn!(conn_id = self.id, backend = %self.backend.addr, error = %e, "backend sent an error between commands");
+        }
+        self.client.out.extend_from_slice(f.raw());
+        self.client.flush().await
+    }
+
+    /// Reports a redirect to `to` that did not happen.
+    fn failed(&self, to: &BackendInst, reason: &str) {
+        crate::metrics::migration(false, Duration::ZERO);
+        info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
+        self.link.redirect_failed(to.addr());
+    }
+
+    /// Gives up tracking: relays bytes both ways until either side closes.
+    async fn raw_relay(&mut self, first: Frame) -> Result<(), End> {
+        warn!(
+            conn_id = self.id,
+            command = first.first(),
+            "command the proxy cannot follow; relaying bytes from now on (session cannot move)"
+        );
+        self.backend.out.extend_from_slice(first.raw());
+        let rest = self.client.reader.take_buffered();
+        self.backend.out.extend_from_slice(&rest);
+        self.backend.flush().await.map_err(backend_err)?;
+        let rest = self.backend.reader.take_buffered();
+        self.client.out.extend_from_slice(&rest);
+        self.client.flush().await?;
+        let up = tokio::io::copy(self.client.reader.get_mut(), &mut self.backend.writer);
+        let down = tokio::io::copy(self.backend.reader.get_mut(), &mut self.client.writer);
+        tokio::pin!(up, down);
+        loop {
+            tokio::select! {
+                _ = &mut up => return Err(End::ClientClosed),
+                _ = &mut down => return Err(backend_err(BackendError::ClosedInRawRelay)),
+                c = self.ctrl.recv() => match c {
+                    Some(Control::Redirect(to)) => {
+                        info!(conn_id = self.id, to = %to.addr(), "redirect refused: raw relay");
+                        self.link.redirect_failed(to.addr());
+                    }
+                    Some(Control::Close) => return Err(End::Drained),
+                    None => {}
+                },
+            }
+        }
+    }
+}
