@@ -7,6 +7,8 @@
 #        CMIN=1       minimizes each corpus afterwards (`cargo fuzz cmin`); do this before a commit.
 #        SANITIZER=address  builds with AddressSanitizer (default none: the code under test is safe
 #                     Rust, and the fuzzer looks for panics and broken invariants, ~2x faster).
+#        KEEP_GOING=1 keeps fuzzing past crashes (libFuzzer's -fork=1 -ignore_crashes=1), writing
+#                     each to fuzz/artifacts/<target>/: for a target with a known, unfixed crash.
 #        JOBS=2       runs that many fuzzing processes per target (default 1: the CI machine has 2
 #                     cores shared with other work).
 # Exits non-zero when any target found a crash or a hang; the input is in fuzz/artifacts/<target>/.
@@ -32,6 +34,7 @@ for t in "$@"; do
   # -timeout: an input running over 10 s is a hang; -rss_limit_mb: room for 16 MiB packets
   parallel=()
   if ((JOBS > 1)); then parallel=(-jobs="$JOBS" -workers="$JOBS"); fi
+  if [[ ${KEEP_GOING:-0} == 1 ]]; then parallel=(-fork="$JOBS" -ignore_crashes=1 -ignore_timeouts=1); fi
   if nice cargo +nightly fuzz run -s "$SANITIZER" "$t" "corpus/$t" -- \
     -max_total_time=$((MINUTES * 60)) -timeout=10 -rss_limit_mb=4096 \
     "${parallel[@]}" -print_final_stats=1 >"$log" 2>&1; then

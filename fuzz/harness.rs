@@ -444,7 +444,9 @@ pub mod tracker {
     }
 
     /// Runs one input: `[caps][command]`, then packets `[how][len][payload]`; after a complete
-    /// response, the next byte is another command byte.
+    /// response, the next byte is another command byte. `how`: bit 0 picks the client when
+    /// either side may speak, bits 2-3 both set send a wrong sequence id, a high nibble of `F`
+    /// sends a 16 MiB packet whose first byte is the next input byte (instead of `[len][payload]`).
     pub fn run(data: &[u8]) {
         let mut inp = Input(data);
         let flags = inp.byte_or_zero();
@@ -470,9 +472,10 @@ pub mod tracker {
                     Next::Either => how & 1 != 0,
                     _ => false,
                 };
-                let wrong_seq = how & 4 != 0;
+                // rare on purpose: a wrong id ends the input, a 16 MiB packet costs milliseconds
+                let wrong_seq = how & 0x0C == 0x0C;
                 let seq = t.next_seq().wrapping_add(u8::from(wrong_seq));
-                let f = if how & 2 != 0 && fulls < MAX_FULL_PACKETS {
+                let f = if how & 0xF0 == 0xF0 && fulls < MAX_FULL_PACKETS {
                     fulls += 1;
                     full_frame(seq, inp.byte_or_zero())
                 } else {
