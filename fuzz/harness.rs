@@ -12,8 +12,11 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+/// What a target does with one input.
+pub type Run = fn(&[u8]);
+
 /// The targets, by the names of their fuzz binaries and corpus directories.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Run)] = &[
     ("packet_reader", packet_reader::run),
     ("tracker", tracker::run),
     ("scan", scan::run),
@@ -557,7 +560,9 @@ pub mod handshake {
         };
         assert!(version.is_ok(), "a greeting parses but has no version");
         let at = caps_lo_at(data).expect("a parsed greeting has a NUL-terminated version");
-        let lo = data.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let lo = data
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]));
         assert_eq!(
             lo,
             Some(g.caps as u16),
@@ -566,7 +571,11 @@ pub mod handshake {
         );
         // the salt: 8 bytes before the filler, and (CLIENT_SECURE_CONNECTION) the rest after
         // caps, charset, status, upper caps, auth-data length and 10 reserved bytes
-        assert_eq!(g.salt.get(..8), data.get(at - 9..at - 1), "salt part 1 misread");
+        assert_eq!(
+            g.salt.get(..8),
+            data.get(at - 9..at - 1),
+            "salt part 1 misread"
+        );
         if g.caps & caps::SECURE_CONNECTION != 0 {
             let part2 = &g.salt[8..];
             let from = at + 2 + 1 + 2 + 2 + 1 + 10;
@@ -589,7 +598,13 @@ pub mod handshake {
         assert_eq!(twice, p, "sanitizing is idempotent");
         let built = Greeting::parse(&g.build()).expect("a built greeting parses");
         assert_eq!(
-            (&built.version, built.connection_id, built.caps, built.charset, built.status),
+            (
+                &built.version,
+                built.connection_id,
+                built.caps,
+                built.charset,
+                built.status
+            ),
             (&g.version, g.connection_id, g.caps, g.charset, g.status),
             "a greeting reads back from its own build"
         );

@@ -98,3 +98,31 @@ fn known_crashes_replay_when_asked() {
         failed.join("\n")
     );
 }
+
+/// The bytes of a regression input.
+fn regression(target: &str, name: &str) -> Vec<u8> {
+    let path = fuzz_dir().join("regressions").join(target).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+#[ignore = "waits for the wire greeting fix: fuzz/regressions/README.md"]
+fn a_greeting_that_sets_client_mysql_reads_its_salt_and_plugin_where_they_are() {
+    let g = switchyard::wire::Greeting::parse(&regression(
+        "handshake",
+        "mysql-greeting-client-mysql-bit",
+    ))
+    .unwrap();
+    assert_eq!(g.salt, b"abcdefghijklmnopqrst");
+    assert_eq!(g.plugin, "caching_sha2_password");
+}
+
+#[test]
+#[ignore = "waits for the wire greeting fix: fuzz/regressions/README.md"]
+fn a_greeting_whose_version_is_not_utf8_reads_its_capabilities_where_they_are() {
+    let g =
+        switchyard::wire::Greeting::parse(&regression("handshake", "greeting-version-not-utf8"))
+            .unwrap();
+    assert_eq!(g.caps & 0xFFFF, 0xF7FE);
+    assert_eq!(g.salt, b"abcdefghijklmnopqrst");
+}

@@ -116,7 +116,7 @@ impl EtcdFetcher {
     }
 
     /// One range request to one endpoint.
-    async fn range(&self, endpoint: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    async fn range(&self, endpoint: &str) -> Result<KeyValues, String> {
         let client = self.client.as_ref().map_err(Clone::clone)?;
         let body = serde_json::json!({
             "key": B64.encode(TOPOLOGY_PREFIX),
@@ -225,9 +225,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Raw keys and values, as read from etcd.
+type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The key-values of a range response body (keys and values base64-decoded). The body comes
 /// from the network, so every failure is an `Err`, never a panic.
-fn decode_range(body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn decode_range(body: &[u8]) -> Result<KeyValues, String> {
     let parsed: RangeResponse =
         serde_json::from_slice(body).map_err(|e| format!("not an etcd range response: {e}"))?;
     if parsed.header.is_none() {
