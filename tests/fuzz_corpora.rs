@@ -50,14 +50,14 @@ fn replay(dir: &Path, run: fn(&[u8])) -> (usize, Vec<String>) {
     (files.len(), failed)
 }
 
-#[test]
-fn every_fuzz_corpus_replays_without_a_panic_or_a_broken_invariant() {
-    let mut failed = Vec::new();
-    for (name, run) in harness::TARGETS {
-        let (n, f) = replay(&fuzz_dir().join("corpus").join(name), *run);
-        assert!(n > 0, "fuzz/corpus/{name} is empty or missing");
-        failed.extend(f);
-    }
+/// Replays `fuzz/corpus/<name>/`, which must not be empty.
+fn replay_corpus(name: &str) {
+    let (_, run) = harness::TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no harness entry for {name}"));
+    let (n, failed) = replay(&fuzz_dir().join("corpus").join(name), *run);
+    assert!(n > 0, "fuzz/corpus/{name} is empty or missing");
     assert!(
         failed.is_empty(),
         "corpus inputs failed:\n{}",
@@ -65,8 +65,35 @@ fn every_fuzz_corpus_replays_without_a_panic_or_a_broken_invariant() {
     );
 }
 
+// One test per target, so the replays run in parallel.
+
 #[test]
-fn every_fuzz_target_has_a_harness_entry_and_a_corpus() {
+fn the_packet_reader_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("packet_reader");
+}
+
+#[test]
+fn the_tracker_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("tracker");
+}
+
+#[test]
+fn the_scan_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("scan");
+}
+
+#[test]
+fn the_handshake_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("handshake");
+}
+
+#[test]
+fn the_etcd_decode_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("etcd_decode");
+}
+
+#[test]
+fn every_fuzz_target_has_a_harness_entry_and_a_replay_test() {
     let targets = inputs(&fuzz_dir().join("fuzz_targets"));
     let names: Vec<_> = targets
         .iter()
@@ -80,6 +107,13 @@ fn every_fuzz_target_has_a_harness_entry_and_a_corpus() {
     let mut names = names;
     names.sort();
     assert_eq!(names, known, "fuzz_targets/ and harness::TARGETS differ");
+    let this = include_str!("fuzz_corpora.rs");
+    for name in &names {
+        assert!(
+            this.contains(&format!("replay_corpus(\"{name}\")")),
+            "no replay test for {name}"
+        );
+    }
 }
 
 #[test]
