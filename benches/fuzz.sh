@@ -24,7 +24,8 @@ if (($# == 0)); then
   set -- $(cargo +nightly fuzz list)
 fi
 
-nice cargo +nightly fuzz build -s "$SANITIZER" "$@" 2>&1 | tail -n 2
+# (cargo fuzz build takes one target or none: build them all)
+nice cargo +nightly fuzz build -s "$SANITIZER" 2>&1 | tail -n 1
 failed=()
 summary=()
 for t in "$@"; do
@@ -44,7 +45,11 @@ for t in "$@"; do
     failed+=("$t")
   fi
   # with -jobs the output goes to fuzz-N.log in the working directory
-  stats=$(cat "$log" fuzz-*.log 2>/dev/null | grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' | tr -s ' ' | sed 's/stat:://' | paste -sd ' ' -)
+  stats=$({ cat "$log"; cat fuzz-*.log 2>/dev/null || true; } |
+    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' |
+    tr -s ' ' | sed 's/stat:://' | paste -sd ' ' - || true)
+  # fork mode (KEEP_GOING) prints no final stats: its last progress line instead
+  stats=${stats:-$(grep -E 'exec/s' "$log" | tail -n 1 || true)}
   rm -f fuzz-*.log
   summary+=("$t: $status; corpus $(ls "corpus/$t" | wc -l) files, $(du -sb "corpus/$t" | cut -f1) bytes; $stats")
   if [[ $status == FAILED ]]; then
