@@ -133,14 +133,13 @@ fn known_crashes_replay_when_asked() {
     );
 }
 
-/// The bytes of a regression input.
+/// The bytes of a corpus input that once was a regression.
 fn regression(target: &str, name: &str) -> Vec<u8> {
-    let path = fuzz_dir().join("regressions").join(target).join(name);
+    let path = fuzz_dir().join("corpus").join(target).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 #[test]
-#[ignore = "waits for the wire greeting fix: fuzz/regressions/README.md"]
 fn a_greeting_that_sets_client_mysql_reads_its_salt_and_plugin_where_they_are() {
     let g = switchyard::wire::Greeting::parse(&regression(
         "handshake",
@@ -152,7 +151,6 @@ fn a_greeting_that_sets_client_mysql_reads_its_salt_and_plugin_where_they_are() 
 }
 
 #[test]
-#[ignore = "waits for the wire greeting fix: fuzz/regressions/README.md"]
 fn a_greeting_whose_version_is_not_utf8_reads_its_capabilities_where_they_are() {
     let g =
         switchyard::wire::Greeting::parse(&regression("handshake", "greeting-version-not-utf8"))
