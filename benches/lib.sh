@@ -119,43 +119,45 @@ CFG
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
-# CPU time (clock ticks) the whole machine spent busy, and the part our own servers spent.
-cpu_busy() { awk '/^cpu /{print $2+$3+$4}' /proc/stat; }   # user + nice + system
-cpu_ours() {
-  local s=0 p
-  for p in "${PIDS[@]}"; do
-    [[ -r /proc/$p/stat ]] && s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12+$13}')))
-  done
-  echo "$s"
-}
+# CPU time (clock ticks) the machine spent on niced processes: the other jobs (builds, tests)
+# that share the machine run under `nice`, the benchmark does not.
+cpu_niced() { awk '/^cpu /{print $3}' /proc/stat; }
 
-# One sysbench run; appends "workload threads round name qps p95 load1 others" to
+# CPU time (clock ticks) of one process.
+cpu_of() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}'; }
+
+# One sysbench run; appends "workload threads round name qps p95 load1 others cpu" to
 # $WORK/rounds.txt: the load average at the start (which counts the benchmark's own threads),
-# and the CPU that other jobs on the machine used during the run, in cores (total busy time
-# minus that of sysbench, MariaDB and the proxies).
-sb_run() { # workload threads round name port
-  local out qps p95 load busy0 ours0 sbcpu others hz
+# the CPU that niced jobs on the machine used during the run, in cores (the benchmark runs at
+# normal priority, so they mostly get what it leaves), and the CPU time the proxy process `pid` spent
+# per query, in µs ("-" without a pid). On a machine where every core is busy, the proxy's CPU
+# per query decides its throughput, and it is far less noisy than QPS.
+sb_run() { # workload threads round name port [pid]
+  local out qps p95 load niced0 others hz pcpu0=0 per=-
   load=$(cut -d' ' -f1 /proc/loadavg)
-  busy0=$(cpu_busy); ours0=$(cpu_ours); hz=$(getconf CLK_TCK)
-  local TIMEFORMAT='%U %S'
-  { time sysbench "$1" "${SB[@]}" --mysql-port="$5" --threads="$2" --time="$TIME" \
-      --report-interval=0 run >"$WORK/sb.out" 2>&1; } 2>"$WORK/sb.time"
-  out=$(<"$WORK/sb.out")
-  sbcpu=$(awk -v hz="$hz" '{print int(($1 + $2) * hz)}' "$WORK/sb.time")
-  others=$(awk -v b="$(( $(cpu_busy) - busy0 ))" -v o="$(( $(cpu_ours) - ours0 + sbcpu ))" \
-    -v hz="$hz" -v t="$TIME" 'BEGIN {x = (b - o) / hz / t; printf "%.2f", x < 0 ? 0 : x}')
+  niced0=$(cpu_niced); hz=$(getconf CLK_TCK)
+  [[ -n "${6:-}" ]] && pcpu0=$(cpu_of "$6")
+  out=$(sysbench "$1" "${SB[@]}" --mysql-port="$5" --threads="$2" --time="$TIME" --report-interval=0 run)
+  others=$(awk -v n="$(( $(cpu_niced) - niced0 ))" -v hz="$hz" -v t="$TIME" 'BEGIN {printf "%.2f", n / hz / t}')
   qps=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$out")
   p95=$(sed -n 's/.*95th percentile: *\([0-9.]*\).*/\1/p' <<<"$out")
-  echo "$1 $2 $3 $4 ${qps:-0} ${p95:-0} $load $others" | tee -a "$WORK/rounds.txt" >&2
+  if [[ -n "${6:-}" ]]; then
+    per=$(awk -v c="$(( $(cpu_of "$6") - pcpu0 ))" -v hz="$hz" \
+      -v q="$(sed -n 's/.*queries: *\([0-9]*\) .*/\1/p' <<<"$out")" \
+      'BEGIN {printf "%.1f", (q > 0 ? c / hz * 1e6 / q : 0)}')
+  fi
+  echo "$1 $2 $3 $4 ${qps:-0} ${p95:-0} $load $others $per" | tee -a "$WORK/rounds.txt" >&2
 }
 
 # Interleaved throughput: every round runs each workload × thread count against every target,
 # the targets' order rotating by one each round, so drift in the machine's load (other jobs,
-# the page cache) spreads over all of them. Targets are "name port" strings.
+# the page cache) spreads over all of them. Targets are "name port [pid]" strings (with the
+# proxy's pid, its CPU per query is measured).
 throughput_rounds() { # "name port"...
   local targets=("$@") n=$# w t r i
   for w in $WORKLOADS; do   # warm the buffer pool and the proxies' pools
-    sysbench "$w" "${SB[@]}" --mysql-port="${targets[0]##* }" --threads=8 --time=3 run >/dev/null
+    local first=(${targets[0]})
+    sysbench "$w" "${SB[@]}" --mysql-port="${first[1]}" --threads=8 --time=3 run >/dev/null
   done
   for r in $(seq "$ROUNDS"); do
     for w in $WORKLOADS; do
@@ -178,8 +180,10 @@ path, ref = sys.argv[1], sys.argv[2]
 runs = defaultdict(dict)           # (workload, threads) -> {(round, name): (qps, p95)}
 names, loads, busy = [], [], []
 for line in open(path):
-    w, t, r, name, qps, p95, load, *builds = line.split()
-    runs[(w, int(t))][(int(r), name)] = (float(qps), float(p95))
+    w, t, r, name, qps, p95, load, *rest = line.split()
+    builds = rest[:1]
+    cpu = float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
+    runs[(w, int(t))][(int(r), name)] = (float(qps), float(p95), cpu)
     loads.append(float(load))
     busy.append(float(builds[0]) if builds else 0.0)
     if name not in names:
@@ -189,8 +193,8 @@ def span(xs, fmt):
 for (w, t), cell in runs.items():
     rounds = sorted({r for r, _ in cell})
     print(f"\n{w}, {t} threads, {len(rounds)} rounds:\n")
-    print(f"| path | median QPS | QPS min–max | vs {ref} (median of rounds) | min–max | median p95 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| path | median QPS | QPS min–max | vs {ref} (median of rounds) | min–max | median p95 ms | proxy CPU µs/query |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         qs = [cell[(r, name)][0] for r in rounds if (r, name) in cell]
         ps = [cell[(r, name)][1] for r in rounds if (r, name) in cell]
@@ -199,11 +203,13 @@ for (w, t), cell in runs.items():
         ratios = [cell[(r, name)][0] / cell[(r, ref)][0] for r in rounds
                   if (r, name) in cell and cell.get((r, ref), (0,))[0] > 0]
         rat = f"{st.median(ratios):.3f} | {span(ratios, '{:.3f}')}" if ratios else "- | -"
-        print(f"| {name} | {st.median(qs):.0f} | {span(qs, '{:.0f}')} | {rat} | {st.median(ps):.2f} |")
+        cs = [cell[(r, name)][2] for r in rounds if (r, name) in cell and cell[(r, name)][2] is not None]
+        cpu = f"{st.median(cs):.1f}" if cs else "-"
+        print(f"| {name} | {st.median(qs):.0f} | {span(qs, '{:.0f}')} | {rat} | {st.median(ps):.2f} | {cpu} |")
 if loads:
     print(f"\nLoad average (1 min) at the start of each run: median {st.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f} (it counts the benchmark's own threads); "
-          f"CPU used by other jobs on the machine during a run: median {st.median(busy):.2f} cores, "
+          f"CPU used by niced jobs (other helpers' builds) during a run: median {st.median(busy):.2f} cores, "
           f"max {max(busy):.2f}.")
 PY
 }

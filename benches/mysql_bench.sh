@@ -48,10 +48,10 @@ SELECT_TABLES=
 if want select; then
 HAP=$(free_port); TCP=$(free_port); TCPA=$(free_port); MY=$(free_port); MYA=$(free_port)
 start_haproxy "$HAP $DB1"
-sy_start tcp tcp "$TCP" "$TCPA" "$DB1"
-sy_start my mysql "$MY" "$MYA" "$DB1"
+sy_start tcp tcp "$TCP" "$TCPA" "$DB1"; TCP_PID=$SY_PID
+sy_start my mysql "$MY" "$MYA" "$DB1"; MY_PID=$SY_PID
 echo "== $WORKLOADS at $THREADS_LIST threads, ${TIME}s x $ROUNDS rounds" >&2
-throughput_rounds "haproxy $HAP" "switchyard-tcp $TCP" "switchyard-mysql $MY"
+throughput_rounds "haproxy $HAP $HAP_PID" "switchyard-tcp $TCP $TCP_PID" "switchyard-mysql $MY $MY_PID"
 SELECT_TABLES=$(throughput_summary haproxy; echo; echo "Against tcp mode:"; throughput_summary switchyard-tcp)
 fi
 

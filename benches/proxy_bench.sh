@@ -47,7 +47,7 @@ start_haproxy "$HAP $DB" "$HAP_IDLE $HOLD"
 
 TARGETS=()
 [[ ${DIRECT:-1} != 0 ]] && TARGETS+=("direct $DB")
-TARGETS+=("haproxy $HAP")
+TARGETS+=("haproxy $HAP $HAP_PID")
 declare -A SY_PIDS
 for mode in $MODES; do
   for flavour in switchyard ${BASELINE_BIN:+base}; do
@@ -55,7 +55,7 @@ for mode in $MODES; do
     bin=$BIN; [[ $flavour == base ]] && bin=$BASELINE_BIN
     SY_BIN=$bin sy_start "$flavour-$mode" "$mode" "$port" "$adm" "$DB"
     SY_PIDS[$flavour-$mode]=$SY_PID
-    TARGETS+=("$flavour-$mode $port")
+    TARGETS+=("$flavour-$mode $port $SY_PID")
     echo "== $flavour-$mode on $port" >&2
   done
 done
@@ -66,7 +66,7 @@ throughput_rounds "${TARGETS[@]}"
 if [[ -n "${PROFILE:-}" ]]; then
   read -r p_name p_work p_threads <<<"$PROFILE"
   p_port=
-  for t in "${TARGETS[@]}"; do [[ ${t% *} == "$p_name" ]] && p_port=${t#* }; done
+  for t in "${TARGETS[@]}"; do read -r n p _ <<<"$t"; [[ $n == "$p_name" ]] && p_port=$p; done
   p_pid=${SY_PIDS[$p_name]:-$HAP_PID}
   p_sb=(sysbench "$p_work" "${SB[@]}" --mysql-port="$p_port" --threads="$p_threads" --time="$TIME" run)
   # Where the proxy's CPU time goes (no hardware counters in a VM: sample the cpu clock).
@@ -141,7 +141,7 @@ fi
     echo "| switchyard (tcp) | ${RSS0_S} KiB | ${RSSN_S} KiB | ${SLOPE_S} KiB |"
   fi
   echo
-  echo "Runs (workload, threads, round, path, QPS, p95 ms, load average at start, CPU cores used by other jobs):"
+  echo "Runs (workload, threads, round, path, QPS, p95 ms, load average at start, CPU cores used by other jobs, proxy CPU µs per query):"
   echo
   echo '```'
   cat "$WORK/rounds.txt"
