@@ -4,7 +4,7 @@
 # pipefail` first.
 #
 # Knobs read here: SWITCHYARD_BIN (default: cargo build --release), KEEP_WORK=1 (keep logs),
-# WORKLOADS, THREADS_LIST, ROUNDS, TIME (throughput), HAP_THREADS (HAProxy nbthread, default 2),
+# WORKLOADS, THREADS_LIST, ROUNDS, TIME, SB_ARGS (throughput), HAP_THREADS (HAProxy nbthread, default 2),
 # SY_WORKERS (switchyard proxy.workers, default 0 = one per core).
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +63,8 @@ SB_TABLES=${SB_TABLES:-8}
 SB_TABLE_SIZE=${SB_TABLE_SIZE:-10000}
 SB=(--db-driver=mysql --mysql-host=127.0.0.1 --mysql-user=sb --mysql-password=sb
     --mysql-db=sbtest --tables="$SB_TABLES" --table-size="$SB_TABLE_SIZE")
+# Extra options for the measured runs only, e.g. SB_ARGS="--range_size=1000" (bigger results).
+read -r -a SB_RUN_ARGS <<<"${SB_ARGS:-}"
 
 # The sbtest tables (shared by oltp_point_select and oltp_read_only).
 prepare_db() { # port
@@ -137,7 +139,7 @@ sb_run() { # workload threads round name port [pid]
   load=$(cut -d' ' -f1 /proc/loadavg)
   niced0=$(cpu_niced); hz=$(getconf CLK_TCK)
   [[ -n "${6:-}" ]] && pcpu0=$(cpu_of "$6")
-  out=$(sysbench "$1" "${SB[@]}" --mysql-port="$5" --threads="$2" --time="$TIME" --report-interval=0 run)
+  out=$(sysbench "$1" "${SB[@]}" "${SB_RUN_ARGS[@]}" --mysql-port="$5" --threads="$2" --time="$TIME" --report-interval=0 run)
   others=$(awk -v n="$(( $(cpu_niced) - niced0 ))" -v hz="$hz" -v t="$TIME" 'BEGIN {printf "%.2f", n / hz / t}')
   qps=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$out")
   p95=$(sed -n 's/.*95th percentile: *\([0-9.]*\).*/\1/p' <<<"$out")

@@ -68,7 +68,7 @@ if [[ -n "${PROFILE:-}" ]]; then
   p_port=
   for t in "${TARGETS[@]}"; do read -r n p _ <<<"$t"; [[ $n == "$p_name" ]] && p_port=$p; done
   p_pid=${SY_PIDS[$p_name]:-$HAP_PID}
-  p_sb=(sysbench "$p_work" "${SB[@]}" --mysql-port="$p_port" --threads="$p_threads" --time="$TIME" run)
+  p_sb=(sysbench "$p_work" "${SB[@]}" "${SB_RUN_ARGS[@]}" --mysql-port="$p_port" --threads="$p_threads" --time="$TIME" run)
   # Where the proxy's CPU time goes (no hardware counters in a VM: sample the cpu clock).
   perf record -e cpu-clock -F 999 -g -p "$p_pid" -o "$WORK/perf.data" -- sleep "$TIME" 2>/dev/null &
   PERF=$!
