@@ -13,7 +13,7 @@ use switchyard::wire::{
 };
 use tracing::{debug, info, warn};
 
-use super::{backend_err, client_err, End, Login, Relay};
+use super::{backend_err, client_err, End, Login, Relay, Turn};
 use crate::mysql::backend::LOGIN_MAX_PAYLOAD;
 use crate::mysql::tracker::Tracker;
 use crate::mysql::Credential;
@@ -81,6 +81,10 @@ impl Relay {
         if let Ok(greeting) = &greeting {
             greeting.sanitize(g.payload_mut());
         }
+        self.turn = match greeting {
+            Ok(_) => Turn::Client(RESPONSE_SEQ),
+            Err(_) => Turn::Done,
+        };
         self.client.out.extend_from_slice(g.raw());
         self.client.flush().await?;
         greeting.map_err(backend_err)
@@ -125,6 +129,7 @@ impl Relay {
         };
         self.backend.out.extend_from_slice(r.raw());
         self.backend.flush().await.map_err(backend_err)?;
+        self.turn = Turn::Server(AFTER_RESPONSE_SEQ);
         Ok(response)
     }
 
@@ -143,6 +148,7 @@ impl Relay {
                 f = self.backend.reader.frame() => {
                     let f = f.map_err(backend_err)?;
                     check_seq(&f, &mut seq).map_err(backend_err)?;
+                    self.turn = Turn::after_server(&f, seq);
                     self.client.out.extend_from_slice(f.raw());
                     self.client.flush().await?;
                     if let Some(ok) = server_auth_packet(&f, &mut auth) {
@@ -158,6 +164,7 @@ impl Relay {
                     }
                     self.backend.out.extend_from_slice(f.raw());
                     self.backend.flush().await.map_err(backend_err)?;
+                    self.turn = Turn::Server(seq);
                 }
             }
         }

@@ -4,12 +4,16 @@
 //!
 //! Split by phase: [`login`] passes the first login through, [`command`] parses each command,
 //! runs the session's before/after hooks around it and forwards it and its response, and
-//! [`moves`] carries the session to another backend. This file holds the loop that chooses
-//! between them and the errors that end a session.
+//! [`moves`] carries the session to another backend; [`abandon`] finishes a backend login the
+//! client gave up on. This file holds the loop that chooses between them and the errors that
+//! end a session.
 
+mod abandon;
 mod command;
 mod login;
 mod moves;
+
+pub(super) use abandon::Turn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +47,8 @@ pub(super) enum End {
     Backend(#[from] BackendError),
     #[error("login failed")]
     LoginFailed,
+    #[error("login did not finish within proxy.login_timeout")]
+    LoginTimeout,
     #[error("closed at a safe point (drain or shutdown)")]
     Drained,
 }
@@ -68,6 +74,17 @@ pub(super) enum BackendError {
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
+    /// The old backend stopped answering during a move's snapshot, and did not recover.
+    #[error("stopped answering during a move")]
+    Unresponsive,
+}
+
+/// Reports a redirect of connection `id` from `from` to `to` that did not happen, and why (also
+/// while the session's state is borrowed by a move).
+fn refused(link: &Registration, id: u64, from: &str, to: &BackendInst, reason: &str) {
+    crate::metrics::migration(false, Duration::ZERO);
+    info!(conn_id = id, from, to = %to.addr(), reason, "redirect refused");
+    link.redirect_failed(to.addr());
 }
 
 /// A client-side read error: a close between packets is the client leaving, anything else a
@@ -109,8 +126,19 @@ impl ClientSide {
     /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
     /// write is not worth reporting.
     pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
+        let _ = self.answer_err(seq, code, state, msg).await;
+    }
+
+    /// Answers a command with an ERR packet (sequence id `seq`) and goes on.
+    pub(super) async fn answer_err(
+        &mut self,
+        seq: u8,
+        code: u16,
+        state: &str,
+        msg: &str,
+    ) -> Result<(), End> {
         put_packet(&mut self.out, seq, &err_payload(code, state, msg));
-        let _ = self.flush().await;
+        self.flush().await
     }
 }
 
@@ -130,12 +158,28 @@ pub(super) struct Relay {
     pub(super) pending: Option<BackendInst>,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// Whose packet the backend's login waits for (`Done` once logged in).
+    pub(super) turn: Turn,
 }
 
 impl Relay {
-    /// Logs in, then relays commands until the session ends; returns why it ended.
-    pub(super) async fn serve(&mut self) -> End {
-        if let Err(e) = self.login().await {
+    /// Logs in (by `login_deadline`), then relays commands until the session ends; returns why
+    /// it ended. A login that fails on the client's side is finished cleanly on the backend.
+    pub(super) async fn serve(&mut self, login_deadline: tokio::time::Instant) -> End {
+        let failed = match tokio::time::timeout_at(login_deadline, self.login()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => {
+                self.tell_login_timeout().await;
+                Some(End::LoginTimeout)
+            }
+        };
+        if let Some(e) = failed {
+            if !matches!(e, End::Backend(_)) {
+                // the client is done with: it need not wait for the backend's side
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.client.writer).await;
+                self.finish_abandoned_login().await;
+            }
             return e;
         }
         loop {
@@ -185,9 +229,7 @@ impl Relay {
 
     /// Reports a redirect to `to` that did not happen.
     fn failed(&self, to: &BackendInst, reason: &str) {
-        crate::metrics::migration(false, Duration::ZERO);
-        info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
-        self.link.redirect_failed(to.addr());
+        refused(&self.link, self.id, &self.backend.addr, to, reason);
     }
 
     /// Gives up tracking: relays bytes both ways until either side closes.

@@ -40,6 +40,10 @@ pub enum StateError {
     /// A named lock is still held.
     #[error("GET_LOCK held")]
     LockHeld,
+    /// The old backend's answers for the snapshot were longer than the snapshot's size cap
+    /// (`max_snapshot`): large user variables, say. Read to their end, but not kept.
+    #[error("session state over the snapshot size cap")]
+    TooLarge,
 }
 
 /// A changed session variable.
@@ -92,8 +96,9 @@ const SYSVARS_SQL: &str = "SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_V
      AND (NOT (SESSION_VALUE <=> GLOBAL_VALUE) OR VARIABLE_NAME IN \
      ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION'))";
 
+/// String values are not read here: the digest reads them as hex, which restores them exactly.
 const USERVARS_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
-     VARIABLE_VALUE FROM information_schema.USER_VARIABLES";
+     IF(VARIABLE_TYPE = 'VARCHAR', NULL, VARIABLE_VALUE) FROM information_schema.USER_VARIABLES";
 
 fn text(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
@@ -143,10 +148,11 @@ impl Snapshot {
 async fn answers(
     b: &mut Backend,
     seqs: &[u8],
+    budget: &mut usize,
 ) -> Result<Vec<Result<Rows, QueryError>>, QueryError> {
     let mut out = Vec::with_capacity(seqs.len());
     for &seq in seqs {
-        match b.read_answer(seq).await {
+        match b.read_answer_within(seq, budget).await {
             Err(e @ (QueryError::Packet(_) | QueryError::Shape(_))) => return Err(e),
             r => out.push(r),
         }
@@ -172,8 +178,15 @@ fn lock_check_sql(names: &[String]) -> String {
 /// when the session has not changed carried state since its login or last move (the digest of
 /// the carried state, read fresh: it also supplies string user variables' values), two
 /// otherwise (session and user variables from `information_schema`, then their digest).
-/// Named locks are checked in the first round trip.
-pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, StateError> {
+/// Named locks are checked in the first round trip. At most `max` bytes of answers are kept
+/// (the snapshot's size cap): a larger state is refused with [`StateError::TooLarge`], the
+/// answers read to their end so the session can stay on `b`.
+pub async fn snapshot(
+    b: &mut Backend,
+    s: &mut Session,
+    max: usize,
+) -> Result<Snapshot, StateError> {
+    let mut budget = max;
     let names: Vec<String> = s.named_locks().iter().cloned().collect();
     let mut seqs = Vec::with_capacity(3);
     if !names.is_empty() {
@@ -187,7 +200,9 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
             seqs.push(b.send_query(USERVARS_SQL));
         }
     }
-    let got = answers(b, &seqs).await.map_err(step("snapshot"))?;
+    let got = answers(b, &seqs, &mut budget)
+        .await
+        .map_err(step("snapshot"))?;
     let mut got = got.into_iter();
     let mut next = |name| got.next().unwrap_or(Ok(Vec::new())).map_err(step(name));
     if !names.is_empty() {
@@ -206,7 +221,12 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
     let sysvars = sysvars_from(&next("session variables")?);
     let uservars = uservars_from(&next("user variables")?);
     let digest_sql = digest_sql(&sysvars, &uservars);
-    let digest = first_row(b.query(&digest_sql).await.map_err(step("digest"))?);
+    let seq = b.send_query(&digest_sql);
+    let digest = first_row(
+        b.read_answer_within(seq, &mut budget)
+            .await
+            .map_err(step("digest"))?,
+    );
     Ok(Snapshot {
         sysvars,
         uservars,
@@ -217,7 +237,10 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
 
 /// Names the step a query failure happened in.
 fn step(step: &'static str) -> impl Fn(QueryError) -> StateError {
-    move |source| StateError::Query { step, source }
+    move |source| match source {
+        QueryError::TooLarge => StateError::TooLarge,
+        source => StateError::Query { step, source },
+    }
 }
 
 /// The first row of an answer (empty when there is none).
@@ -331,19 +354,18 @@ pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
             let hex = snap.digest.get(col).cloned().flatten();
             let coll = snap.digest.get(col + 1).cloned().flatten();
             col += 2;
-            match hex {
-                None => sql.push_str("NULL"),
-                Some(h) => {
-                    let h = String::from_utf8_lossy(&h).into_owned();
-                    let cs = u.charset.clone().unwrap_or_else(|| "binary".into());
-                    let _ = write!(sql, "CONVERT(X'{h}' USING ");
-                    quote_ident(&mut sql, &cs);
-                    sql.push(')');
-                    if let Some(c) = coll.filter(|_| cs != "binary") {
-                        sql.push_str(" COLLATE ");
-                        quote_ident(&mut sql, &String::from_utf8_lossy(&c));
-                    }
-                }
+            // a string variable set to NULL keeps its character set and collation
+            let value = match hex {
+                None => "NULL".to_string(),
+                Some(h) => format!("X'{}'", String::from_utf8_lossy(&h)),
+            };
+            let cs = u.charset.clone().unwrap_or_else(|| "binary".into());
+            let _ = write!(sql, "CONVERT({value} USING ");
+            quote_ident(&mut sql, &cs);
+            sql.push(')');
+            if let Some(c) = coll.filter(|_| cs != "binary") {
+                sql.push_str(" COLLATE ");
+                quote_ident(&mut sql, &String::from_utf8_lossy(&c));
             }
         } else {
             col += 1;
@@ -372,7 +394,14 @@ pub async fn restore(
     snap: &Snapshot,
     negotiated: u32,
 ) -> Result<Vec<(u32, u32)>, StateError> {
-    let mut steps = Vec::with_capacity(4);
+    let mut steps = Vec::with_capacity(5);
+    if let Some(option) = s.option_to_restore() {
+        // the target's login repeated the client's original capabilities
+        steps.push((
+            "COM_SET_OPTION",
+            b.send_command(cmd::SET_OPTION, &option.to_le_bytes()),
+        ));
+    }
     if let Some(Some(db)) = snap.digest.first() {
         steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
     }
@@ -459,6 +488,12 @@ mod tests {
                     charset: None,
                     value: Some("1.5".into()),
                 },
+                UserVar {
+                    name: "n".into(),
+                    ty: "VARCHAR".into(),
+                    charset: Some("utf8mb4".into()),
+                    value: None,
+                },
             ],
             digest_sql: String::new(),
             digest: vec![
@@ -466,11 +501,15 @@ mod tests {
                 Some(b"78".to_vec()),
                 Some(b"utf8mb4_bin".to_vec()),
                 Some(b"1.5".to_vec()),
+                None,
+                Some(b"utf8mb4_general_ci".to_vec()),
             ],
         };
+        // a string set to NULL keeps its collation (its digest would differ otherwise)
         assert_eq!(
             uservars_sql(&snap).unwrap(),
-            "SET @`a` = CONVERT(X'78' USING `utf8mb4`) COLLATE `utf8mb4_bin`, @`d` = 1.5e0"
+            "SET @`a` = CONVERT(X'78' USING `utf8mb4`) COLLATE `utf8mb4_bin`, @`d` = 1.5e0, \
+             @`n` = CONVERT(NULL USING `utf8mb4`) COLLATE `utf8mb4_general_ci`"
         );
     }
 }

@@ -6,6 +6,8 @@
 //! hostile bytes, so it never indexes without a check. One statement with an uninteresting first
 //! word (the common case) is decided after lexing one token.
 
+use super::long_text::may_have_effects;
+
 /// An effect a statement has on untracked session state, applied when its response is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -33,7 +35,28 @@ pub enum Effect {
     XaStart,
     /// `XA COMMIT` / `XA ROLLBACK`.
     XaEnd,
+    /// `SET TRANSACTION …` without `SESSION` or `GLOBAL`: characteristics for the next
+    /// transaction only, which the server does not report.
+    TxOnce,
+    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA …`: a transaction starts (and
+    /// takes the one-shot characteristics) or ends (and drops them).
+    TxBoundary,
 }
+
+impl Effect {
+    /// Effects whose loss only keeps a session longer: when a multi-statement query fails the
+    /// proxy cannot tell which statements ran, and guessing these wrong is still safe (see
+    /// `Session::after_query`).
+    pub(super) fn safe_when_unsure(&self) -> bool {
+        matches!(self, Effect::TxOnce | Effect::TxBoundary)
+    }
+}
+
+/// Bytes of query text the scan reads token by token. A longer text (a bulk `INSERT`, up to the
+/// protocol's 1 GiB) is not tokenized, so the scan's memory never grows with the query: it is
+/// searched, storing nothing, for the words a statement with an [`Effect`] must contain
+/// ([`EFFECT_WORDS`](super::long_text::EFFECT_WORDS)); if one is there its effects are unknown, and the session pins.
+pub const SCAN_MAX: usize = 1 << 20;
 
 /// Effects of one client query, waiting for its response.
 #[derive(Debug, Default)]
@@ -42,6 +65,18 @@ pub struct Pending {
     pub(super) statements: usize,
     /// Some statement may change carried state (session or user variables, schema).
     pub(super) changes: bool,
+    /// The text was too long to scan and may have effects the scan tracks: what they are is
+    /// unknown, so the session can no longer prove it carries its state.
+    pub(super) unknown_effects: bool,
+}
+
+impl Pending {
+    /// The query went on past the text scanned (a query over 16 MiB) and its rest may have
+    /// effects: see [`EffectWatch`](super::long_text::EffectWatch).
+    pub fn mark_unknown_effects(&mut self) {
+        self.unknown_effects = true;
+        self.changes = true;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,18 +91,25 @@ enum Tok {
 /// A conservative tokenizer: comments skipped (executable comments read as code), quoted
 /// strings and names unquoted, everything else one byte at a time. Every read is checked, and
 /// every step moves forward or stops at the end, so no input can make it panic or loop.
-struct Lexer<'a> {
+pub(super) struct Lexer<'a> {
     s: &'a [u8],
     i: usize,
+    /// A string held a backslash before its own quote (`'O\'Brien'`): under
+    /// `NO_BACKSLASH_ESCAPES` the server ends the string there, and reads what follows as code.
+    pub(super) escaped_quote: bool,
 }
 
-fn is_word(c: u8) -> bool {
+pub(super) fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
 impl<'a> Lexer<'a> {
-    fn new(s: &'a [u8]) -> Self {
-        Self { s, i: 0 }
+    pub(super) fn new(s: &'a [u8]) -> Self {
+        Self {
+            s,
+            i: 0,
+            escaped_quote: false,
+        }
     }
 
     /// The byte `ahead` places past the current one.
@@ -157,28 +199,69 @@ impl<'a> Lexer<'a> {
     /// A quoted token's contents (escapes resolved roughly: enough for names). An unterminated
     /// one runs to the end of the text.
     fn quoted(&mut self, q: u8) -> Vec<u8> {
-        self.bump(1);
         let mut out = Vec::new();
+        self.quoted_into(q, Some(&mut out));
+        out
+    }
+
+    /// Steps over a quoted token, copying its contents to `out` when given.
+    fn quoted_into(&mut self, q: u8, mut out: Option<&mut Vec<u8>>) {
+        self.bump(1);
         while let Some(c) = self.peek(0) {
             if c == b'\\' && q != b'`' {
                 // a backslash at the very end escapes nothing (issue 9: `;'\` once stepped
                 // past the end here)
-                out.extend(self.peek(1));
+                self.escaped_quote |= self.peek(1) == Some(q);
+                if let Some(o) = out.as_deref_mut() {
+                    o.extend(self.peek(1));
+                }
                 self.bump(2);
             } else if c == q {
-                if self.peek(1) == Some(q) {
-                    out.push(q);
-                    self.bump(2);
-                } else {
-                    self.bump(1);
-                    return out;
+                self.bump(1);
+                if self.peek(0) != Some(q) {
+                    return;
                 }
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(q);
+                }
+                self.bump(1);
             } else {
-                out.push(c);
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(c);
+                }
                 self.bump(1);
             }
         }
-        out
+    }
+
+    /// The next word-like span, as [`Lexer::next_tok`] would see it but storing nothing: an
+    /// unquoted word, or the contents of a backquoted or double-quoted name (a name in quotes
+    /// can still call a function, and `"…"` is a name under `ANSI_QUOTES`). String literals,
+    /// comments, variables and punctuation are stepped over.
+    pub(super) fn next_word_span(&mut self) -> Option<&'a [u8]> {
+        loop {
+            self.skip_space();
+            let start = self.i;
+            let c = self.peek(0)?;
+            if is_word(c) {
+                self.skip_while(is_word);
+                return self.s.get(start..self.i);
+            } else if c == b'`' || c == b'"' {
+                self.quoted_into(c, None);
+                let end = self.i.saturating_sub(1).max(start + 1);
+                return self.s.get(start + 1..end);
+            } else if c == b'\'' {
+                self.quoted_into(c, None);
+            } else if c == b'@' {
+                self.bump(1);
+                match self.peek(0) {
+                    Some(q @ (b'`' | b'\'' | b'"')) => self.quoted_into(q, None),
+                    _ => self.skip_while(|c| is_word(c) || c == b'.'),
+                }
+            } else {
+                self.bump(1);
+            }
+        }
     }
 }
 
@@ -333,6 +416,14 @@ fn first_word(toks: &[Tok]) -> Option<&str> {
 /// The effects of a query text on state the server does not report, and whether it may change
 /// state a move carries.
 pub fn analyze(sql: &[u8]) -> Pending {
+    if sql.len() > SCAN_MAX {
+        return Pending {
+            effects: Vec::new(),
+            statements: 1,
+            changes: true,
+            unknown_effects: may_have_effects(sql),
+        };
+    }
     // fast path: one statement whose first word is not interesting and no lock functions
     let has_semicolon = sql.contains(&b';');
     let has_lock_fn = cheap_contains(sql, b"get_lock") || cheap_contains(sql, b"release_all_locks");
@@ -351,9 +442,13 @@ pub fn analyze(sql: &[u8]) -> Pending {
                     None => None,
                 };
                 return Pending {
-                    effects: Vec::new(),
+                    effects: first
+                        .and_then(|w| tx_effect(w, &mut lx, sql))
+                        .into_iter()
+                        .collect(),
                     statements: 1,
                     changes: statement_changes(first, sql),
+                    unknown_effects: false,
                 };
             }
         }
@@ -363,6 +458,7 @@ pub fn analyze(sql: &[u8]) -> Pending {
         effects: Vec::new(),
         statements: stmts.len(),
         changes: false,
+        unknown_effects: false,
     };
     for (toks, range) in &stmts {
         let text = sql.get(range.clone()).unwrap_or_default();
@@ -387,6 +483,21 @@ pub fn analyze(sql: &[u8]) -> Pending {
         }
     }
     p
+}
+
+/// The transaction effect of a statement whose first word is `first` (`lx` just past it),
+/// decided without tokenizing the rest: `BEGIN` and `COMMIT` are frequent, and this is the fast
+/// path's share of [`statement_effects`].
+fn tx_effect(first: &str, lx: &mut Lexer<'_>, text: &[u8]) -> Option<Effect> {
+    let mut then_transaction =
+        || matches!(lx.next_tok(), Some((Tok::Word(w, false), _)) if w == "TRANSACTION");
+    match first {
+        "SET" if then_transaction() => Some(Effect::TxOnce),
+        "START" if then_transaction() => Some(Effect::TxBoundary),
+        "BEGIN" if plain_begin(text) => Some(Effect::TxBoundary),
+        "COMMIT" | "ROLLBACK" => Some(Effect::TxBoundary),
+        _ => None,
+    }
 }
 
 fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
@@ -466,11 +577,20 @@ fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
                 }
             }
         }
-        Some("XA") => match w(1) {
-            Some("START" | "BEGIN") => out.push(Effect::XaStart),
-            Some("COMMIT" | "ROLLBACK") => out.push(Effect::XaEnd),
-            _ => {}
-        },
+        Some("XA") => {
+            match w(1) {
+                Some("START" | "BEGIN") => out.push(Effect::XaStart),
+                Some("COMMIT" | "ROLLBACK") => out.push(Effect::XaEnd),
+                _ => {}
+            }
+            out.push(Effect::TxBoundary);
+        }
+        // `SET SESSION TRANSACTION …` changes a variable the snapshot carries; without a scope
+        // it holds for the next transaction only
+        Some("SET") if w(1) == Some("TRANSACTION") => out.push(Effect::TxOnce),
+        Some("BEGIN") if plain_begin(text) => out.push(Effect::TxBoundary),
+        Some("START") if w(1) == Some("TRANSACTION") => out.push(Effect::TxBoundary),
+        Some("COMMIT" | "ROLLBACK") => out.push(Effect::TxBoundary),
         _ => {}
     }
 }
@@ -602,6 +722,111 @@ mod tests {
             let p = analyze(sql.as_bytes());
             assert!(p.statements <= 1, "{sql}");
         }
+    }
+
+    #[test]
+    fn transaction_statements_are_seen_for_a_one_shot_set_transaction() {
+        assert_eq!(
+            effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            vec![Effect::TxOnce]
+        );
+        assert_eq!(effects("set transaction read only"), vec![Effect::TxOnce]);
+        assert!(effects("SET SESSION TRANSACTION READ ONLY").is_empty());
+        assert!(effects("SET GLOBAL TRANSACTION READ ONLY").is_empty());
+        for sql in [
+            "BEGIN",
+            "begin work",
+            "START TRANSACTION READ ONLY",
+            "COMMIT",
+            "ROLLBACK",
+        ] {
+            assert_eq!(effects(sql), vec![Effect::TxBoundary], "{sql}");
+        }
+        assert!(effects("BEGIN NOT ATOMIC SELECT 1; END").is_empty());
+        assert!(effects("BEGIN NOT ATOMIC SELECT 1 END").is_empty());
+        // one statement is decided on the fast path, several by tokens: the same effects
+        assert_eq!(
+            effects("SET TRANSACTION READ ONLY; BEGIN"),
+            vec![Effect::TxOnce, Effect::TxBoundary]
+        );
+        assert_eq!(
+            effects("SELECT 1; set session transaction read only; commit"),
+            vec![Effect::TxBoundary]
+        );
+        assert_eq!(
+            effects("XA START 'x'"),
+            vec![Effect::XaStart, Effect::TxBoundary]
+        );
+    }
+
+    #[test]
+    fn a_text_over_the_cap_is_not_scanned_but_searched_for_effect_words() {
+        let mut sql = b"INSERT INTO t VALUES ('a;b')".to_vec();
+        while sql.len() <= SCAN_MAX {
+            sql.extend_from_slice(b", ('a;b')");
+        }
+        let p = analyze(&sql);
+        assert!(p.effects.is_empty());
+        assert!(
+            p.changes,
+            "an unscanned text may have changed carried state"
+        );
+        assert!(!p.unknown_effects);
+        sql.extend_from_slice(b"; CREATE TEMPORARY TABLE tt (a int)");
+        let p = analyze(&sql);
+        assert!(p.effects.is_empty());
+        assert!(p.unknown_effects);
+    }
+
+    /// Counts the bytes this thread allocates while enabled (for the memory test below).
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    // SAFETY: every call is passed to the system allocator unchanged; the count is a side note.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get().map(|n| n + layout.size())));
+            // SAFETY: same layout contract as ours
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get().map(|n| n + new_size)));
+            // SAFETY: as for `dealloc`
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn scanning_a_16_mib_statement_allocates_no_tokens() {
+        // issue 9, bounded memory: the scan stored every token of a query up to 16 MiB
+        let mut sql = b"INSERT INTO t (a, b) VALUES ('x;y', 1)".to_vec();
+        while sql.len() < 16 << 20 {
+            sql.extend_from_slice(b", ('x;y', @v), (`c`, 2)");
+        }
+        sql.extend_from_slice(b"; SELECT 1");
+        ALLOCATED.with(|a| a.set(Some(0)));
+        let p = analyze(&sql);
+        let allocated = ALLOCATED.with(|a| a.replace(None)).unwrap_or(0);
+        assert!(p.changes && !p.unknown_effects);
+        assert!(
+            allocated < 4096,
+            "scanning 16 MiB allocated {allocated} bytes"
+        );
     }
 
     /// Pieces the scan treats specially, so random texts hit its corners often.

@@ -11,7 +11,15 @@ use switchyard::wire::status;
 
 use super::carry::Snapshot;
 use super::scan::{analyze, Effect, Pending};
-use super::stmts::{Stmt, Stmts};
+use super::stmts::{Stmt, Stmts, UnknownStmt};
+
+/// `COM_SET_OPTION` values (`enum_mysql_set_option`): multi-statements on or off.
+pub const MULTI_STATEMENTS_ON: u16 = 0;
+/// See [`MULTI_STATEMENTS_ON`].
+pub const MULTI_STATEMENTS_OFF: u16 = 1;
+
+/// Why a session whose query was too long to scan cannot move (see `scan::SCAN_MAX`).
+const UNSCANNED: &str = "query too long to scan may have changed untracked state";
 
 /// Why a session cannot move now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +55,22 @@ pub struct Session {
     /// The session may have changed carried state (variables, schema) since its login or its
     /// last move: a move must read the whole state from the server.
     changed: bool,
+    /// The last `COM_SET_OPTION` the server accepted (multi-statements on or off), re-sent to a
+    /// move's target, whose login repeats the client's original capabilities. It lives in the
+    /// connection's capabilities, so a reset or a change of user keeps it.
+    set_option: Option<u16>,
+    /// A one-shot `SET TRANSACTION …` (no `SESSION`) waits for the session's next transaction.
+    ///
+    /// It is not carried but waited out, because the proxy cannot know when it is used up: the
+    /// server drops it at the end of the next transaction, and in autocommit mode that is the
+    /// end of the next statement that touched a transactional table — `SELECT 1` or `SET @a`
+    /// leave it, `SELECT * FROM innodb_t` or `COMMIT` take it. Re-applied on a target after
+    /// it was used, it would give the client's next transaction the wrong isolation level or
+    /// access mode. So the move waits until a statement that surely settles it (`BEGIN`,
+    /// `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA`, or any response reporting an open
+    /// transaction, which then holds the move itself). Drivers send it right before
+    /// `START TRANSACTION`, so the wait is one command long.
+    tx_once: bool,
 }
 
 impl Default for Session {
@@ -72,6 +96,8 @@ impl Session {
             lost: None,
             carried: None,
             changed: false,
+            set_option: None,
+            tx_once: false,
         }
     }
 
@@ -80,8 +106,13 @@ impl Session {
         if let Some(r) = self.lost {
             return Some(Blocker::Refuse(r));
         }
-        if self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.xa {
+        if self.in_transaction() || self.xa {
             return Some(Blocker::Wait("transaction open"));
+        }
+        if self.tx_once {
+            return Some(Blocker::Wait(
+                "SET TRANSACTION waits for the next transaction",
+            ));
         }
         if self.stmts.iter().any(|(_, s)| s.long_data) {
             return Some(Blocker::Wait("statement long data pending"));
@@ -107,9 +138,37 @@ impl Session {
         None
     }
 
+    /// Whether closing the session at a safe point (drain, shutdown) must wait: the client is
+    /// inside a transaction, or has sent statement long data not yet executed. What only keeps
+    /// a session from moving — a pending one-shot `SET TRANSACTION` among it — would end with
+    /// the session anyway, and does not delay closing.
+    pub fn closing_waits(&self) -> bool {
+        self.in_transaction() || self.xa || self.stmts.iter().any(|(_, s)| s.long_data)
+    }
+
     /// The server status flags a response ended with.
     pub fn set_status(&mut self, flags: u16) {
         self.status = flags;
+        if self.in_transaction() {
+            // the transaction took the one-shot characteristics; it holds the move itself
+            self.tx_once = false;
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0
+    }
+
+    /// `COM_SET_OPTION` with `option` succeeded.
+    pub fn set_option(&mut self, option: u16) {
+        if matches!(option, MULTI_STATEMENTS_ON | MULTI_STATEMENTS_OFF) {
+            self.set_option = Some(option);
+        }
+    }
+
+    /// The `COM_SET_OPTION` a move's target must get, if the session sent one.
+    pub fn option_to_restore(&self) -> Option<u16> {
+        self.set_option
     }
 
     /// The proxy lost track of something for good: the session can never move.
@@ -170,20 +229,32 @@ impl Session {
     pub fn after_query(&mut self, pending: Pending, error: bool) {
         // also on error: a multi-statement query may have run its first statements
         self.changed |= pending.changes;
+        if pending.unknown_effects {
+            self.lost = Some(UNSCANNED);
+        }
         if pending.effects.is_empty() {
             return;
         }
-        if error && pending.statements > 1 {
+        // a failed multi-statement query ran an unknown prefix of its statements
+        let unsure = error && pending.statements > 1;
+        if unsure && pending.effects.iter().any(|e| !e.safe_when_unsure()) {
             self.lost = Some("error inside a multi-statement query with session effects");
             return;
         }
         for e in pending.effects {
-            self.apply(e, error);
+            self.apply(e, error, unsure);
+        }
+        if self.in_transaction() {
+            self.tx_once = false;
         }
     }
 
-    fn apply(&mut self, e: Effect, error: bool) {
+    fn apply(&mut self, e: Effect, error: bool, unsure: bool) {
         match (e, error) {
+            // unsure whether it ran: assume it did, and wait for the next transaction
+            (Effect::TxOnce, _) if !error || unsure => self.tx_once = true,
+            // unsure whether it ran: keep waiting
+            (Effect::TxBoundary, false) => self.tx_once = false,
             (Effect::Prepare(name, _), true) | (Effect::Deallocate(name), _) => {
                 // a failed PREPARE deallocates a statement of the same name
                 self.sql_prepared.remove(&name);
@@ -224,6 +295,7 @@ impl Session {
             }
             (Effect::XaStart, false) => self.xa = true,
             (Effect::XaEnd, false) => self.xa = false,
+            (Effect::TxOnce, false) => {}
         }
     }
 
@@ -232,9 +304,11 @@ impl Session {
     pub fn reset(&mut self) {
         let mut stmts = std::mem::take(&mut self.stmts);
         stmts.clear();
+        let set_option = self.set_option;
         *self = Session::new();
         // statement ids keep counting: an id of the old session never names a new statement
         self.stmts = stmts;
+        self.set_option = set_option;
         // the login defaults of the new user (and a character set the target login would not
         // repeat): read the state from the server at the next move
         self.changed = true;
@@ -248,13 +322,19 @@ impl Session {
     }
 
     /// Rewrites the client's statement id in a `COM_STMT_*` payload to the backend's, in place;
-    /// returns the client's id, `None` when unknown.
-    pub fn map_stmt(&self, payload: &mut [u8]) -> Option<u32> {
+    /// returns the client's id, or the id the session does not have (the command must then not
+    /// reach the backend).
+    pub fn map_stmt(&self, payload: &mut [u8]) -> Result<u32, UnknownStmt> {
         self.stmts.map(payload)
     }
 
-    /// Whether executing statement `id` may change carried state (an unknown id may).
-    pub fn stmt_changes(&self, id: Option<u32>) -> bool {
+    /// A `COM_STMT_PREPARE` failed.
+    pub fn prepare_failed(&mut self) {
+        self.stmts.prepare_failed();
+    }
+
+    /// Whether executing statement `id` may change carried state.
+    pub fn stmt_changes(&self, id: u32) -> bool {
         self.stmts.changes(id)
     }
 
@@ -352,7 +432,7 @@ mod tests {
         assert_ne!(first, second);
         let mut close = [cmd::STMT_CLOSE, 0, 0, 0, 0];
         close[1..].copy_from_slice(&first.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut close), None);
+        assert_eq!(s.map_stmt(&mut close), Err(UnknownStmt(first)));
     }
 
     #[test]
@@ -368,7 +448,130 @@ mod tests {
         assert!(s.unchanged_state().is_some());
         let mut p = [cmd::STMT_CLOSE, 0, 0, 0, 0];
         p[1..].copy_from_slice(&id.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut p), Some(id));
+        assert_eq!(s.map_stmt(&mut p), Ok(id));
         assert_eq!(p[1..], 8u32.to_le_bytes());
+    }
+
+    fn query(s: &mut Session, sql: &str, error: bool, status_after: u16) {
+        let p = s.before_query(sql.as_bytes());
+        if !error {
+            s.set_status(status_after);
+        }
+        s.after_query(p, error);
+    }
+
+    const IDLE: u16 = status::AUTOCOMMIT;
+    const IN_TRANS: u16 = status::AUTOCOMMIT | status::IN_TRANS;
+    const ONE_SHOT: Option<Blocker> = Some(Blocker::Wait(
+        "SET TRANSACTION waits for the next transaction",
+    ));
+
+    #[test]
+    fn a_one_shot_set_transaction_waits_until_a_transaction_settles_it() {
+        // issue 9.6: a move between `SET TRANSACTION READ ONLY` and `BEGIN` lost it
+        let mut s = Session::new();
+        query(
+            &mut s,
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            false,
+            IDLE,
+        );
+        assert_eq!(s.blocker(), ONE_SHOT);
+        // statements that may leave it pending keep the wait
+        for sql in ["SELECT 1", "SET @a = 1", "SELECT * FROM t", "USE app"] {
+            query(&mut s, sql, false, IDLE);
+            assert_eq!(s.blocker(), ONE_SHOT, "{sql}");
+        }
+        query(&mut s, "START TRANSACTION", false, IN_TRANS);
+        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
+        query(&mut s, "COMMIT", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // scoped forms change a carried variable instead
+        query(&mut s, "SET SESSION TRANSACTION READ ONLY", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // a failed one-shot did not happen; COMMIT and ROLLBACK settle one
+        query(&mut s, "SET TRANSACTION READ ONLY", true, IDLE);
+        assert_eq!(s.blocker(), None);
+        for end in ["COMMIT", "rollback", "BEGIN WORK"] {
+            query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+            query(&mut s, end, false, IDLE);
+            assert_eq!(s.blocker(), None, "{end}");
+        }
+        // a transaction opened by autocommit=0 takes it
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+        query(&mut s, "SELECT * FROM t", false, status::IN_TRANS);
+        query(&mut s, "COMMIT", false, 0);
+        assert_eq!(s.blocker(), None);
+    }
+
+    #[test]
+    fn closing_waits_for_a_transaction_or_long_data_but_not_for_a_one_shot() {
+        let mut s = Session::new();
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT);
+        assert!(!s.closing_waits());
+        query(&mut s, "BEGIN", false, IN_TRANS);
+        assert!(s.closing_waits());
+        query(&mut s, "COMMIT", false, IDLE);
+        let id = s.add_stmt(1, b"SELECT ?".to_vec(), 1, 1);
+        s.stmt_long_data(id);
+        assert!(s.closing_waits());
+        s.stmt_executed(id, false, IDLE);
+        assert!(!s.closing_waits());
+    }
+
+    #[test]
+    fn a_failed_multi_statement_query_assumes_a_one_shot_ran_and_keeps_waiting() {
+        let mut s = Session::new();
+        query(&mut s, "SET TRANSACTION READ ONLY; SELECT nope", true, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT);
+        query(&mut s, "COMMIT; SELECT nope", true, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT, "unsure whether COMMIT ran");
+        query(&mut s, "SET TRANSACTION READ ONLY; BEGIN", false, IN_TRANS);
+        query(&mut s, "COMMIT", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // and `BEGIN`/`COMMIT` alone in a failed multi-statement query never pin a session
+        query(
+            &mut s,
+            "BEGIN; INSERT INTO t VALUES (1); SELECT nope",
+            true,
+            IDLE,
+        );
+        assert_eq!(s.lost, None);
+    }
+
+    #[test]
+    fn set_option_is_kept_for_the_target_and_survives_a_reset() {
+        let mut s = Session::new();
+        assert_eq!(s.option_to_restore(), None);
+        s.set_option(MULTI_STATEMENTS_ON);
+        s.set_option(7);
+        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_ON));
+        s.reset();
+        s.set_option(MULTI_STATEMENTS_OFF);
+        s.reset();
+        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_OFF));
+    }
+
+    #[test]
+    fn a_query_too_long_to_scan_pins_the_session_only_when_it_may_have_effects() {
+        let long = |tail: &str| {
+            let mut q = String::from("INSERT INTO t VALUES ('");
+            q.push_str(&"x".repeat(super::super::scan::SCAN_MAX));
+            q.push_str("')");
+            q.push_str(tail);
+            q
+        };
+        let mut s = Session::new();
+        query(&mut s, &long(""), false, IDLE);
+        assert_eq!(s.blocker(), None);
+        assert!(s.changed(), "unscanned: carried state is read in full");
+        query(
+            &mut s,
+            &long("; CREATE TEMPORARY TABLE tt (a int)"),
+            false,
+            IDLE,
+        );
+        assert_eq!(s.blocker(), Some(Blocker::Refuse(UNSCANNED)));
     }
 }
