@@ -27,7 +27,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::{Control, ControlRx};
+use super::control::{Control, ControlRx};
 use super::session::Session;
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
