@@ -10,8 +10,12 @@
 //! reference router walks a linked list. The route path's helpers carry `#[inline]`: the table
 //! sits in its own module, so without the hint they are not inlined into the actor's handlers
 //! (measured: +2% instructions per route and release, back to parity with it).
+//!
+//! The operator's controls live here too, as plain rules ([`RoutePolicy`]): weights and the
+//! slow-start ramp only change a backend's key, a backend at its cap leaves the routable
+//! ordering, and panic mode (too few healthy backends) routes by a scan over every known one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -19,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use super::backend::{Backend, Name, ScoreIndex};
 use super::config::RouterConfig;
-use crate::error::{InvariantError, ObserveError, RouteError, RouterError};
+use super::policy::RoutePolicy;
+use crate::error::{ObserveError, RouteError, RouterError};
 use crate::model::{BackendHealth, BackendInst, BackendSnapshot, BackendStatus};
 
 /// What became of a redirect request handed to a connection.
@@ -39,6 +44,8 @@ pub(crate) trait ConnLink {
     fn id(&self) -> u64;
     /// Asks the connection to move to `to`, without waiting.
     fn redirect(&self, to: BackendInst) -> Delivery;
+    /// Asks the connection to close (a drain's timeout passed), without waiting.
+    fn close(&self, reason: &str) -> Delivery;
 }
 
 /// Where a connection is in the redirect lifecycle.
@@ -75,6 +82,14 @@ pub(crate) struct ScoreTable<C> {
     next_seq: u64,
     observe_error: Option<ObserveError>,
     server_version: String,
+    policy: RoutePolicy,
+    /// The observer's full backend list with weights, once it sent one. Until then the table's
+    /// own backends are the known ones (and weigh 1).
+    listed: Option<HashMap<String, f64>>,
+    /// Backends whose slow start has not finished (few: refreshed on every route).
+    ramping: Vec<Name>,
+    /// Fewer than `policy.panic_threshold` of the known backends are healthy.
+    panic: bool,
 }
 
 impl<C: ConnLink> ScoreTable<C> {
@@ -88,7 +103,52 @@ impl<C: ConnLink> ScoreTable<C> {
             next_seq: 0,
             observe_error: None,
             server_version: String::new(),
+            policy: RoutePolicy::default(),
+            listed: None,
+            ramping: Vec::new(),
+            panic: false,
         }
+    }
+
+    /// Sets the operator's controls; a new cap applies to the backends known already.
+    pub(crate) fn set_policy(&mut self, policy: RoutePolicy) {
+        let cap = policy.max_conns_per_backend as i64;
+        self.policy = policy;
+        let names: Vec<Name> = self.backends.keys().cloned().collect();
+        for name in names {
+            self.update(&name, |b| b.cap = cap);
+        }
+        self.update_panic();
+    }
+
+    /// The operator's controls.
+    pub(crate) fn policy(&self) -> &RoutePolicy {
+        &self.policy
+    }
+
+    /// Whether the table is in panic mode.
+    pub(crate) fn panic(&self) -> bool {
+        self.panic
+    }
+
+    /// Every backend's weight, effective weight and occupancy, sorted by address.
+    pub(crate) fn weights(&self) -> Vec<(String, f64, f64, i64)> {
+        let mut all: Vec<_> = self
+            .backends
+            .values()
+            .map(|b| (b.name.to_string(), b.weight, b.eff_weight, b.occupancy()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The weight the observer's list gives `addr` (1 when unlisted).
+    fn listed_weight(&self, addr: &str) -> f64 {
+        self.listed
+            .as_ref()
+            .and_then(|l| l.get(addr))
+            .copied()
+            .unwrap_or(1.0)
     }
 
     /// The tuning it was built with.
@@ -144,7 +204,9 @@ impl<C: ConnLink> ScoreTable<C> {
     fn add_backend(&mut self, addr: &str, health: BackendHealth) -> Name {
         let name: Name = Arc::from(addr);
         let slot = self.index.allocate(name.clone());
-        let b = Backend::new(name.clone(), slot, health);
+        let weight = self.listed_weight(addr);
+        let cap = self.policy.max_conns_per_backend as i64;
+        let b = Backend::new(name.clone(), slot, health, weight, cap);
         self.index.insert(&b);
         self.backends.insert(name.clone(), b);
         name
@@ -168,17 +230,186 @@ impl<C: ConnLink> ScoreTable<C> {
                 self.index.remove(&b);
                 self.index.release(b.slot);
                 info!(backend = %name, "backend removed");
+                self.update_panic();
             }
         }
     }
 
-    /// The lowest-score routable backend not in `excluded`; its pending count goes up by one.
-    ///
-    /// `NoBackend` when none is left; the last discovery error while discovery is failing.
+    /// Recomputes panic mode from the known backends, logging each entry and exit once.
+    fn update_panic(&mut self) {
+        let (healthy, known) = match &self.listed {
+            Some(listed) => (
+                listed
+                    .keys()
+                    .filter(|a| {
+                        self.backends
+                            .get(a.as_str())
+                            .is_some_and(|b| b.health.status.routable())
+                    })
+                    .count(),
+                listed.len(),
+            ),
+            None => (
+                self.backends
+                    .values()
+                    .filter(|b| b.health.status.routable())
+                    .count(),
+                self.backends.len(),
+            ),
+        };
+        let panic = self.policy.panics(healthy, known);
+        if panic != self.panic {
+            let threshold = self.policy.panic_threshold;
+            if panic {
+                warn!(healthy, known, threshold, "PANIC MODE: too few healthy backends; routing to every known backend that is not drained");
+            } else {
+                warn!(healthy, known, threshold, "panic mode over: routing to healthy backends only");
+            }
+            self.panic = panic;
+            metrics::gauge!("switchyard_panic_mode").set(if panic { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Moves every slow-starting backend's effective weight to where its ramp is at `now`.
     #[inline]
-    pub(crate) fn route(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
+    fn refresh_ramps(&mut self, now: Instant) {
+        if self.ramping.is_empty() {
+            return;
+        }
+        let policy = self.policy.clone();
+        let ramping = std::mem::take(&mut self.ramping);
+        for name in ramping {
+            let still = self
+                .update(&name, |b| match b.ramp_from {
+                    Some(from) => {
+                        let share = policy.ramp(now.saturating_duration_since(from));
+                        b.eff_weight = b.weight * share;
+                        if share >= 1.0 {
+                            b.ramp_from = None;
+                            debug!(backend = %b.name, "slow start finished");
+                        }
+                        b.ramp_from.is_some()
+                    }
+                    None => false,
+                })
+                .unwrap_or(false);
+            if still {
+                self.ramping.push(name);
+            }
+        }
+    }
+
+    /// Starts `name`'s slow start at `now` (when slow start is on).
+    fn start_ramp(&mut self, name: &Name, now: Instant) {
+        if self.policy.slow_start.is_zero() {
+            return;
+        }
+        let floor = self.policy.ramp(std::time::Duration::ZERO);
+        self.update(name, |b| {
+            b.ramp_from = Some(now);
+            b.eff_weight = b.weight * floor;
+        });
+        if !self.ramping.contains(name) {
+            self.ramping.push(name.clone());
+        }
+        info!(backend = %name, over = ?self.policy.slow_start, "slow start");
+    }
+
+    /// Ends `name`'s slow start (it went down).
+    fn stop_ramp(&mut self, name: &Name) {
+        self.update(name, |b| {
+            b.ramp_from = None;
+            b.eff_weight = b.weight;
+        });
+        self.ramping.retain(|n| n != name);
+    }
+
+    /// Applies the observer's full list: weights change at once, and which backends count as
+    /// known for panic mode.
+    pub(crate) fn set_listing(&mut self, listed: HashMap<String, f64>, now: Instant) {
+        let names: Vec<Name> = self.backends.keys().cloned().collect();
+        for name in names {
+            let Some(&weight) = listed.get(&*name) else {
+                continue;
+            };
+            let share = self
+                .backends
+                .get(&name)
+                .and_then(|b| b.ramp_from)
+                .map_or(1.0, |from| {
+                    self.policy.ramp(now.saturating_duration_since(from))
+                });
+            self.update(&name, |b| {
+                if b.weight != weight {
+                    info!(backend = %b.name, from = b.weight, to = weight, "backend weight changed");
+                }
+                b.weight = weight;
+                b.eff_weight = weight * share;
+            });
+        }
+        self.listed = Some(listed);
+        self.update_panic();
+    }
+
+    /// Why no backend could be routed to: every candidate at its cap (the caller may queue),
+    /// or none at all.
+    fn none_routable(&self, excluded: &[String], candidate: impl Fn(&Backend) -> bool) -> RouteError {
+        let all_full = self.policy.max_conns_per_backend > 0
+            && self.backends.values().any(|b| {
+                candidate(b) && b.full() && !excluded.iter().any(|e| e.as_str() == &*b.name)
+            });
+        if all_full {
+            RouteError::AllFull
+        } else {
+            RouteError::NoBackend
+        }
+    }
+
+    /// Panic mode's route: the least-loaded (by weight, health ignored) known backend that is
+    /// not drained, at its cap or excluded. One the table does not hold yet is added as down,
+    /// so its connections are accounted like any other.
+    fn route_panic(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
+        let known: Vec<String> = match &self.listed {
+            Some(listed) => listed.keys().cloned().collect(),
+            None => self.backends.keys().map(|n| n.to_string()).collect(),
+        };
+        let chosen = known
+            .into_iter()
+            .filter(|a| !excluded.iter().any(|e| e == a))
+            .filter_map(|a| match self.backends.get(a.as_str()) {
+                Some(b) if b.drained || b.full() => None,
+                Some(b) => Some((b.load(), a)),
+                None => Some((0.0, a)),
+            })
+            .min_by(|x, y| x.0.total_cmp(&y.0).then_with(|| x.1.cmp(&y.1)));
+        let Some((_, addr)) = chosen else {
+            return Err(self.none_routable(excluded, |b| !b.drained));
+        };
+        let name = match self.backends.get_key_value(addr.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => self.add_backend(&addr, BackendHealth::down("not healthy; routed in panic mode")),
+        };
+        debug!(backend = %name, "route in panic mode");
+        self.update(&name, |b| {
+            b.pending += 1;
+            b.inst.clone()
+        })
+        .ok_or(RouteError::NoBackend)
+    }
+
+    /// The lowest-(weighted-)score routable backend not in `excluded`; its pending count goes
+    /// up by one. In panic mode, the least-loaded known backend whatever its health.
+    ///
+    /// `AllFull` when candidates are left but all at their cap; `NoBackend` when none is left;
+    /// the last discovery error while discovery is failing.
+    #[inline]
+    pub(crate) fn route(&mut self, excluded: &[String], now: Instant) -> Result<BackendInst, RouteError> {
         if let Some(err) = &self.observe_error {
             return Err(err.clone().into());
+        }
+        self.refresh_ramps(now);
+        if self.panic {
+            return self.route_panic(excluded);
         }
         let index = &self.index;
         let chosen = index
@@ -188,7 +419,9 @@ impl<C: ConnLink> ScoreTable<C> {
             .find(|name| !excluded.iter().any(|e| e.as_str() == &***name))
             .cloned();
         let Some(name) = chosen else {
-            return Err(RouteError::NoBackend);
+            return Err(self.none_routable(excluded, |b| {
+                b.health.status.routable() && !b.drained
+            }));
         };
         let inst = self.update(&name, |b| {
             b.pending += 1;
@@ -350,10 +583,14 @@ impl<C: ConnLink> ScoreTable<C> {
     /// Applies the observer's report: a discovery error refuses routes until a later report
     /// without one; otherwise known backends take their new health and unknown ones that are
     /// not down are added.
+    ///
+    /// A backend that becomes routable while another already serves starts its slow start at
+    /// `now`; the first ones to serve (at start-up) take full weight at once.
     pub(crate) fn backends_changed(
         &mut self,
         backends: HashMap<String, BackendHealth>,
         error: Option<ObserveError>,
+        now: Instant,
     ) {
         if let Some(err) = error {
             if self.observe_error.as_ref() != Some(&err) {
@@ -365,26 +602,42 @@ impl<C: ConnLink> ScoreTable<C> {
         if self.observe_error.take().is_some() {
             info!("backend discovery recovered");
         }
+        let serving = self
+            .backends
+            .values()
+            .any(|b| b.health.status.routable());
         for (addr, health) in backends {
             if health.status == BackendStatus::Healthy && !health.server_version.is_empty() {
                 self.server_version = health.server_version.clone();
             }
             if let Some((name, _)) = self.backends.get_key_value(addr.as_str()) {
                 let name = name.clone();
-                self.update(&name, |b| {
+                let became = self.update(&name, |b| {
+                    let was = b.health.status.routable();
                     if b.health.status != health.status {
                         info!(backend = %b.name, from = %b.health.status, to = %health.status,
                               reason = health.ping_err.as_deref().unwrap_or(""), "backend status changed");
                     }
                     b.inst.set_healthy(health.status.routable());
                     b.health = health;
+                    (was, b.health.status.routable())
                 });
+                match became {
+                    Some((false, true)) if serving => self.start_ramp(&name, now),
+                    Some((true, false)) => self.stop_ramp(&name),
+                    _ => {}
+                }
                 self.drop_if_empty(&name);
             } else if health.status != BackendStatus::CannotConnect {
                 info!(backend = %addr, status = %health.status, "backend added");
-                self.add_backend(&addr, health);
+                let routable = health.status.routable();
+                let name = self.add_backend(&addr, health);
+                if routable && serving {
+                    self.start_ramp(&name, now);
+                }
             }
         }
+        self.update_panic();
     }
 
     /// Asks `id` to move to `to`, moving one point of conn score with it; true when the
@@ -426,29 +679,37 @@ impl<C: ConnLink> ScoreTable<C> {
 
     /// One rebalance step: up to `max_conns` attempts to move a connection from the busiest to
     /// the idlest backend. Returns how many connections took the request.
+    ///
+    /// Loads are weighted: it stops once busiest / (idlest with one more connection) is below
+    /// `max_score_ratio`. In panic mode only drained backends are emptied: the health that makes
+    /// the others look busy is what panic mode does not trust.
     pub(crate) fn rebalance(&mut self, max_conns: usize, now: Instant) -> usize {
+        self.refresh_ramps(now);
         let mut asked = 0;
         for _ in 0..max_conns {
-            let Some(&(drained, busy_score, busy_slot)) = self.index.loaded.last() else {
+            let Some(&(drained, _, busy_slot)) = self.index.loaded.last() else {
                 break;
             };
-            let Some(&(idle_score, idle_slot)) = self.index.routable.first() else {
+            let Some(&(_, idle_slot)) = self.index.routable.first() else {
                 break;
             };
+            if self.panic && !drained {
+                break;
+            }
             if busy_slot == idle_slot {
                 break;
             }
             let busiest = self.index.name(busy_slot).clone();
             let idlest = self.index.name(idle_slot).clone();
-            if !drained
-                && (busy_score as f64) / ((idle_score + 1) as f64) < self.cfg.max_score_ratio
-            {
+            let (Some(b), Some(idle)) = (self.backends.get(&busiest), self.backends.get(&idlest))
+            else {
+                break;
+            };
+            let (busy_score, idle_score) = (b.weighted_score(), idle.weighted_score());
+            if !drained && busy_score / idle.weighted_score_plus_one() < self.cfg.max_score_ratio {
                 break;
             }
             let backoff = self.cfg.redirect_fail_backoff;
-            let Some(b) = self.backends.get(&busiest) else {
-                break;
-            };
             let candidate = b.conns.values().copied().find(|id| {
                 self.conns.get(id).is_some_and(|c| match c.phase {
                     Phase::Steady => true,
@@ -485,6 +746,38 @@ impl<C: ConnLink> ScoreTable<C> {
         asked
     }
 
+    /// Asks every connection on `addr` to close (a drain's timeout passed); returns how many
+    /// took the request. Connections mid-redirect away are asked too: the move did not finish
+    /// in time either.
+    pub(crate) fn close_conns_on(&mut self, addr: &str, reason: &str) -> usize {
+        let Some(b) = self.backends.get(addr) else {
+            return 0;
+        };
+        let ids: Vec<u64> = b.conns.values().copied().collect();
+        let mut closed = 0;
+        for id in ids {
+            let Some(conn) = self.conns.get(&id) else {
+                continue;
+            };
+            match conn.link.close(reason) {
+                Delivery::Sent => closed += 1,
+                Delivery::Busy => {
+                    warn!(conn_id = id, backend = %addr, "connection did not take the close request")
+                }
+                Delivery::Gone => {
+                    warn!(conn_id = id, backend = %addr, "connection is gone without closing; forgetting it");
+                    self.forget_conn(id);
+                }
+            }
+        }
+        closed
+    }
+
+    /// Whether `addr` is known and drained.
+    pub(crate) fn is_drained(&self, addr: &str) -> bool {
+        self.backends.get(addr).is_some_and(|b| b.drained)
+    }
+
     /// Drains or undrains a known backend.
     pub(crate) fn set_drained(&mut self, addr: &str, drained: bool) -> Result<(), RouterError> {
         let changed = self
@@ -498,100 +791,8 @@ impl<C: ConnLink> ScoreTable<C> {
         self.drop_if_empty(addr);
         Ok(())
     }
-
-    /// Checks that the indexes and counters agree with the connection table; the error names
-    /// the first invariant found broken.
-    pub(crate) fn check_invariants(&self) -> Result<(), InvariantError> {
-        let mut incoming: HashMap<&str, i64> = HashMap::new();
-        let mut outgoing: HashMap<&str, i64> = HashMap::new();
-        for (&conn_id, c) in &self.conns {
-            let b = self.backends.get(&c.backend).ok_or_else(|| {
-                InvariantError::ConnOnUnknownBackend {
-                    conn_id,
-                    backend: c.backend.to_string(),
-                }
-            })?;
-            if b.conns.get(&c.seq) != Some(&conn_id) {
-                return Err(InvariantError::ConnNotListed {
-                    conn_id,
-                    backend: c.backend.to_string(),
-                });
-            }
-            if let Phase::Redirecting { to } = &c.phase {
-                if !self.backends.contains_key(to) {
-                    return Err(InvariantError::RedirectToUnknownBackend {
-                        conn_id,
-                        to: to.to_string(),
-                    });
-                }
-                *incoming.entry(to).or_default() += 1;
-                *outgoing.entry(&c.backend).or_default() += 1;
-            }
-        }
-        let mut routable = BTreeSet::new();
-        let mut loaded = BTreeSet::new();
-        let mut listed = 0;
-        for (name, b) in &self.backends {
-            listed += b.conns.len();
-            if b.pending < 0 {
-                return Err(InvariantError::NegativePending {
-                    backend: name.to_string(),
-                    pending: b.pending,
-                });
-            }
-            let counted_incoming = incoming.get(&**name).copied().unwrap_or(0);
-            let counted_outgoing = outgoing.get(&**name).copied().unwrap_or(0);
-            if b.incoming != counted_incoming || b.outgoing != counted_outgoing {
-                return Err(InvariantError::RedirectCounts {
-                    backend: name.to_string(),
-                    incoming: b.incoming,
-                    outgoing: b.outgoing,
-                    counted_incoming,
-                    counted_outgoing,
-                });
-            }
-            if b.inst.healthy() != b.health.status.routable() {
-                return Err(InvariantError::HandleHealth {
-                    backend: name.to_string(),
-                    handle_healthy: b.inst.healthy(),
-                    status: b.health.status,
-                });
-            }
-            if self.index.slot_name(b.slot) != Some(name) {
-                return Err(InvariantError::SlotNamesAnother {
-                    backend: name.to_string(),
-                    slot: b.slot,
-                });
-            }
-            let score = b.score();
-            if b.routable() {
-                routable.insert((score, b.slot));
-            }
-            if !b.conns.is_empty() {
-                loaded.insert((b.drained, score, b.slot));
-            }
-        }
-        if listed != self.conns.len() {
-            return Err(InvariantError::ConnCount {
-                listed,
-                registered: self.conns.len(),
-            });
-        }
-        if routable != self.index.routable {
-            return Err(InvariantError::RoutableIndex {
-                indexed: self.index.routable.len(),
-                expected: routable.len(),
-            });
-        }
-        if loaded != self.index.loaded {
-            return Err(InvariantError::LoadedIndex {
-                indexed: self.index.loaded.len(),
-                expected: loaded.len(),
-            });
-        }
-        Ok(())
-    }
 }
 
+mod invariants;
 #[cfg(test)]
 mod tests;
