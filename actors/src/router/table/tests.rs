@@ -684,3 +684,5 @@ fn the_invariant_check_names_a_connection_missing_from_its_backend() {
         })
     );
 }
+
+mod controls;
