@@ -155,7 +155,7 @@ pub struct RoutingState {
     pub panic: bool,
     /// Routes waiting for a backend with room.
     pub queue_len: usize,
-    /// Every backend the router holds, sorted by address.
+    /// Every backend the router holds or its observer lists, sorted by address.
     pub backends: Vec<BackendWeight>,
 }
 

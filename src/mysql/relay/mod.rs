@@ -158,6 +158,8 @@ pub(super) struct Relay {
     pub(super) pending: Option<BackendInst>,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// What to tell the client in an ERR packet when it is closed there (a drain's timeout).
+    pub(super) close_error: Option<String>,
     /// Whose packet the backend's login waits for (`Done` once logged in).
     pub(super) turn: Turn,
 }
@@ -214,6 +216,10 @@ impl Relay {
                 }
             }
             Some(Control::Close) => self.closing = true,
+            Some(Control::CloseWithError(why)) => {
+                self.closing = true;
+                self.close_error = Some(why);
+            }
             None => {}
         }
     }
@@ -261,7 +267,8 @@ impl Relay {
                         info!(conn_id = self.id, to = %to.addr(), "redirect refused: raw relay");
                         self.link.redirect_failed(to.addr());
                     }
-                    Some(Control::Close) => return Err(End::Drained),
+                    // untracked bytes: no point is safe for an ERR, so close as is
+                    Some(Control::Close | Control::CloseWithError(_)) => return Err(End::Drained),
                     None => {}
                 },
             }

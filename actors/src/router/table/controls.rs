@@ -35,13 +35,22 @@ impl<C: ConnLink> ScoreTable<C> {
         self.panic
     }
 
-    /// Every backend's weight, effective weight and occupancy, sorted by address.
+    /// Every backend's weight, effective weight and occupancy, sorted by address: those the
+    /// table holds, then listed ones it does not (never healthy yet), at their listed weight.
     pub(crate) fn weights(&self) -> Vec<(String, f64, f64, i64)> {
         let mut all: Vec<_> = self
             .backends
             .values()
             .map(|b| (b.name.to_string(), b.weight, b.eff_weight, b.occupancy()))
             .collect();
+        if let Some(listed) = &self.listed {
+            all.extend(
+                listed
+                    .iter()
+                    .filter(|(a, _)| !self.backends.contains_key(a.as_str()))
+                    .map(|(a, w)| (a.clone(), *w, *w, 0)),
+            );
+        }
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }

@@ -6,13 +6,17 @@
 //! binary prints it on one line and exits 2. What the rest of the service sees is [`Config`],
 //! whose values are already checked (addresses parsed, ranges sane).
 
+mod backends;
+mod balance;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard::wire::{parse_password_hash, SCRAMBLE_LEN};
-use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RouterConfig};
+use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RoutePolicy, RouterConfig};
 use thiserror::Error;
 
 /// A configuration problem: which key, and what was wrong with it.
@@ -26,7 +30,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(super) fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             msg: msg.into(),
@@ -150,6 +154,11 @@ pub struct Config {
     pub health: HealthCheckConfig,
     /// Routing and rebalancing.
     pub router: RouterConfig,
+    /// The operator's routing controls (`balance.slow_start`, `max_conns_per_backend`,
+    /// `queue_timeout`, `panic_threshold`).
+    pub policy: RoutePolicy,
+    /// Backend weights other than 1, from `backends.static` entries or `backends.etcd.weights`.
+    pub weights: HashMap<String, f64>,
     /// Accounts for moving MySQL sessions (`protocol: mysql`).
     pub mysql_users: Vec<MysqlUser>,
     /// Bound on one move of a MySQL session (`mysql.move_timeout`): target login, snapshot and
@@ -174,11 +183,11 @@ struct RawConfig {
     proxy: RawProxy,
     #[serde(default)]
     admin: RawAdmin,
-    backends: RawBackends,
+    backends: backends::RawBackends,
     #[serde(default)]
     health_check: RawHealthCheck,
     #[serde(default)]
-    balance: RawBalance,
+    balance: balance::RawBalance,
     #[serde(default)]
     mysql: RawMysql,
     #[serde(default)]
@@ -242,26 +251,6 @@ impl Default for RawAdmin {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackends {
-    #[serde(rename = "static")]
-    static_: Option<Vec<String>>,
-    etcd: Option<RawEtcd>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEtcd {
-    endpoints: Vec<String>,
-    #[serde(default, with = "humantime_serde::option")]
-    request_timeout: Option<Duration>,
-    #[serde(default)]
-    rounds: Option<u32>,
-    #[serde(default, with = "humantime_serde::option")]
-    backoff: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHealthCheck {
     enable: bool,
@@ -289,29 +278,6 @@ impl Default for RawHealthCheck {
             fall: d.fall,
             rise: d.rise,
             probe_user: d.probe_user,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawBalance {
-    #[serde(with = "humantime_serde")]
-    rebalance_interval: Duration,
-    conns_per_tick: usize,
-    max_score_ratio: f64,
-    #[serde(with = "humantime_serde")]
-    redirect_fail_backoff: Duration,
-}
-
-impl Default for RawBalance {
-    fn default() -> Self {
-        let d = RouterConfig::default();
-        Self {
-            rebalance_interval: d.rebalance_interval,
-            conns_per_tick: d.conns_per_tick,
-            max_score_ratio: d.max_score_ratio,
-            redirect_fail_backoff: d.redirect_fail_backoff,
         }
     }
 }
@@ -435,70 +401,7 @@ impl RawConfig {
                 format!("same address as proxy.listen ({admin_listen})"),
             ));
         }
-        let discovery = match (self.backends.static_, self.backends.etcd) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "backends",
-                    "set either backends.static or backends.etcd, not both",
-                ))
-            }
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "backends",
-                    "set backends.static (a list of host:port) or backends.etcd.endpoints",
-                ))
-            }
-            (Some(list), None) => {
-                for (i, a) in list.iter().enumerate() {
-                    backend_addr(&format!("backends.static[{i}]"), a)?;
-                }
-                let mut seen = std::collections::HashSet::new();
-                for a in &list {
-                    if !seen.insert(a) {
-                        return Err(ConfigError::new(
-                            "backends.static",
-                            format!("{a} is listed twice"),
-                        ));
-                    }
-                }
-                Discovery::Static(list)
-            }
-            (None, Some(etcd)) => {
-                if etcd.endpoints.is_empty() {
-                    return Err(ConfigError::new(
-                        "backends.etcd.endpoints",
-                        "needs at least one endpoint",
-                    ));
-                }
-                for (i, e) in etcd.endpoints.iter().enumerate() {
-                    let key = format!("backends.etcd.endpoints[{i}]");
-                    let rest = e
-                        .strip_prefix("http://")
-                        .or_else(|| e.strip_prefix("https://"))
-                        .ok_or_else(|| {
-                            ConfigError::new(
-                                &key,
-                                format!("{e:?} must start with http:// or https://"),
-                            )
-                        })?;
-                    backend_addr(&key, rest.trim_end_matches('/'))?;
-                }
-                let d = EtcdConfig::default();
-                let etcd_cfg = EtcdConfig {
-                    request_timeout: etcd.request_timeout.unwrap_or(d.request_timeout),
-                    rounds: etcd.rounds.unwrap_or(d.rounds),
-                    backoff: etcd.backoff.unwrap_or(d.backoff),
-                };
-                positive("backends.etcd.request_timeout", etcd_cfg.request_timeout)?;
-                if etcd_cfg.rounds == 0 {
-                    return Err(ConfigError::new(
-                        "backends.etcd.rounds",
-                        "must be at least 1",
-                    ));
-                }
-                Discovery::Etcd(etcd.endpoints, etcd_cfg)
-            }
-        };
+        let (discovery, weights) = self.backends.validate()?;
 
         let h = self.health_check;
         positive("health_check.interval", h.interval)?;
@@ -525,25 +428,7 @@ impl RawConfig {
             ..HealthCheckConfig::default()
         };
 
-        let b = self.balance;
-        if b.conns_per_tick == 0 {
-            return Err(ConfigError::new(
-                "balance.conns_per_tick",
-                "must be at least 1",
-            ));
-        }
-        if !(b.max_score_ratio.is_finite() && b.max_score_ratio >= 1.0) {
-            return Err(ConfigError::new(
-                "balance.max_score_ratio",
-                format!("must be a number >= 1.0, got {}", b.max_score_ratio),
-            ));
-        }
-        let router = RouterConfig {
-            rebalance_interval: b.rebalance_interval,
-            conns_per_tick: b.conns_per_tick,
-            max_score_ratio: b.max_score_ratio,
-            redirect_fail_backoff: b.redirect_fail_backoff,
-        };
+        let (router, policy) = self.balance.validate()?;
 
         let mut mysql_users = Vec::with_capacity(self.mysql.users.len());
         for (i, u) in self.mysql.users.into_iter().enumerate() {
@@ -593,6 +478,8 @@ impl RawConfig {
             discovery,
             health,
             router,
+            policy,
+            weights,
             mysql_users,
             mysql_move_timeout: self.mysql.move_timeout,
             log_level: self.log.level,
@@ -602,7 +489,7 @@ impl RawConfig {
     }
 }
 
-fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+pub(super) fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         Err(ConfigError::new(key, "must be longer than zero"))
     } else {
@@ -621,7 +508,7 @@ fn listen_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Checks a `host:port` backend address without resolving it (a backend may be down or not yet
 /// in DNS when the service starts).
-fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
+pub(super) fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
     let bad = |why: &str| ConfigError::new(key, format!("{s:?} is not a host:port address: {why}"));
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(());
@@ -648,11 +535,11 @@ fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
-    fn load(yaml: &str) -> Result<Config, ConfigError> {
+    pub(super) fn load(yaml: &str) -> Result<Config, ConfigError> {
         load_env(yaml, vec![])
     }
 
-    fn load_env(yaml: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
+    pub(super) fn load_env(yaml: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!(
             "switchyard-config-test-{}-{}",
             std::process::id(),
