@@ -124,7 +124,10 @@ fn a_backend_of_weight_3_takes_three_times_the_clients_of_one_of_weight_1() {
     let clients: Vec<TcpStream> = (0..40).map(|_| routed_client(&svc)).collect();
     wait_until("40 connections registered", PATIENCE, || total(&svc) == 40);
     let (h, l) = (count_on(&svc, &heavy.addr), count_on(&svc, &light.addr));
-    assert!((28..=32).contains(&h) && h + l == 40, "{h}:{l} is not about 3:1");
+    assert!(
+        (28..=32).contains(&h) && h + l == 40,
+        "{h}:{l} is not about 3:1"
+    );
 
     let views = svc.backends();
     let weight_of = |addr: &str| {
@@ -171,7 +174,9 @@ fn clients_over_the_cap_wait_and_are_served_first_come_first_served() {
 
     drop(first);
     let mut got = [0u8; 3];
-    second.read_exact(&mut got).expect("the second client is served first");
+    second
+        .read_exact(&mut got)
+        .expect("the second client is served first");
     assert_eq!(&got, b"two");
     wait_metric(&svc, QUEUE, 1.0);
     assert_eq!(total(&svc), 1, "the cap holds while the third waits");
@@ -201,7 +206,10 @@ fn a_tcp_client_that_waits_past_queue_timeout_is_closed() {
     assert!(closed_by_proxy(&mut late, "the client over the cap").is_empty());
     wait_metric(&svc, "switchyard_route_queue_timeouts_total", 1.0);
     wait_metric(&svc, QUEUE, 0.0);
-    assert_eq!(echo(&mut first, b"still").expect("the first goes on"), b"still");
+    assert_eq!(
+        echo(&mut first, b"still").expect("the first goes on"),
+        b"still"
+    );
     drop(first);
     wait_until("the first unregistered", PATIENCE, || total(&svc) == 0);
     let _next = routed_client(&svc);
@@ -246,7 +254,11 @@ fn with_too_few_healthy_backends_panic_mode_routes_to_every_known_one() {
     wait_until("30 connections registered", PATIENCE, || total(&svc) == 30);
     for addr in [&up.addr, &late1, &late2] {
         let n = count_on(&svc, addr);
-        assert!((8..=12).contains(&n), "{addr} has {n} of 30: {:?}", svc.conn_counts());
+        assert!(
+            (8..=12).contains(&n),
+            "{addr} has {n} of 30: {:?}",
+            svc.conn_counts()
+        );
     }
     drop(clients);
 }
@@ -297,8 +309,8 @@ fn drain_with_a_timeout_closes_tcp_clients_left_on_the_backend_and_a_plain_drain
     .expect("POST");
     assert_eq!(code, 400, "{body}");
 
-    let (code, body) = http(svc.admin, "POST", &format!("/backends/{}/drain", b.addr))
-        .expect("POST plain drain");
+    let (code, body) =
+        http(svc.admin, "POST", &format!("/backends/{}/drain", b.addr)).expect("POST plain drain");
     assert_eq!(code, 200, "{body}");
     let (code, body) = http(
         svc.admin,
@@ -308,10 +320,13 @@ fn drain_with_a_timeout_closes_tcp_clients_left_on_the_backend_and_a_plain_drain
     .expect("POST drain with timeout");
     assert_eq!(code, 200, "{body}");
 
-    wait_until("a's clients closed", PATIENCE, || count_on(&svc, &a.addr) == 0);
+    wait_until("a's clients closed", PATIENCE, || {
+        count_on(&svc, &a.addr) == 0
+    });
     let mut closed = 0;
     for c in &mut clients {
-        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         match echo(c, b"ping") {
             Ok(got) => assert_eq!(got, b"ping"),
             Err(_) => closed += 1,
@@ -395,8 +410,12 @@ fn mysql_clients_over_the_cap_get_1040_after_queue_timeout_and_a_drain_timeout_e
     assert_eq!(one, 1);
 
     // drain with a timeout: the idle session is closed at its safe point
-    let (code, body) = http(svc.admin, "POST", &format!("/backends/{backend}/drain?timeout=100ms"))
-        .expect("POST drain");
+    let (code, body) = http(
+        svc.admin,
+        "POST",
+        &format!("/backends/{backend}/drain?timeout=100ms"),
+    )
+    .expect("POST drain");
     assert_eq!(code, 200, "{body}");
     wait_until("the session is closed", PATIENCE, || total(&svc) == 0);
     // the proxy's ERR 1927 (sequence 0, as a server's own "connection was killed") waits in

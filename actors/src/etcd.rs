@@ -343,7 +343,9 @@ fn label_weight(labels: &serde_json::Value) -> Result<Option<f64>, String> {
     };
     match w {
         Some(w) if crate::router::valid_weight(w) => Ok(Some(w)),
-        _ => Err(format!("label {WEIGHT_LABEL}={v} is not a number above 0; weight 1")),
+        _ => Err(format!(
+            "label {WEIGHT_LABEL}={v} is not a number above 0; weight 1"
+        )),
     }
 }
 
@@ -480,15 +482,24 @@ mod tests {
                 r#"{"ip":"10.0.0.3","status_port":10080,"labels":{"weight":2.5}}"#,
             ),
         ]);
-        assert_eq!(t.backends.len(), 2, "no ttl, no backend; a bad label keeps it");
-        assert_eq!(t.weights, HashMap::from([("10.0.0.1:4000".to_string(), 3.0)]));
+        assert_eq!(
+            t.backends.len(),
+            2,
+            "no ttl, no backend; a bad label keeps it"
+        );
+        assert_eq!(
+            t.weights,
+            HashMap::from([("10.0.0.1:4000".to_string(), 3.0)])
+        );
         assert_eq!(t.skipped.len(), 1);
         assert!(t.skipped[0].1.contains("weight"), "{:?}", t.skipped);
     }
 
     #[test]
     fn a_backend_needs_both_info_and_ttl() {
-        let Topology { backends, skipped, .. } = parse_topology(vec![
+        let Topology {
+            backends, skipped, ..
+        } = parse_topology(vec![
             kv(
                 "/topology/tidb/10.0.0.1:4000/info",
                 r#"{"ip":"10.0.0.1","status_port":10080,"version":"8.5.0"}"#,
@@ -510,7 +521,9 @@ mod tests {
 
     #[test]
     fn bad_entries_are_skipped_with_a_reason_and_spoil_nothing() {
-        let Topology { backends, skipped, .. } = parse_topology(vec![
+        let Topology {
+            backends, skipped, ..
+        } = parse_topology(vec![
             kv("/topology/tidb/a:4000/info", "not json"),
             kv("/topology/tidb/a:4000/ttl", "1"),
             kv(

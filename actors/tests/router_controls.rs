@@ -42,7 +42,11 @@ impl Handler<CloseConnection> for Conn {
 }
 
 /// Registers connection `id` on `backend` (after a route there).
-fn register(router: &Addr<ScoreRouter>, id: u64, backend: &str) -> std::rc::Rc<std::cell::Cell<u32>> {
+fn register(
+    router: &Addr<ScoreRouter>,
+    id: u64,
+    backend: &str,
+) -> std::rc::Rc<std::cell::Cell<u32>> {
     let closes = std::rc::Rc::default();
     let conn = Conn {
         closes: std::rc::Rc::clone(&closes),
@@ -64,7 +68,11 @@ async fn routes_wait_in_arrival_order_for_a_backend_with_room() {
         queue_timeout: Duration::from_secs(5),
         ..RoutePolicy::default()
     });
-    let first = r.send(Route::default()).await.unwrap().expect("room for one");
+    let first = r
+        .send(Route::default())
+        .await
+        .unwrap()
+        .expect("room for one");
     register(&r, 1, first.addr());
 
     // three more park, in this order
@@ -103,7 +111,11 @@ async fn a_route_that_waits_past_queue_timeout_is_refused_and_leaves_no_count() 
         queue_timeout: Duration::from_secs(5),
         ..RoutePolicy::default()
     });
-    let first = r.send(Route::default()).await.unwrap().expect("room for one");
+    let first = r
+        .send(Route::default())
+        .await
+        .unwrap()
+        .expect("room for one");
     register(&r, 1, first.addr());
     let started = tokio::time::Instant::now();
     let got = r.send(Route::default()).await.unwrap();

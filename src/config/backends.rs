@@ -66,7 +66,9 @@ fn weight(key: &str, w: f64) -> Result<f64, ConfigError> {
     } else {
         Err(ConfigError::new(
             key,
-            format!("must be a number above 0, got {w} (to take a backend out of rotation, drain it)"),
+            format!(
+                "must be a number above 0, got {w} (to take a backend out of rotation, drain it)"
+            ),
         ))
     }
 }
@@ -180,7 +182,10 @@ mod tests {
         );
         assert_eq!(
             c.weights,
-            HashMap::from([("127.0.0.1:4001".into(), 3.0), ("127.0.0.1:4002".into(), 0.5)])
+            HashMap::from([
+                ("127.0.0.1:4001".into(), 3.0),
+                ("127.0.0.1:4002".into(), 0.5)
+            ])
         );
     }
 

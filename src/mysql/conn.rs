@@ -122,7 +122,10 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         writer: Counted::new(w, metrics.bytes_out.clone()),
         out: OutBuf::new(),
     };
-    let routed = match conn.connect(me.clone().recipient(), Some(me.recipient())).await {
+    let routed = match conn
+        .connect(me.clone().recipient(), Some(me.recipient()))
+        .await
+    {
         Ok(routed) => routed,
         Err(e) => {
             let msg = format!("switchyard: {e}");

@@ -98,7 +98,8 @@ impl Backend {
     pub(crate) fn key(&self) -> i64 {
         if self.eff_weight == 1.0 {
             // the common case, exactly what the float path gives, without a division
-            return (self.health.status.score() + self.conn_score()).saturating_mul(KEY_SCALE as i64);
+            return (self.health.status.score() + self.conn_score())
+                .saturating_mul(KEY_SCALE as i64);
         }
         weighted_key(self.health.status.score() as f64 + self.load())
     }

@@ -38,8 +38,7 @@ pub use config::RouterConfig;
 pub use messages::{
     BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated, DrainThenClose,
     GetBackends, GetDrained, GetRouting, Rebalance, RedirectConnections, RedirectFailed,
-    RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion, SetDrained,
-    StopRouter,
+    RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion, SetDrained, StopRouter,
 };
 pub use policy::{valid_weight, RoutePolicy, SLOW_START_FLOOR};
 
@@ -479,12 +478,14 @@ impl Handler<GetRouting> for ScoreRouter {
                 .table
                 .weights()
                 .into_iter()
-                .map(|(addr, weight, effective_weight, occupancy)| BackendWeight {
-                    addr,
-                    weight,
-                    effective_weight,
-                    occupancy,
-                })
+                .map(
+                    |(addr, weight, effective_weight, occupancy)| BackendWeight {
+                        addr,
+                        weight,
+                        effective_weight,
+                        occupancy,
+                    },
+                )
                 .collect(),
         })
     }

@@ -59,7 +59,9 @@ impl RoutePolicy {
     /// Whether `healthy` of `known` backends is panic: below the threshold's share. Never with
     /// no known backend (nothing to spread over) or with the threshold at 0.
     pub fn panics(&self, healthy: usize, known: usize) -> bool {
-        known > 0 && self.panic_threshold > 0.0 && (healthy as f64) < self.panic_threshold * known as f64
+        known > 0
+            && self.panic_threshold > 0.0
+            && (healthy as f64) < self.panic_threshold * known as f64
     }
 }
 

@@ -141,7 +141,11 @@ mod tests {
             },
             |_| panic!("nobody gave up"),
         );
-        assert_eq!(seen, vec![vec!["x".to_string()]], "only the live waiter was routed");
+        assert_eq!(
+            seen,
+            vec![vec!["x".to_string()]],
+            "only the live waiter was routed"
+        );
         assert!(waiting.try_recv().is_ok());
     }
 

@@ -200,7 +200,11 @@ impl<C: ConnLink> ScoreTable<C> {
     /// `AllFull` when candidates are left but all at their cap; `NoBackend` when none is left;
     /// the last discovery error while discovery is failing.
     #[inline]
-    pub(crate) fn route(&mut self, excluded: &[String], now: Instant) -> Result<BackendInst, RouteError> {
+    pub(crate) fn route(
+        &mut self,
+        excluded: &[String],
+        now: Instant,
+    ) -> Result<BackendInst, RouteError> {
         if let Some(err) = &self.observe_error {
             return Err(err.clone().into());
         }
@@ -216,9 +220,7 @@ impl<C: ConnLink> ScoreTable<C> {
             .find(|name| !excluded.iter().any(|e| e.as_str() == &***name))
             .cloned();
         let Some(name) = chosen else {
-            return Err(self.none_routable(excluded, |b| {
-                b.health.status.routable() && !b.drained
-            }));
+            return Err(self.none_routable(excluded, |b| b.health.status.routable() && !b.drained));
         };
         let inst = self.update(&name, |b| {
             b.pending += 1;
@@ -399,10 +401,7 @@ impl<C: ConnLink> ScoreTable<C> {
         if self.observe_error.take().is_some() {
             info!("backend discovery recovered");
         }
-        let serving = self
-            .backends
-            .values()
-            .any(|b| b.health.status.routable());
+        let serving = self.backends.values().any(|b| b.health.status.routable());
         for (addr, health) in backends {
             if health.status == BackendStatus::Healthy && !health.server_version.is_empty() {
                 self.server_version = health.server_version.clone();

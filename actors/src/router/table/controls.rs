@@ -92,7 +92,10 @@ impl<C: ConnLink> ScoreTable<C> {
             if panic {
                 warn!(healthy, known, threshold, "PANIC MODE: too few healthy backends; routing to every known backend that is not drained");
             } else {
-                warn!(healthy, known, threshold, "panic mode over: routing to healthy backends only");
+                warn!(
+                    healthy,
+                    known, threshold, "panic mode over: routing to healthy backends only"
+                );
             }
             self.panic = panic;
             metrics::gauge!("switchyard_panic_mode").set(if panic { 1.0 } else { 0.0 });
@@ -182,7 +185,11 @@ impl<C: ConnLink> ScoreTable<C> {
 
     /// Why no backend could be routed to: every candidate at its cap (the caller may queue),
     /// or none at all.
-    pub(crate) fn none_routable(&self, excluded: &[String], candidate: impl Fn(&Backend) -> bool) -> RouteError {
+    pub(crate) fn none_routable(
+        &self,
+        excluded: &[String],
+        candidate: impl Fn(&Backend) -> bool,
+    ) -> RouteError {
         let all_full = self.policy.max_conns_per_backend > 0
             && self.backends.values().any(|b| {
                 candidate(b) && b.full() && !excluded.iter().any(|e| e.as_str() == &*b.name)
@@ -216,7 +223,10 @@ impl<C: ConnLink> ScoreTable<C> {
         };
         let name = match self.backends.get_key_value(addr.as_str()) {
             Some((name, _)) => name.clone(),
-            None => self.add_backend(&addr, BackendHealth::down("not healthy; routed in panic mode")),
+            None => self.add_backend(
+                &addr,
+                BackendHealth::down("not healthy; routed in panic mode"),
+            ),
         };
         debug!(backend = %name, "route in panic mode");
         self.update(&name, |b| {

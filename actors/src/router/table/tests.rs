@@ -264,7 +264,8 @@ fn a_discovery_error_refuses_routes_until_a_clean_report() {
     let mut h = harness();
     h.healthy(&["a"]);
     let err = ObserveError::Fetch(crate::FetchError::new("etcd is down"));
-    h.table.backends_changed(HashMap::new(), Some(err.clone()), h.now);
+    h.table
+        .backends_changed(HashMap::new(), Some(err.clone()), h.now);
     assert_eq!(h.table.route(&[], h.now), Err(RouteError::Observe(err)));
     h.table.backends_changed(HashMap::new(), None, h.now);
     assert!(h.table.route(&[], h.now).is_ok());

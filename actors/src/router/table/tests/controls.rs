@@ -193,7 +193,10 @@ fn panic_mode_routes_to_every_known_backend_that_is_not_drained() {
 
     h.table.set_drained("b", true).expect("known now");
     let got = h.spread(3);
-    assert!(!got.contains_key("b"), "a drained backend is spared: {got:?}");
+    assert!(
+        !got.contains_key("b"),
+        "a drained backend is spared: {got:?}"
+    );
 
     h.healthy(&["c"]);
     assert!(!h.table.panic(), "2 of 4 is not below half");
