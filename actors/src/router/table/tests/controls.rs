@@ -167,10 +167,13 @@ fn all_full_only_when_a_full_backend_is_a_candidate() {
 fn rebalance_never_moves_a_connection_onto_a_full_backend() {
     let mut h = harness();
     h.policy(capped(2));
-    h.healthy(&["a", "b"]);
-    h.connect_n(3);
+    h.healthy(&["a"]);
+    h.connect_n(2);
+    h.healthy(&["b"]);
+    h.connect();
+    assert_eq!((h.count("a"), h.count("b")), (2, 1));
     h.down("a");
-    // a's connections should move, but b has room for one more only
+    // both of a's connections should move, but b has room for one more only
     assert_eq!(h.rebalance(10), 1);
     assert_eq!(h.rebalance(10), 0);
 }
