@@ -187,3 +187,102 @@ async fn undraining_before_the_timeout_cancels_the_close() {
         Err(RouterError::UnknownBackend("nowhere".into()))
     );
 }
+
+/// Forwards every [`BackendsListed`] to a channel; answers [`Flush`] after what came before.
+struct Listings(tokio::sync::mpsc::UnboundedSender<BackendsListed>);
+
+impl Actor for Listings {
+    type Context = Context<Self>;
+}
+
+impl Handler<BackendsListed> for Listings {
+    type Result = ();
+    fn handle(&mut self, msg: BackendsListed, _: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for Listings {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {}
+}
+
+fn unchecked() -> HealthCheckConfig {
+    HealthCheckConfig {
+        enable: false,
+        interval: Duration::from_secs(3600),
+        ..HealthCheckConfig::default()
+    }
+}
+
+#[actix_rt::test]
+async fn the_observer_lists_every_backend_with_its_weight_only_when_the_list_changes() {
+    let (collector, mut reports) = switchyard_testkit::Collector::start_new();
+    let (tx, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    let listings = Listings(tx).start();
+    let fetcher = StaticFetcher::with_weights(vec![("a:1".into(), 3.0), ("b:1".into(), 1.0)]);
+    let observer = BackendObserver::new(
+        fetcher,
+        DefaultHealthCheck::new(unchecked()),
+        unchecked(),
+        collector.clone().recipient(),
+    )
+    .with_listing(listings.clone().recipient())
+    .start();
+    reports.recv().await.expect("first report");
+    let first = listed.recv().await.expect("first list");
+    assert_eq!(
+        first.backends,
+        HashMap::from([("a:1".to_string(), 3.0), ("b:1".to_string(), 1.0)])
+    );
+
+    observer.send(Refresh).await.unwrap();
+    reports.recv().await.expect("second report");
+    listings.send(Flush).await.unwrap();
+    assert!(
+        listed.try_recv().is_err(),
+        "an unchanged list is not sent again"
+    );
+}
+
+#[actix_rt::test]
+async fn an_observed_router_takes_the_weights_its_fetcher_gives() {
+    let router = ScoreRouter::start_observed(
+        RouterConfig {
+            rebalance_interval: Duration::ZERO,
+            ..RouterConfig::default()
+        },
+        StaticFetcher::with_weights(vec![("a:1".into(), 3.0), ("b:1".into(), 1.0)]),
+        DefaultHealthCheck::new(unchecked()),
+        unchecked(),
+    );
+    let mut tries = 0;
+    let weights = loop {
+        let state = router.send(GetRouting).await.unwrap();
+        if state.backends.len() == 2 {
+            break state.backends;
+        }
+        tries += 1;
+        assert!(
+            tries < 10_000,
+            "the observer's first cycle never reached the router"
+        );
+        tokio::task::yield_now().await;
+    };
+    let w: Vec<(String, f64)> = weights.into_iter().map(|b| (b.addr, b.weight)).collect();
+    assert_eq!(w, [("a:1".to_string(), 3.0), ("b:1".to_string(), 1.0)]);
+    let mut got = HashMap::<String, usize>::new();
+    for _ in 0..8 {
+        let inst = router
+            .send(Route::default())
+            .await
+            .unwrap()
+            .expect("a route");
+        *got.entry(inst.addr().to_string()).or_default() += 1;
+    }
+    assert_eq!((got["a:1"], got["b:1"]), (6, 2));
+}

@@ -302,16 +302,17 @@ enum Parked {
 /// Answers at once, or (every candidate at its cap) once a backend has room, in arrival order,
 /// or with `QueueTimeout` after `queue_timeout`. Waiting never blocks the router's mailbox.
 impl Handler<Route> for ScoreRouter {
-    type Result = ResponseActFuture<Self, Result<BackendInst, RouteError>>;
+    type Result = ActorResponse<Self, Result<BackendInst, RouteError>>;
     fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
         let parked = self.route_or_park(msg.excluded);
         self.check();
         let rx = match parked {
-            Parked::Now(r) => return Box::pin(fut::ready(r)),
+            // the common case: answered in place, no future boxed
+            Parked::Now(r) => return ActorResponse::reply(r),
             Parked::Waiting(rx) => rx,
         };
         let timeout = self.table.policy().queue_timeout;
-        Box::pin(
+        ActorResponse::r#async(
             async move { tokio::time::timeout(timeout, rx).await }
                 .into_actor(self)
                 .map(move |r, act, _| match r {
