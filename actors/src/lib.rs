@@ -14,6 +14,11 @@
 //!   [`ConnClosed`], so a connection that ends any way, a panic included, leaves no count behind.
 //!   [`BackendSelector`] is the lower-level step underneath: one route at a time.
 //!
+//! Operators steer routing with a [`RoutePolicy`] (`ScoreRouter::with_policy`): weights per
+//! backend (from the fetcher, reported as [`BackendsListed`]), slow start, a per-backend cap with
+//! a FIFO wait queue, panic mode when too few backends are healthy, and [`DrainThenClose`], which
+//! closes ([`CloseConnection`]) what has not moved off a drained backend in time.
+//!
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
 //!

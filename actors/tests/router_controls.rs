@@ -286,3 +286,49 @@ async fn an_observed_router_takes_the_weights_its_fetcher_gives() {
     }
     assert_eq!((got["a:1"], got["b:1"]), (6, 2));
 }
+
+#[actix_rt::test]
+async fn a_backend_back_from_down_takes_a_growing_share_as_the_paused_clock_advances() {
+    tokio::time::pause();
+    let r = router(RoutePolicy {
+        slow_start: Duration::from_secs(10),
+        ..RoutePolicy::default()
+    });
+    let route_n = |n: usize| {
+        let r = r.clone();
+        async move {
+            let mut got = HashMap::<String, usize>::new();
+            for _ in 0..n {
+                let inst = r.send(Route::default()).await.unwrap().expect("a route");
+                *got.entry(inst.addr().to_string()).or_default() += 1;
+            }
+            got
+        }
+    };
+    route_n(20).await;
+    r.send(BackendsChanged {
+        backends: HashMap::from([("b".to_string(), BackendHealth::healthy())]),
+        error: None,
+    })
+    .await
+    .unwrap();
+    // at 10 % of its weight, b is at a's load (20) with 2 routes
+    let early = route_n(10).await;
+    assert!(early.get("b").copied().unwrap_or(0) <= 3, "{early:?}");
+    let state = r.send(GetRouting).await.unwrap();
+    let b = state.backends.iter().find(|w| w.addr == "b").expect("b");
+    assert!(b.effective_weight < 0.2, "{b:?}");
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let late = route_n(10).await;
+    assert_eq!(
+        late.get("b").copied(),
+        Some(10),
+        "full weight: b catches up: {late:?}"
+    );
+    let state = r.send(GetRouting).await.unwrap();
+    assert!(
+        state.backends.iter().all(|w| w.effective_weight == 1.0),
+        "{state:?}"
+    );
+}
