@@ -143,7 +143,8 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
             source,
         })?;
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone());
+    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone())
+        .with_token(cfg.admin_token.clone());
     let admin_server =
         admin::serve(cfg.admin_listen, admin_state).map_err(|source| ServiceError::Bind {
             key: "admin.listen",
