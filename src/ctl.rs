@@ -179,17 +179,13 @@ async fn send(method: reqwest::Method, url: &str, token: Option<&str>) -> Result
 }
 
 /// The innermost cause of a transport error ("Connection refused"), which says more than
-/// reqwest's outer "error sending request".
+/// reqwest's outer "error sending request for url (…)" (the URL is in the message already).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    if std::ptr::eq(cause, e) {
-        e.to_string()
-    } else {
-        format!("{e}: {cause}")
-    }
+    cause.to_string()
 }
 
 /// The human form of an answer: a table for `backends`, a sentence for a change.
