@@ -305,3 +305,21 @@ fn ctl_says_clearly_when_the_instance_refuses_or_cannot_be_reached() {
         "a missing ADDR is a bad command line"
     );
 }
+
+#[test]
+fn sighup_reloads_and_does_not_end_the_service() {
+    let a = Backend::start(Behaviour::Echo);
+    let svc = Service::start(&[&a.addr], "");
+    svc.wait_healthy(1);
+    svc.signal(libc::SIGHUP);
+    wait_until("the reload is logged", Duration::from_secs(5), || {
+        svc.log().contains("SIGHUP")
+    });
+    let (code, _) = http(svc.admin, "GET", "/health").expect("still serving");
+    assert_eq!(code, 200);
+    let mut c = svc.client();
+    assert_eq!(
+        echo(&mut c, b"after reload").expect("echo"),
+        b"after reload"
+    );
+}
