@@ -323,3 +323,110 @@ fn sighup_reloads_and_does_not_end_the_service() {
         b"after reload"
     );
 }
+
+/// Every `switchyard_…` series a dashboard query names, with a histogram's `_bucket` suffix
+/// taken off.
+fn series_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("switchyard_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        out.push(name.strip_suffix("_bucket").unwrap_or(name).to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_grafana_dashboard_asks_only_for_series_the_service_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana-dashboard.json")).expect("JSON");
+    let sources = [
+        include_str!("../src/metrics.rs"),
+        include_str!("../actors/src/observer.rs"),
+    ]
+    .concat();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "a dashboard with queries");
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        for series in series_in(expr) {
+            assert!(
+                sources.contains(&format!("\"{series}\"")),
+                "the dashboard asks for {series}, which nothing exports: {expr}"
+            );
+            used.insert(series);
+        }
+    }
+    for core in [
+        "switchyard_connections_active",
+        "switchyard_backend_connections",
+        "switchyard_routes_total",
+        "switchyard_migrations_total",
+        "switchyard_backend_status",
+    ] {
+        assert!(used.contains(core), "the dashboard shows {core}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_reloads_with_sighup() {
+    let unit = include_str!("../deploy/switchyard.service");
+    for line in [
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "RestartPreventExitStatus=2",
+    ] {
+        assert!(unit.contains(line), "the unit has {line:?}");
+    }
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+    else {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipping systemd-analyze verify: not installed\n",
+        );
+        return;
+    };
+    // verify the unit as written, with ExecStart pointing at the binary under test
+    let dir = scratch_dir();
+    let path = dir.join("switchyard.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/switchyard",
+            env!("CARGO_BIN_EXE_switchyard"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
