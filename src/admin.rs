@@ -154,10 +154,9 @@ async fn guard_posts(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
     if req.method() == Method::POST {
-        let token = req
-            .app_data::<web::Data<AdminState>>()
-            .and_then(|s| s.token.clone());
-        if let Err(refusal) = guard::check_post(req.headers(), token.as_ref()) {
+        let state = req.app_data::<web::Data<AdminState>>().cloned();
+        let token = state.as_ref().and_then(|s| s.token.as_ref());
+        if let Err(refusal) = guard::check_post(req.headers(), token) {
             tracing::warn!(path = %req.path(), peer = ?req.peer_addr(), reason = %refusal, "admin POST refused");
             let mut resp = error(refusal.status(), refusal);
             if refusal == guard::Refusal::Unauthorized {
