@@ -101,6 +101,23 @@ fn without_a_token_a_post_a_web_page_could_send_is_refused() {
     }
     assert!(!drained(&svc, &a.addr));
 
+    // a browser asks before a cross-site JSON POST; the API never grants it
+    let (code, body) = http_with(
+        svc.admin,
+        "OPTIONS",
+        &drain,
+        &[
+            ("Origin", "http://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+    )
+    .expect("admin answers");
+    assert!(
+        !(200..300).contains(&code),
+        "preflight refused: {code} {body}"
+    );
+
     // a page that rebinds its own DNS name to 127.0.0.1 sends its name as Host
     let mut s = std::net::TcpStream::connect(svc.admin).unwrap();
     std::io::Write::write_all(
