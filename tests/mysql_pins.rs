@@ -100,6 +100,15 @@ async fn proxy(backends: &[String]) -> Proxy {
     Proxy { addr, router }
 }
 
+/// How many redirects were held back or refused for `reason`, from the process's metrics.
+fn refused(reason: &str) -> f64 {
+    let text = switchyard_server::metrics::install().render();
+    let series = format!("switchyard_migrations_refused_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn addr(db: &MariaDb) -> String {
     db.addr().to_string()
 }
@@ -150,12 +159,14 @@ async fn force_redirect(p: &Proxy, from: u16) -> String {
     from
 }
 
-/// Polls the session's backend for a while (the router retries a refused redirect every
-/// 100 ms); true when it is still `on` throughout.
-async fn stays_on(c: &mut Conn, on: u16, for_how_long: Duration) -> bool {
+/// Polls the session's backend for a while, asking the router to move sessions off drained
+/// backends before each look (a refused redirect is not retried on its own: these routers never
+/// rebalance by themselves); true when it is still `on` throughout.
+async fn stays_on(p: &Proxy, c: &mut Conn, on: u16, for_how_long: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + for_how_long;
     while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        p.router.send(Rebalance { max_conns: 10 }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
         if port(c).await != on {
             return false;
         }
@@ -164,8 +175,8 @@ async fn stays_on(c: &mut Conn, on: u16, for_how_long: Duration) -> bool {
 }
 
 /// Waits until the session left `from`; true when it did within `within`.
-async fn leaves(c: &mut Conn, from: u16, within: Duration) -> bool {
-    !stays_on(c, from, within).await
+async fn leaves(p: &Proxy, c: &mut Conn, from: u16, within: Duration) -> bool {
+    !stays_on(p, c, from, within).await
 }
 
 /// Rows with `v` on a server.
@@ -207,10 +218,15 @@ async fn a_failed_multi_statement_that_opened_a_transaction_stays_until_commit()
         matches!(r, Err(mysql_async::Error::Server(ref e)) if e.code == 1146),
         "{r:?}"
     );
+    let waits_before = refused("in_transaction");
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved inside the transaction"
+    );
+    assert!(
+        refused("in_transaction") > waits_before,
+        "the wait is counted by reason"
     );
     c.query_drop("COMMIT").await.unwrap();
     assert_eq!(
@@ -219,7 +235,7 @@ async fn a_failed_multi_statement_that_opened_a_transaction_stays_until_commit()
         "the committed row is on the session's backend"
     );
     assert!(
-        leaves(&mut c, before, Duration::from_secs(5)).await,
+        leaves(&p, &mut c, before, Duration::from_secs(5)).await,
         "after COMMIT the redirect goes ahead"
     );
     set_drained(&p, &from, false).await;
@@ -242,7 +258,7 @@ async fn a_failed_call_that_opened_a_transaction_stays_until_commit() {
     );
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved inside the transaction"
     );
     c.query_drop("COMMIT").await.unwrap();
@@ -267,15 +283,20 @@ async fn a_user_lock_taken_by_a_binary_execute_keeps_the_session() {
         .unwrap()
         .unwrap();
     assert_eq!(got, 1);
+    let refusals = refused("user_lock");
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved away from its lock"
     );
     assert!(!lock_free(server_on(before), "pin_binary"), "lock released");
+    assert!(
+        refused("user_lock") > refusals,
+        "the refusal is counted by reason"
+    );
     // released: the next redirect finds it free and moves
     c.query_drop("DO RELEASE_LOCK('pin_binary')").await.unwrap();
-    assert!(leaves(&mut c, before, Duration::from_secs(5)).await);
+    assert!(leaves(&p, &mut c, before, Duration::from_secs(5)).await);
     set_drained(&p, &from, false).await;
     c.disconnect().await.unwrap();
 }
@@ -295,7 +316,7 @@ async fn a_user_lock_taken_by_execute_of_a_sql_prepared_statement_keeps_the_sess
     c.query_drop("EXECUTE take").await.unwrap();
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved away from its lock"
     );
     assert!(!lock_free(server_on(before), "pin_sql"), "lock released");
@@ -316,15 +337,17 @@ async fn a_user_lock_taken_inside_a_procedure_pins_the_session_until_a_reset() {
     c.query_drop("CALL app1.take_lock('pin_proc')")
         .await
         .unwrap();
+    let refusals = refused("unknown_state");
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved away from its lock"
     );
     assert!(!lock_free(server_on(before), "pin_proc"), "lock released");
+    assert!(refused("unknown_state") > refusals);
     c.reset().await.unwrap();
     assert!(
-        leaves(&mut c, before, Duration::from_secs(5)).await,
+        leaves(&p, &mut c, before, Duration::from_secs(5)).await,
         "a reset released everything: the session may move"
     );
     set_drained(&p, &from, false).await;
@@ -350,7 +373,7 @@ async fn a_release_inside_a_routine_definition_does_not_forget_a_held_lock() {
     .unwrap();
     let from = force_redirect(&p, before).await;
     assert!(
-        stays_on(&mut c, before, Duration::from_millis(600)).await,
+        stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved away from its lock"
     );
     assert!(!lock_free(server_on(before), "pin_body"), "lock released");
@@ -506,7 +529,10 @@ async fn a_move_of_a_tracked_session_reads_no_information_schema() {
     };
     let p = proxy(&backends).await;
     let mut c = connect_to(p.addr.port()).await;
-    c.query_drop("SET sql_mode = 'ANSI_QUOTES', wait_timeout = 1234, NAMES latin1")
+    c.query_drop("SET sql_mode = 'ANSI_QUOTES', wait_timeout = 1234, max_join_size = 1000")
+        .await
+        .unwrap();
+    c.query_drop("SET NAMES latin1 COLLATE latin1_bin")
         .await
         .unwrap();
     c.query_drop("USE app1").await.unwrap();
@@ -517,16 +543,31 @@ async fn a_move_of_a_tracked_session_reads_no_information_schema() {
         .unwrap();
     let before = port(&mut c).await;
     let from = force_redirect(&p, before).await;
-    assert!(leaves(&mut c, before, Duration::from_secs(5)).await);
+    assert!(leaves(&p, &mut c, before, Duration::from_secs(5)).await);
     set_drained(&p, &from, false).await;
     let got: (String, u64, String, String) = c
-        .query_first("SELECT @@sql_mode, @@wait_timeout, @@character_set_client, DATABASE()")
+        .query_first("SELECT @@sql_mode, @@wait_timeout, @@collation_connection, DATABASE()")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         got,
-        ("ANSI_QUOTES".into(), 1234, "latin1".into(), "app1".into())
+        (
+            "ANSI_QUOTES".into(),
+            1234,
+            "latin1_bin".into(),
+            "app1".into()
+        )
+    );
+    let big_selects: (u64, u64) = c
+        .query_first("SELECT @@max_join_size, @@sql_big_selects")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        big_selects,
+        (1000, 0),
+        "variables set together move together"
     );
     let reads = server_on(before).sql(&format!(
         "SELECT COUNT(*) FROM mysql.general_log WHERE thread_id = {thread} \

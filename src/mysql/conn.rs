@@ -143,6 +143,8 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: mpsc::UnboundedR
         cfg,
         ctrl,
         pending: None,
+        waiting: None,
+        client_tracks: false,
         closing: false,
     };
     let end = relay.serve().await;

@@ -9,7 +9,7 @@ use switchyard::wire::{cmd, code, get_cstr, marker, sqlstate, Frame, PacketError
 use tracing::debug;
 
 use super::{backend_err, client_err, End, Relay};
-use crate::mysql::session::{stmts, Pending};
+use crate::mysql::session::{stmts, Outcome, Pending};
 use crate::mysql::tracker::{Kind, Next};
 use crate::mysql::Credential;
 
@@ -77,7 +77,10 @@ impl Relay {
             _ => None,
         };
         self.relay_response(kind, last, prepare_sql).await?;
-        self.after(kind, hook, &first);
+        if self.after(kind, hook, &first) {
+            // the reset took the proxy's session-tracking settings with it
+            self.enable_tracking().await?;
+        }
         Ok(())
     }
 
@@ -141,17 +144,15 @@ impl Relay {
                 self.session.mark_changed();
                 Hook::ChangeUser
             }
-            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), …
-            _ => {
-                self.session.mark_changed();
-                Hook::Nothing
-            }
+            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), …: the schema is read
+            // afresh at every move
+            _ => Hook::Nothing,
         }
     }
 
     /// Maps a `COM_STMT_*` command's statement id to the backend's; for an execute, adds the
-    /// parameter types a re-prepared statement needs and notes what it may change. Returns
-    /// the client's statement id, `None` when unknown.
+    /// parameter types a re-prepared statement needs. Returns the client's statement id, `None`
+    /// when unknown.
     fn before_stmt(&mut self, code: u8, first: &mut Frame) -> Option<u32> {
         let id = self.session.map_stmt(first.payload_mut());
         if code != cmd::STMT_EXECUTE {
@@ -171,7 +172,8 @@ impl Relay {
         if let Some(payload) = rewritten {
             *first = Frame::new(0, &payload);
         }
-        if self.session.stmt_changes(id) {
+        if id.is_none() {
+            // forwarded as it is: the backend may run a statement the proxy does not know
             self.session.mark_changed();
         }
         id
@@ -209,34 +211,51 @@ impl Relay {
         Ok(last)
     }
 
-    /// The session's hook after a command: what the response says.
-    fn after(&mut self, kind: Kind, hook: Hook, first: &Frame) {
+    /// The session's hook after a command: what the response says. True when the server reset
+    /// the session.
+    fn after(&mut self, kind: Kind, hook: Hook, first: &Frame) -> bool {
         let (error, flags) = (self.tracker.error, self.tracker.status);
-        if !error || kind == Kind::Auth {
-            self.session.set_status(flags);
+        // the flags of the last OK or EOF the server sent, in this response or before it (an
+        // intermediate OK of a multi-statement query that then failed counts)
+        self.session.set_status(flags);
+        if matches!(kind, Kind::Query | Kind::Execute) {
+            self.session.statement_ended(error);
         }
         match hook {
-            Hook::Query(pending) => self.session.after_query(pending, error),
-            Hook::Execute(id) => self.session.stmt_executed(id, error, flags),
+            Hook::Query(pending) => {
+                let outcome = Outcome {
+                    error,
+                    results: self.tracker.results,
+                };
+                self.session.after_query(pending, outcome);
+            }
+            Hook::Execute(id) => {
+                self.session.stmt_executed(id, error, flags);
+                self.session.stmt_ran(id, error);
+            }
             Hook::Fetch(id) => self.session.stmt_fetched(id, error, flags),
             Hook::ResetStmt(id) => self.session.reset_stmt(id),
             Hook::LongData(id) => self.session.stmt_long_data(id),
             Hook::CloseStmt(id) => self.session.close_stmt(id),
-            Hook::ResetConnection if !error => self.session.reset(),
-            Hook::ChangeUser => self.after_change_user(first),
+            Hook::ResetConnection if !error => {
+                self.session.reset();
+                return true;
+            }
+            Hook::ChangeUser => return self.after_change_user(first),
             Hook::ResetConnection | Hook::Prepare(_) | Hook::Nothing => {}
         }
+        false
     }
 
     /// `COM_CHANGE_USER` let the client in as another user: the session starts over, and can
-    /// move only if that user has a usable entry in `mysql.users`.
-    fn after_change_user(&mut self, first: &Frame) {
+    /// move only if that user has a usable entry in `mysql.users`. True when it did.
+    fn after_change_user(&mut self, first: &Frame) -> bool {
         if !self.tracker.auth_ok {
-            return;
+            return false;
         }
         self.session.reset();
         let Some(login) = self.login.as_mut() else {
-            return;
+            return true;
         };
         let mut pos = 1;
         let user = String::from_utf8_lossy(get_cstr(first.payload(), &mut pos)).into_owned();
@@ -248,6 +267,7 @@ impl Relay {
             debug!(conn_id = self.id, user = %user, "changed user cannot move (no cleartext-derived secret)");
         }
         login.response.user = user;
+        true
     }
 
     /// Relays the response to a command whose last packet carried `last`. A prepare's OK gets
@@ -266,6 +286,7 @@ impl Relay {
                     let mut f = self.backend_frame().await?;
                     self.tracker.check_seq(&f).map_err(backend_err)?;
                     next = self.tracker.on_server(&f).map_err(backend_err)?;
+                    self.status_packet(&mut f);
                     if let Some(ok) = self.tracker.prepared {
                         if f.first() == marker::OK && !f.continued() {
                             if let Some(sql) = prepare_sql.take() {
@@ -304,9 +325,10 @@ impl Relay {
         self.backend.flush().await.map_err(backend_err)?;
         tokio::select! {
             f = self.backend.reader.frame() => {
-                let f = f.map_err(backend_err)?;
+                let mut f = f.map_err(backend_err)?;
                 self.tracker.check_seq(&f).map_err(backend_err)?;
                 let next = self.tracker.on_server(&f).map_err(backend_err)?;
+                self.status_packet(&mut f);
                 self.client.out.extend_from_slice(f.raw());
                 Ok(next)
             }

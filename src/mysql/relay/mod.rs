@@ -10,6 +10,7 @@
 mod command;
 mod login;
 mod moves;
+mod track;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +22,11 @@ use switchyard::wire::{
 use switchyard::{BackendInst, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
 use super::conn::Control;
-use super::session::Session;
+use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
 use crate::entry::Counted;
@@ -65,9 +66,20 @@ pub(super) enum BackendError {
     /// The old backend failed while the proxy read the session's state for a move.
     #[error(transparent)]
     Snapshot(#[from] QueryError),
+    /// The backend failed one of the proxy's own queries (session tracking, a transaction
+    /// check).
+    #[error("proxy query: {0}")]
+    Proxy(#[source] QueryError),
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
+}
+
+/// Counts and logs one redirect a session cannot follow now, and why: the one place reasons are
+/// counted (`switchyard_migrations_refused_total{reason}`). `detail` says more for the log.
+pub(super) fn pinned(conn_id: u64, to: &BackendInst, pin: Pin, detail: Option<&str>) {
+    crate::metrics::migration_refused(pin);
+    debug!(conn_id, to = %to.addr(), reason = pin.label(), waits = pin.waits(), detail, "session cannot move now");
 }
 
 /// A client-side read error: a close between packets is the client leaving, anything else a
@@ -128,6 +140,11 @@ pub(super) struct Relay {
     pub(super) ctrl: mpsc::UnboundedReceiver<Control>,
     /// A redirect waiting for the next safe point.
     pub(super) pending: Option<BackendInst>,
+    /// Why the pending redirect waits, once counted (each redirect counts a reason once).
+    pub(super) waiting: Option<Pin>,
+    /// The client asked for `CLIENT_SESSION_TRACK`: it gets the server's session-state
+    /// information unchanged; otherwise the proxy removes it.
+    pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
 }
@@ -162,6 +179,7 @@ impl Relay {
     fn on_control(&mut self, c: Option<Control>) {
         match c {
             Some(Control::Redirect(to)) => {
+                self.waiting = None;
                 if let Some(old) = self.pending.replace(to) {
                     self.failed(&old, "superseded by a newer redirect");
                 }
@@ -213,7 +231,8 @@ impl Relay {
                 _ = &mut down => return Err(backend_err(BackendError::ClosedInRawRelay)),
                 c = self.ctrl.recv() => match c {
                     Some(Control::Redirect(to)) => {
-                        info!(conn_id = self.id, to = %to.addr(), "redirect refused: raw relay");
+                        pinned(self.id, &to, crate::mysql::session::Pin::RawRelay, None);
+                        crate::metrics::migration(false, Duration::ZERO);
                         self.link.redirect_failed(to.addr());
                     }
                     Some(Control::Close) => return Err(End::Drained),

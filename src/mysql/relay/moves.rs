@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use switchyard::wire::{cmd, put_packet, HandshakeError, NativeSecret};
+use switchyard::wire::{caps, cmd, put_packet, HandshakeError, NativeSecret};
 use switchyard::BackendInst;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::info;
 
-use super::{backend_err, End, Relay};
+use super::{backend_err, pinned, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
-use crate::mysql::session::{self, Blocker, StateError};
+use crate::mysql::session::{self, Pin, StateError};
 
 /// Why a move did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,12 @@ impl Relay {
     /// Between two commands: closes a draining session, or moves to a pending redirect's
     /// target when the session allows it.
     pub(super) async fn at_safe_point(&mut self) -> Result<(), End> {
+        if self.closing && self.session.trx_unverified() {
+            // closing now would roll back a transaction a failed command may have begun
+            self.verify_transaction().await?;
+        }
         let blocker = self.session.blocker();
-        if self.closing && !matches!(blocker, Some(Blocker::Wait(_))) {
+        if self.closing && !blocker.is_some_and(Pin::waits) {
             return Err(End::Drained);
         }
         let Some(to) = self.pending.take() else {
@@ -58,33 +62,46 @@ impl Relay {
     }
 
     /// The redirect's target and the secret to log in there with, when the session can move
-    /// now. Otherwise the redirect waits (a transaction) or is refused, and `None`.
+    /// now. Otherwise the redirect waits or is refused ([`Relay::hold`]), and `None`.
     fn movable(
         &mut self,
         to: BackendInst,
-        blocker: Option<Blocker>,
+        blocker: Option<Pin>,
     ) -> Option<(BackendInst, NativeSecret)> {
-        match blocker {
-            Some(Blocker::Wait(why)) => {
-                debug!(conn_id = self.id, to = %to.addr(), why, "redirect waits for a safe point");
-                self.pending = Some(to);
-                return None;
-            }
-            Some(Blocker::Refuse(why)) => {
-                self.failed(&to, why);
-                return None;
-            }
-            None => {}
+        if let Some(pin) = blocker {
+            self.hold(to, pin);
+            return None;
         }
-        let Some(login) = self.login.as_ref() else {
-            self.failed(&to, "not logged in");
-            return None;
+        let secret = match self.login.as_ref().map(|l| l.secret) {
+            None => Err(Pin::NotLoggedIn),
+            Some(None) => Err(Pin::UnknownUser),
+            Some(Some(secret)) => Ok(secret),
         };
-        let Some(secret) = login.secret else {
-            self.failed(&to, "user has no usable entry in mysql.users");
-            return None;
-        };
-        Some((to, secret))
+        match secret {
+            Ok(secret) => Some((to, secret)),
+            Err(pin) => {
+                self.hold(to, pin);
+                None
+            }
+        }
+    }
+
+    /// A redirect the session cannot follow now because of `pin`: kept for the next safe point
+    /// when the state ends on its own (a transaction), refused otherwise (the router retries
+    /// after its back-off). Each redirect counts its reason once.
+    fn hold(&mut self, to: BackendInst, pin: Pin) {
+        let detail = self.session.unknown_because();
+        if pin.waits() {
+            if self.waiting != Some(pin) {
+                self.waiting = Some(pin);
+                pinned(self.id, &to, pin, detail);
+            }
+            self.pending = Some(to);
+            return;
+        }
+        self.waiting = None;
+        pinned(self.id, &to, pin, detail);
+        self.failed(&to, pin.label());
     }
 
     /// Moves to `to` and reports the outcome to the router.
@@ -92,6 +109,7 @@ impl Relay {
         let started = Instant::now();
         match self.migrate(&to, secret).await {
             Ok(target) => {
+                self.waiting = None;
                 let old = std::mem::replace(&mut self.backend, target);
                 crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
@@ -102,6 +120,14 @@ impl Relay {
             Err(MoveError::OldBackend(e)) => {
                 self.failed(&to, "old backend failed during snapshot");
                 Err(backend_err(e))
+            }
+            Err(MoveError::State(StateError::InTransaction)) => {
+                self.hold(to, Pin::InTransaction);
+                Ok(())
+            }
+            Err(MoveError::State(StateError::LockHeld)) => {
+                self.hold(to, Pin::UserLock);
+                Ok(())
             }
             Err(e) => {
                 if matches!(e, MoveError::State(_)) {
@@ -123,7 +149,9 @@ impl Relay {
         secret: NativeSecret,
     ) -> Result<Backend, MoveError> {
         let login = self.login.as_ref().ok_or(MoveError::NotLoggedIn)?;
-        let (response, negotiated) = (login.response.clone(), login.negotiated);
+        let (mut response, negotiated) = (login.response.clone(), login.negotiated);
+        // the proxy's own session tracking, whatever the client asked
+        response.caps |= caps::SESSION_TRACK;
         let limit = self.cfg.move_timeout;
         let connect_timeout = self.cfg.connect_timeout;
         let addr = to.addr().to_string();
@@ -142,22 +170,30 @@ impl Relay {
             target,
             session::snapshot(&mut self.backend, &mut self.session)
         );
-        let snap = snap.map_err(|e| match e {
-            StateError::Query {
-                source: e @ (QueryError::Packet(_) | QueryError::Shape(_)),
-                ..
-            } => MoveError::OldBackend(e),
-            e => MoveError::State(e),
-        })?;
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(e) => {
+                if let Ok(t) = target {
+                    quit(t);
+                }
+                return Err(match e {
+                    StateError::Query {
+                        source: e @ (QueryError::Packet(_) | QueryError::Shape(_)),
+                        ..
+                    } => MoveError::OldBackend(e),
+                    e => MoveError::State(e),
+                });
+            }
+        };
         let mut target = target?;
         let session = &self.session;
-        let ids = bounded(limit, async {
+        let restored = bounded(limit, async {
             session::restore(&mut target, session, &snap, negotiated)
                 .await
                 .map_err(MoveError::State)
         })
         .await?;
-        self.session.moved(snap, &ids);
+        self.session.moved(snap, &restored.ids, restored.tracking);
         Ok(target)
     }
 }

@@ -1,10 +1,13 @@
 //! Carrying a session: the snapshot read from the old backend at a safe point, and its restore
 //! on the target, each in as few round trips as possible (queries are pipelined).
 //!
-//! The server is the source of truth for what it can report: the changed session variables
-//! (`information_schema.SYSTEM_VARIABLES`, session value differing from global), the user
-//! variables (`information_schema.USER_VARIABLES`) and the current schema are read from the old
-//! backend, written to the target, and a digest query must then read the same on both. The
+//! The server is the source of truth for what it can report. Its first answer checks what the
+//! session must not leave behind: an open transaction (`@@in_transaction`) and named locks.
+//! The changed system variables are named by the server's session tracking ([`super::known`]),
+//! so their values come with the digest query; without tracking they are read from
+//! `information_schema.SYSTEM_VARIABLES` (session value differing from global). User variables
+//! come from `information_schema.USER_VARIABLES` when the session may have changed them. The
+//! state is written to the target, and the digest query must then read the same on both. The
 //! queries are MariaDB's (10.2+); on a MySQL backend the snapshot fails and the session stays.
 
 use std::fmt::Write as _;
@@ -40,6 +43,9 @@ pub enum StateError {
     /// A named lock is still held.
     #[error("GET_LOCK held")]
     LockHeld,
+    /// The server says a transaction is open (after a failed command left it unverified).
+    #[error("transaction open")]
+    InTransaction,
 }
 
 /// A changed session variable.
@@ -47,7 +53,8 @@ pub enum StateError {
 pub struct SysVar {
     /// Lower-cased name.
     pub name: String,
-    /// `VARIABLE_TYPE` of `information_schema.SYSTEM_VARIABLES`.
+    /// `VARIABLE_TYPE` of `information_schema.SYSTEM_VARIABLES`; empty when the variable is known
+    /// from the server's session tracking (its value then decides how it is quoted).
     pub ty: String,
     /// Session value (`None` for NULL).
     pub value: Option<String>,
@@ -86,6 +93,21 @@ const NOT_RESTORED: &[&str] = &[
     "warning_count",
     "error_count",
 ];
+
+/// The proxy's own settings ([`TRACKING_SQL`]): set on every backend by the proxy, never carried.
+const PROXY_OWNED_PREFIX: &str = "session_track_";
+
+/// The proxy's session-tracking settings, sent after every login (the client's and a move's)
+/// and after a reset, with `CLIENT_SESSION_TRACK` negotiated: the server then reports in OK
+/// packets every system variable and schema change and the transaction state.
+pub const TRACKING_SQL: &str = "SET SESSION session_track_system_variables = '*', \
+     session_track_schema = ON, session_track_state_change = ON, \
+     session_track_transaction_info = 'STATE'";
+
+/// Whether a move carries system variable `name` (lower-cased).
+pub fn restorable(name: &str) -> bool {
+    !NOT_RESTORED.contains(&name) && !name.starts_with(PROXY_OWNED_PREFIX)
+}
 
 const SYSVARS_SQL: &str = "SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
      FROM information_schema.SYSTEM_VARIABLES WHERE VARIABLE_SCOPE = 'SESSION' \
@@ -126,6 +148,14 @@ fn is_number(v: &str) -> bool {
 }
 
 impl Snapshot {
+    /// Takes the system variables' values from the digest row (read on the old backend), for
+    /// variables known by name only.
+    fn sysvar_values_from_digest(&mut self) {
+        for (i, v) in self.sysvars.iter_mut().enumerate() {
+            v.value = text(self.digest.get(1 + i).unwrap_or(&None));
+        }
+    }
+
     /// The state right after a login: nothing to restore; the digest checks the schema.
     pub fn login_defaults() -> Self {
         Self {
@@ -154,14 +184,12 @@ async fn answers(
     Ok(out)
 }
 
-/// `SELECT IS_USED_LOCK('a') <=> CONNECTION_ID(), …`.
-fn lock_check_sql(names: &[String]) -> String {
-    let mut sql = String::from("SELECT ");
-    for (i, n) in names.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("IS_USED_LOCK(");
+/// `SELECT @@in_transaction, IS_USED_LOCK('a') <=> CONNECTION_ID(), …`: what the session must
+/// not leave behind.
+fn check_sql(names: &[String]) -> String {
+    let mut sql = String::from("SELECT @@in_transaction");
+    for n in names {
+        sql.push_str(", IS_USED_LOCK(");
         quote_str(&mut sql, n);
         sql.push_str(") <=> CONNECTION_ID()");
     }
@@ -169,50 +197,78 @@ fn lock_check_sql(names: &[String]) -> String {
 }
 
 /// Reads the session's state from `b` (at a safe point), in as few round trips as it can: one
-/// when the session has not changed carried state since its login or last move (the digest of
-/// the carried state, read fresh: it also supplies string user variables' values), two
-/// otherwise (session and user variables from `information_schema`, then their digest).
-/// Named locks are checked in the first round trip.
+/// when it needs nothing from `information_schema` (the server named every changed system
+/// variable, or nothing changed, and user variables did not change: the digest of the known
+/// state supplies the values), two otherwise (the variables, then their digest). The first
+/// round trip also checks for an open transaction and held named locks.
 pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, StateError> {
     let names: Vec<String> = s.named_locks().iter().cloned().collect();
+    let plan = s.plan();
     let mut seqs = Vec::with_capacity(3);
-    if !names.is_empty() {
-        seqs.push(b.send_query(&lock_check_sql(&names)));
+    seqs.push(b.send_query(&check_sql(&names)));
+    if plan.read_sysvars {
+        seqs.push(b.send_query(SYSVARS_SQL));
     }
-    let carried = s.unchanged_state();
-    match &carried {
-        Some(c) => seqs.push(b.send_query(&c.digest_sql)),
-        None => {
-            seqs.push(b.send_query(SYSVARS_SQL));
-            seqs.push(b.send_query(USERVARS_SQL));
-        }
+    if plan.read_uservars {
+        seqs.push(b.send_query(USERVARS_SQL));
+    }
+    let known_digest = (!plan.read_sysvars && !plan.read_uservars)
+        .then(|| digest_sql(&plan.sysvars, &plan.uservars));
+    if let Some(sql) = &known_digest {
+        seqs.push(b.send_query(sql));
     }
     let got = answers(b, &seqs).await.map_err(step("snapshot"))?;
     let mut got = got.into_iter();
     let mut next = |name| got.next().unwrap_or(Ok(Vec::new())).map_err(step(name));
-    if !names.is_empty() {
-        let row = first_row(next("lock check")?);
-        for (n, v) in names.iter().zip(row) {
-            if v.as_deref() == Some(b"1") {
-                return Err(StateError::LockHeld);
-            }
-            s.release_named_lock(n);
+    check(s, &names, &first_row(next("check")?))?;
+    let sysvars = match plan.read_sysvars {
+        true => sysvars_from(&next("session variables")?),
+        false => plan.sysvars,
+    };
+    let uservars = match plan.read_uservars {
+        true => uservars_from(&next("user variables")?),
+        false => plan.uservars,
+    };
+    let (digest_sql, digest) = match known_digest {
+        Some(sql) => {
+            let row = first_row(next("digest")?);
+            (sql, row)
         }
-    }
-    if let Some(mut snap) = carried {
-        snap.digest = first_row(next("digest")?);
-        return Ok(snap);
-    }
-    let sysvars = sysvars_from(&next("session variables")?);
-    let uservars = uservars_from(&next("user variables")?);
-    let digest_sql = digest_sql(&sysvars, &uservars);
-    let digest = first_row(b.query(&digest_sql).await.map_err(step("digest"))?);
-    Ok(Snapshot {
+        None => {
+            let sql = digest_sql(&sysvars, &uservars);
+            let row = first_row(b.query(&sql).await.map_err(step("digest"))?);
+            (sql, row)
+        }
+    };
+    let mut snap = Snapshot {
         sysvars,
         uservars,
         digest_sql,
         digest,
-    })
+    };
+    if !plan.read_sysvars {
+        snap.sysvar_values_from_digest();
+    }
+    Ok(snap)
+}
+
+/// Reads the check row ([`check_sql`]): an open transaction keeps the session (it waits), a
+/// held named lock refuses the move; named locks no longer held are forgotten.
+fn check(s: &mut Session, names: &[String], row: &[Option<Vec<u8>>]) -> Result<(), StateError> {
+    let in_transaction = row.first().cloned().flatten().as_deref() != Some(b"0");
+    if in_transaction || s.trx_unverified() {
+        s.verified(in_transaction);
+    }
+    if in_transaction {
+        return Err(StateError::InTransaction);
+    }
+    for (n, v) in names.iter().zip(row.iter().skip(1)) {
+        if v.as_deref() == Some(b"1") {
+            return Err(StateError::LockHeld);
+        }
+        s.release_named_lock(n);
+    }
+    Ok(())
 }
 
 /// Names the step a query failure happened in.
@@ -228,7 +284,7 @@ fn first_row(rows: Rows) -> Vec<Option<Vec<u8>>> {
 /// The changed session variables from [`SYSVARS_SQL`]'s rows, in the order they must be set:
 /// character sets before collations (setting one resets the other), the rest after.
 fn sysvars_from(rows: &Rows) -> Vec<SysVar> {
-    let mut sysvars: Vec<SysVar> = rows
+    let vars = rows
         .iter()
         .filter_map(|r| {
             Some(SysVar {
@@ -237,8 +293,14 @@ fn sysvars_from(rows: &Rows) -> Vec<SysVar> {
                 value: text(r.get(2)?),
             })
         })
-        .filter(|v| !NOT_RESTORED.contains(&v.name.as_str()))
         .collect();
+    in_restore_order(vars)
+}
+
+/// `vars` without those a move never carries, character sets first, then collations, then the
+/// rest by name.
+pub fn in_restore_order(vars: Vec<SysVar>) -> Vec<SysVar> {
+    let mut sysvars: Vec<SysVar> = vars.into_iter().filter(|v| restorable(&v.name)).collect();
     sysvars.sort_by_key(|v| {
         (
             !v.name.starts_with("character_set"),
@@ -304,7 +366,10 @@ pub fn sysvars_sql(vars: &[SysVar]) -> Option<String> {
         sql.push_str(" = ");
         match &v.value {
             None => sql.push_str("NULL"),
-            Some(val) if (v.ty.contains("INT") || v.ty == "DOUBLE") && is_number(val) => {
+            Some(val)
+                if (v.ty.contains("INT") || v.ty == "DOUBLE" || v.ty.is_empty())
+                    && is_number(val) =>
+            {
                 sql.push_str(val)
             }
             Some(val) => quote_str(&mut sql, val),
@@ -362,16 +427,26 @@ pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
     Some(sql)
 }
 
-/// Writes the snapshot, the SQL prepared statements and the binary ones to the target, and
-/// checks the digest — all in one round trip (the commands are pipelined; the target is thrown
-/// away on any failure, so nothing is read past the first one). Returns the binary statements'
-/// new ids as (client id, target id).
+/// What a restore set up on the target.
+#[derive(Debug)]
+pub struct Restored {
+    /// The binary statements' new ids, as (client id, target id).
+    pub ids: Vec<(u32, u32)>,
+    /// The target tracks the session for the proxy ([`TRACKING_SQL`] was accepted).
+    pub tracking: bool,
+}
+
+/// Turns session tracking on (when the target negotiated it), writes the snapshot, the SQL
+/// prepared statements and the binary ones to the target, and checks the digest — all in one
+/// round trip (the commands are pipelined; the target is thrown away on any failure, so nothing
+/// is read past the first one).
 pub async fn restore(
     b: &mut Backend,
     s: &Session,
     snap: &Snapshot,
     negotiated: u32,
-) -> Result<Vec<(u32, u32)>, StateError> {
+) -> Result<Restored, StateError> {
+    let tracking_seq = b.session_track.then(|| b.send_query(TRACKING_SQL));
     let mut steps = Vec::with_capacity(4);
     if let Some(Some(db)) = snap.digest.first() {
         steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
@@ -390,6 +465,15 @@ pub async fn restore(
         .stmts()
         .map(|(id, st)| (id, st, b.send_command(cmd::STMT_PREPARE, &st.sql)))
         .collect();
+    let tracking = match tracking_seq {
+        Some(seq) => match b.read_answer(seq).await {
+            Ok(_) => true,
+            // a server without these variables: the session moves, untracked
+            Err(QueryError::Server(_)) => false,
+            Err(e) => return Err(step("session tracking")(e)),
+        },
+        None => false,
+    };
     for (name, seq) in steps {
         b.read_answer(seq).await.map_err(step(name))?;
     }
@@ -413,7 +497,7 @@ pub async fn restore(
         }
         ids.push((client_id, ok.stmt_id));
     }
-    Ok(ids)
+    Ok(Restored { ids, tracking })
 }
 
 #[cfg(test)]

@@ -2,9 +2,14 @@
 //! report (temporary tables, `GET_LOCK`, `LOCK TABLES`, `PREPARE`, `HANDLER`, XA), and whether it
 //! may change state a move carries (variables, schema).
 //!
-//! Conservative by design: a statement it cannot read counts as a change, and the scan runs on
-//! hostile bytes, so it never indexes without a check. One statement with an uninteresting first
-//! word (the common case) is decided after lexing one token.
+//! Conservative by design: a statement it cannot read counts as a change, one it cannot see
+//! into (`CALL`, a compound statement) is *opaque*, and nothing inside a routine definition
+//! counts, since it does not run now. Effects are kept per statement, so that after a failed
+//! multi-statement query the session applies only those of the statements that ran. The scan
+//! runs on hostile bytes ([`super::lex`]). One statement with a plain first word (the common
+//! case) is decided after lexing one token.
+
+use super::lex::{cheap_contains, name_at, statements, word, Lexer, Tok};
 
 /// An effect a statement has on untracked session state, applied when its response is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,220 +38,114 @@ pub enum Effect {
     XaStart,
     /// `XA COMMIT` / `XA ROLLBACK`.
     XaEnd,
+    /// `EXECUTE name`: the effects of the statement prepared under that name.
+    Execute(String),
+    /// `SET ROLE name` (`false`: `SET ROLE NONE`).
+    SetRole(bool),
+    /// `BACKUP STAGE …` / `BACKUP LOCK t` (`true`), `BACKUP STAGE END` / `BACKUP UNLOCK`.
+    BackupLock(bool),
+}
+
+/// How far the scan can see into one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Its effects are all in its text.
+    #[default]
+    Plain,
+    /// It runs code the scan cannot see (`CALL`, a compound statement, `EXECUTE IMMEDIATE` of a
+    /// computed text): it may have changed anything.
+    Opaque,
+    /// It defines a routine, trigger, event or view: nothing in it runs now, and the rest of
+    /// the query may be its body.
+    Definition,
+}
+
+/// One statement of a query: what it does, as far as the scan can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Part {
+    /// Its effects on untracked state.
+    pub(super) effects: Vec<Effect>,
+    /// How far the scan saw into it.
+    pub(super) kind: Kind,
 }
 
 /// Effects of one client query, waiting for its response.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
-    pub(super) effects: Vec<Effect>,
-    pub(super) statements: usize,
+    /// Its statements, in order.
+    pub(super) parts: Vec<Part>,
     /// Some statement may change carried state (session or user variables, schema).
     pub(super) changes: bool,
+    /// Some statement may change user variables (which the server does not report).
+    pub(super) uservars: bool,
+    /// The text names the `session_track_*` variables, through which the server reports the
+    /// session's state to the proxy.
+    pub(super) tracking: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    /// Keyword or identifier, upper-cased when unquoted; backquoted names keep their case.
-    Word(String, bool),
-    Str(Vec<u8>),
-    Var,
-    Punct(u8),
-}
-
-/// A conservative tokenizer: comments skipped (executable comments read as code), quoted
-/// strings and names unquoted, everything else one byte at a time. Every read is checked, and
-/// every step moves forward or stops at the end, so no input can make it panic or loop.
-struct Lexer<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-impl<'a> Lexer<'a> {
-    fn new(s: &'a [u8]) -> Self {
-        Self { s, i: 0 }
-    }
-
-    /// The byte `ahead` places past the current one.
-    fn peek(&self, ahead: usize) -> Option<u8> {
-        self.s.get(self.i.checked_add(ahead)?).copied()
-    }
-
-    /// Moves `n` bytes on, never past the end.
-    fn bump(&mut self, n: usize) {
-        self.i = self.i.saturating_add(n).min(self.s.len());
-    }
-
-    fn skip_while(&mut self, f: impl Fn(u8) -> bool) {
-        while self.peek(0).is_some_and(&f) {
-            self.bump(1);
-        }
-    }
-
-    fn skip_space(&mut self) {
-        while let Some(c) = self.peek(0) {
-            if c.is_ascii_whitespace() {
-                self.bump(1);
-            } else if c == b'#'
-                || (c == b'-'
-                    && self.peek(1) == Some(b'-')
-                    && self.peek(2).is_none_or(|c| c.is_ascii_whitespace()))
-            {
-                self.skip_while(|c| c != b'\n');
-            } else if c == b'/' && self.peek(1) == Some(b'*') {
-                if self.peek(2) == Some(b'!') {
-                    // executable comment: its contents are code
-                    self.bump(3);
-                    self.skip_while(|c| c.is_ascii_digit());
-                } else if self.peek(2) == Some(b'M') && self.peek(3) == Some(b'!') {
-                    self.bump(4);
-                    self.skip_while(|c| c.is_ascii_digit());
-                } else {
-                    self.bump(2);
-                    while self.peek(0).is_some()
-                        && !(self.peek(0) == Some(b'*') && self.peek(1) == Some(b'/'))
-                    {
-                        self.bump(1);
-                    }
-                    self.bump(2);
-                }
-            } else if c == b'*' && self.peek(1) == Some(b'/') {
-                // end of an executable comment
-                self.bump(2);
-            } else {
-                return;
-            }
-        }
-    }
-
-    /// The next token and where it starts.
-    fn next_tok(&mut self) -> Option<(Tok, usize)> {
-        self.skip_space();
-        let start = self.i;
-        let c = self.peek(0)?;
-        let tok = if is_word(c) {
-            self.skip_while(is_word);
-            let w = self.s.get(start..self.i).unwrap_or_default();
-            Tok::Word(String::from_utf8_lossy(w).to_ascii_uppercase(), false)
-        } else if c == b'`' {
-            Tok::Word(
-                String::from_utf8_lossy(&self.quoted(b'`')).into_owned(),
-                true,
-            )
-        } else if c == b'\'' || c == b'"' {
-            Tok::Str(self.quoted(c))
-        } else if c == b'@' && self.peek(1) != Some(b'@') {
-            self.bump(1);
-            match self.peek(0) {
-                Some(q @ (b'`' | b'\'' | b'"')) => {
-                    self.quoted(q);
-                }
-                _ => self.skip_while(|c| is_word(c) || c == b'.'),
-            }
-            Tok::Var
-        } else {
-            self.bump(1);
-            Tok::Punct(c)
-        };
-        Some((tok, start))
-    }
-
-    /// A quoted token's contents (escapes resolved roughly: enough for names). An unterminated
-    /// one runs to the end of the text.
-    fn quoted(&mut self, q: u8) -> Vec<u8> {
-        self.bump(1);
-        let mut out = Vec::new();
-        while let Some(c) = self.peek(0) {
-            if c == b'\\' && q != b'`' {
-                // a backslash at the very end escapes nothing (issue 9: `;'\` once stepped
-                // past the end here)
-                out.extend(self.peek(1));
-                self.bump(2);
-            } else if c == q {
-                if self.peek(1) == Some(q) {
-                    out.push(q);
-                    self.bump(2);
-                } else {
-                    self.bump(1);
-                    return out;
-                }
-            } else {
-                out.push(c);
-                self.bump(1);
-            }
-        }
-        out
+impl Pending {
+    /// Whether any statement is opaque.
+    pub fn opaque(&self) -> bool {
+        self.parts.iter().any(|p| p.kind == Kind::Opaque)
     }
 }
 
-/// Splits a query into statements: tokens and the byte range of each statement.
-fn statements(sql: &[u8]) -> Vec<(Vec<Tok>, std::ops::Range<usize>)> {
-    let mut out = Vec::new();
-    let mut lx = Lexer::new(sql);
-    let mut toks = Vec::new();
-    let mut start = None;
-    let mut end = 0;
-    while let Some((t, at)) = lx.next_tok() {
-        if t == Tok::Punct(b';') {
-            if let Some(s) = start.take() {
-                out.push((std::mem::take(&mut toks), s..end));
-            }
-            continue;
-        }
-        start.get_or_insert(at);
-        toks.push(t);
-        end = lx.i;
-    }
-    if let Some(s) = start {
-        out.push((toks, s..end));
-    }
-    out
-}
-
-fn word(t: Option<&Tok>) -> Option<&str> {
-    match t {
-        Some(Tok::Word(w, false)) => Some(w.as_str()),
-        _ => None,
-    }
-}
-
-/// A possibly qualified name starting at `toks[i]`, lower-cased; returns it and the index after.
-fn name_at(toks: &[Tok], i: usize) -> Option<(String, usize)> {
-    let mut i = i;
-    let mut last;
-    loop {
-        last = match toks.get(i)? {
-            Tok::Word(w, _) => w.to_ascii_lowercase(),
-            _ => return None,
-        };
-        i += 1;
-        if toks.get(i) == Some(&Tok::Punct(b'.')) {
-            i += 1;
-            continue;
-        }
-        return Some((last, i));
-    }
-}
-
-fn cheap_contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
+/// First words of statements that may have effects: never decided on the fast path.
 const FIRST_WORDS: &[&str] = &[
     "CREATE",
+    "ALTER",
     "DROP",
     "LOCK",
     "UNLOCK",
     "FLUSH",
     "PREPARE",
     "DEALLOCATE",
+    "EXECUTE",
     "HANDLER",
     "XA",
+    "SET",
+    "BACKUP",
 ];
+
+/// First words of compound statements, which MariaDB runs outside stored programs too.
+const COMPOUND_FIRST_WORDS: &[&str] = &["IF", "CASE", "LOOP", "WHILE", "REPEAT", "FOR", "DECLARE"];
+
+/// What a `CREATE`/`ALTER` may define whose body does not run now.
+const DEFINED: &[&str] = &[
+    "PROCEDURE",
+    "FUNCTION",
+    "TRIGGER",
+    "EVENT",
+    "PACKAGE",
+    "VIEW",
+];
+
+/// Words that may stand between `CREATE`/`ALTER` and what it defines.
+const DEFINITION_PREFIX: &[&str] = &[
+    "OR",
+    "REPLACE",
+    "AGGREGATE",
+    "SQL",
+    "SECURITY",
+    "DEFINER",
+    "INVOKER",
+    "ALGORITHM",
+    "UNDEFINED",
+    "MERGE",
+    "TEMPTABLE",
+    "CURRENT_USER",
+    "CURRENT_ROLE",
+    "IF",
+    "NOT",
+    "EXISTS",
+];
+
+/// Tokens looked at after `CREATE`/`ALTER` for what it defines.
+const DEFINITION_LOOKAHEAD: usize = 12;
+
+/// How deep `EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE …'` is followed before the statement counts
+/// as opaque.
+const MAX_NESTING: usize = 4;
 
 /// Statements that cannot change session or user variables or the current schema when their
 /// text neither assigns (`:=`) nor selects `INTO @var`. Anything else (`SET`, `USE`, `CALL`,
@@ -333,60 +232,193 @@ fn first_word(toks: &[Tok]) -> Option<&str> {
 /// The effects of a query text on state the server does not report, and whether it may change
 /// state a move carries.
 pub fn analyze(sql: &[u8]) -> Pending {
-    // fast path: one statement whose first word is not interesting and no lock functions
-    let has_semicolon = sql.contains(&b';');
+    analyze_nested(sql, 0)
+}
+
+/// The text a `PREPARE name FROM '…'` statement prepares, scanned: what an `EXECUTE name` does.
+/// `None` when the statement is not one (then `EXECUTE` runs an unknown text).
+pub fn analyze_prepared(statement: &[u8]) -> Option<Pending> {
+    let toks: Vec<Tok> = {
+        let mut lx = Lexer::new(statement);
+        std::iter::from_fn(|| lx.next_tok().map(|(t, _)| t)).collect()
+    };
+    let (_, i) = name_at(&toks, 1)?;
+    match (word(toks.get(i)), toks.get(i + 1)) {
+        (Some("FROM"), Some(Tok::Str(text))) => Some(analyze(text)),
+        _ => None,
+    }
+}
+
+fn analyze_nested(sql: &[u8], depth: usize) -> Pending {
+    let tracking = cheap_contains(sql, b"session_track");
     let has_lock_fn = cheap_contains(sql, b"get_lock") || cheap_contains(sql, b"release_all_locks");
-    if !has_semicolon && !has_lock_fn {
-        let mut lx = Lexer::new(sql);
-        let mut first = lx.next_tok();
-        while let Some((Tok::Punct(b'('), _)) = first {
-            first = lx.next_tok();
-        }
-        match first {
-            Some((Tok::Word(w, false), _)) if FIRST_WORDS.contains(&w.as_str()) => {}
-            first => {
-                let first = match &first {
-                    Some((Tok::Word(w, false), _)) => Some(w.as_str()),
-                    Some(_) => Some(""),
-                    None => None,
-                };
-                return Pending {
-                    effects: Vec::new(),
-                    statements: 1,
-                    changes: statement_changes(first, sql),
-                };
-            }
+    if !sql.contains(&b';') && !has_lock_fn {
+        if let Some(p) = fast_path(sql, tracking) {
+            return p;
         }
     }
     let stmts = statements(sql);
     let mut p = Pending {
-        effects: Vec::new(),
-        statements: stmts.len(),
-        changes: false,
+        tracking,
+        ..Pending::default()
     };
     for (toks, range) in &stmts {
         let text = sql.get(range.clone()).unwrap_or_default();
-        p.changes |= statement_changes(Some(first_word(toks).unwrap_or("")), text);
-        statement_effects(toks, text, &mut p.effects);
-        if has_lock_fn {
-            for (i, t) in toks.iter().enumerate() {
-                match word(Some(t)) {
-                    Some("GET_LOCK") if toks.get(i + 1) == Some(&Tok::Punct(b'(')) => {
-                        let name = match (toks.get(i + 2), toks.get(i + 3)) {
-                            (Some(Tok::Str(n)), Some(Tok::Punct(b','))) => {
-                                Some(String::from_utf8_lossy(n).into_owned())
-                            }
-                            _ => None,
-                        };
-                        p.effects.push(Effect::GetLock(name));
-                    }
-                    Some("RELEASE_ALL_LOCKS") => p.effects.push(Effect::ReleaseAllLocks),
-                    _ => {}
-                }
-            }
+        let first = Some(first_word(toks).unwrap_or(""));
+        let changes = statement_changes(first, text);
+        p.changes |= changes;
+        p.uservars |= changes && may_set_user_variables(first, text);
+        let mut part = Part {
+            effects: Vec::new(),
+            kind: statement_kind(toks),
+        };
+        if part.kind == Kind::Definition {
+            p.parts.push(part);
+            continue;
         }
+        statement_effects(toks, text, &mut part.effects);
+        if word(toks.first()) == Some("EXECUTE") && word(toks.get(1)) == Some("IMMEDIATE") {
+            execute_immediate(toks, depth, &mut part);
+        }
+        if has_lock_fn {
+            lock_functions(toks, &mut part.effects);
+        }
+        p.parts.push(part);
     }
     p
+}
+
+/// One statement whose first word says it has no effects and runs no hidden code: decided
+/// after one token. `None` sends the text to the full scan.
+fn fast_path(sql: &[u8], tracking: bool) -> Option<Pending> {
+    let mut lx = Lexer::new(sql);
+    let mut first = lx.next_tok();
+    while let Some((Tok::Punct(b'('), _)) = first {
+        first = lx.next_tok();
+    }
+    let first = match &first {
+        Some((Tok::Word(w, false), _)) => w.as_str(),
+        Some(_) => "",
+        None => {
+            return Some(Pending {
+                tracking,
+                ..Pending::default()
+            })
+        }
+    };
+    let plain = STATELESS_FIRST_WORDS.contains(&first)
+        && !FIRST_WORDS.contains(&first)
+        && (first != "BEGIN" || plain_begin(sql));
+    if !plain {
+        return None;
+    }
+    let changes = statement_changes(Some(first), sql);
+    Some(Pending {
+        parts: vec![Part::default()],
+        changes,
+        uservars: changes,
+        tracking,
+    })
+}
+
+/// Whether a statement that may change carried state may change user variables: all but `SET`
+/// of system variables only, `USE`, and the like.
+fn may_set_user_variables(first: Option<&str>, text: &[u8]) -> bool {
+    !matches!(
+        first,
+        Some("SET" | "USE" | "DROP" | "PREPARE" | "DEALLOCATE")
+    ) || has_user_variable(text)
+}
+
+/// A `@name` (not `@@name`) anywhere in the text, strings included.
+fn has_user_variable(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, &c)| {
+        c == b'@' && text.get(i + 1) != Some(&b'@') && (i == 0 || text.get(i - 1) != Some(&b'@'))
+    })
+}
+
+/// How far the scan sees into a statement (see [`Kind`]).
+fn statement_kind(toks: &[Tok]) -> Kind {
+    let Some(first) = first_word(toks) else {
+        return Kind::Plain;
+    };
+    let labelled = toks.get(1) == Some(&Tok::Punct(b':'));
+    let compound =
+        COMPOUND_FIRST_WORDS.contains(&first) || (first == "BEGIN" && !plain_begin_toks(toks));
+    if first == "CALL" || compound || labelled {
+        return Kind::Opaque;
+    }
+    if matches!(first, "CREATE" | "ALTER") && defines_code(toks) {
+        return Kind::Definition;
+    }
+    Kind::Plain
+}
+
+/// `BEGIN` or `BEGIN WORK` as tokens.
+fn plain_begin_toks(toks: &[Tok]) -> bool {
+    match toks.get(1) {
+        None => true,
+        Some(Tok::Word(w, false)) if w == "WORK" => toks.len() == 2,
+        Some(_) => false,
+    }
+}
+
+/// Whether a `CREATE`/`ALTER` defines a routine, trigger, event or view: the defined word comes
+/// right after the optional `OR REPLACE`, `DEFINER = user`, `SQL SECURITY …`, `ALGORITHM = …`.
+fn defines_code(toks: &[Tok]) -> bool {
+    let mut i = 1;
+    while i < DEFINITION_LOOKAHEAD.min(toks.len()) {
+        match toks.get(i) {
+            Some(Tok::Word(w, false)) if DEFINED.contains(&w.as_str()) => return true,
+            Some(Tok::Word(w, false)) if w == "DEFINER" => {
+                // DEFINER = user[@host]: the user may be any word or string
+                i += 2;
+                if toks.get(i + 1) == Some(&Tok::Var) {
+                    i += 1;
+                }
+            }
+            Some(Tok::Word(w, false)) if DEFINITION_PREFIX.contains(&w.as_str()) => {}
+            Some(Tok::Punct(b'=' | b'(' | b')')) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    false
+}
+
+/// `EXECUTE IMMEDIATE 'text'`: the effects of the text; a computed text is opaque.
+fn execute_immediate(toks: &[Tok], depth: usize, part: &mut Part) {
+    let inner = match toks.get(2) {
+        Some(Tok::Str(text)) if depth < MAX_NESTING => analyze_nested(text, depth + 1),
+        _ => {
+            part.kind = Kind::Opaque;
+            return;
+        }
+    };
+    match inner.parts.as_slice() {
+        [one] if one.kind == Kind::Plain => part.effects.extend(one.effects.iter().cloned()),
+        [] => {}
+        _ => part.kind = Kind::Opaque,
+    }
+}
+
+/// `GET_LOCK('name', …)` and `RELEASE_ALL_LOCKS()` anywhere in a statement.
+fn lock_functions(toks: &[Tok], out: &mut Vec<Effect>) {
+    for (i, t) in toks.iter().enumerate() {
+        match word(Some(t)) {
+            Some("GET_LOCK") if toks.get(i + 1) == Some(&Tok::Punct(b'(')) => {
+                let name = match (toks.get(i + 2), toks.get(i + 3)) {
+                    (Some(Tok::Str(n)), Some(Tok::Punct(b','))) => {
+                        Some(String::from_utf8_lossy(n).into_owned())
+                    }
+                    _ => None,
+                };
+                out.push(Effect::GetLock(name));
+            }
+            Some("RELEASE_ALL_LOCKS") => out.push(Effect::ReleaseAllLocks),
+            _ => {}
+        }
+    }
 }
 
 fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
@@ -439,7 +471,12 @@ fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
         Some("UNLOCK") if matches!(w(1), Some("TABLE" | "TABLES")) => {
             out.push(Effect::UnlockTables)
         }
-        Some("FLUSH") if toks.iter().any(|t| word(Some(t)) == Some("LOCK")) => {
+        // FLUSH TABLES … WITH READ LOCK / FOR EXPORT hold locks until UNLOCK TABLES
+        Some("FLUSH")
+            if toks
+                .iter()
+                .any(|t| matches!(word(Some(t)), Some("LOCK" | "EXPORT"))) =>
+        {
             out.push(Effect::LockTables)
         }
         Some("PREPARE") => {
@@ -471,6 +508,20 @@ fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
             Some("COMMIT" | "ROLLBACK") => out.push(Effect::XaEnd),
             _ => {}
         },
+        Some("EXECUTE") if w(1) != Some("IMMEDIATE") => {
+            if let Some((name, _)) = name_at(toks, 1) {
+                out.push(Effect::Execute(name));
+            }
+        }
+        Some("SET") if w(1) == Some("ROLE") => out.push(Effect::SetRole(w(2) != Some("NONE"))),
+        // BACKUP STAGE …/BACKUP LOCK t hold locks until BACKUP STAGE END/BACKUP UNLOCK
+        Some("BACKUP") => match (w(1), w(2)) {
+            (Some("STAGE"), Some("END")) | (Some("UNLOCK"), _) => {
+                out.push(Effect::BackupLock(false))
+            }
+            (Some("STAGE" | "LOCK"), _) => out.push(Effect::BackupLock(true)),
+            _ => {}
+        },
         _ => {}
     }
 }
@@ -480,7 +531,11 @@ mod tests {
     use super::*;
 
     fn effects(sql: &str) -> Vec<Effect> {
-        analyze(sql.as_bytes()).effects
+        analyze(sql.as_bytes())
+            .parts
+            .into_iter()
+            .flat_map(|p| p.effects)
+            .collect()
     }
 
     #[test]
@@ -488,7 +543,7 @@ mod tests {
         // issue 9, observation 1: `;'\` and friends panicked the session task
         for sql in [&b";'\\"[..], b"CREATE '\\", b"SELECT GET_LOCK('\\"] {
             let p = analyze(sql);
-            assert_eq!(p.statements, 1, "{:?}", String::from_utf8_lossy(sql));
+            assert_eq!(p.parts.len(), 1, "{:?}", String::from_utf8_lossy(sql));
         }
     }
 
@@ -538,10 +593,10 @@ mod tests {
     #[test]
     fn multi_statements_and_executable_comments_are_scanned() {
         let p = analyze(b"SELECT 1; /*!40000 LOCK TABLES t READ */; PREPARE a FROM 'x;y'");
-        assert_eq!(p.statements, 3);
-        assert_eq!(p.effects[0], Effect::LockTables);
+        assert_eq!(p.parts.len(), 3);
+        assert_eq!(p.parts[1].effects, [Effect::LockTables]);
         assert_eq!(
-            p.effects[1],
+            p.parts[2].effects[0],
             Effect::Prepare("a".into(), Some(b"PREPARE a FROM 'x;y'".to_vec()))
         );
     }
@@ -585,6 +640,119 @@ mod tests {
     }
 
     #[test]
+    fn routine_definitions_have_no_effects_and_say_so() {
+        let kinds = |sql: &str| -> Vec<Kind> {
+            analyze(sql.as_bytes())
+                .parts
+                .iter()
+                .map(|p| p.kind)
+                .collect()
+        };
+        for sql in [
+            "CREATE PROCEDURE p() DO RELEASE_ALL_LOCKS()",
+            "create or replace definer = app@localhost procedure p() select 1",
+            "CREATE DEFINER='a'@'%' FUNCTION f() RETURNS INT RETURN GET_LOCK('x', 0)",
+            "CREATE DEFINER=CURRENT_USER TRIGGER t BEFORE INSERT ON x FOR EACH ROW SET @a = 1",
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO DROP TEMPORARY TABLE t",
+            "ALTER EVENT e DO UNLOCK TABLES",
+            "CREATE ALGORITHM = MERGE SQL SECURITY INVOKER VIEW v AS SELECT RELEASE_ALL_LOCKS()",
+        ] {
+            let p = analyze(sql.as_bytes());
+            assert_eq!(kinds(sql), [Kind::Definition], "{sql}");
+            assert!(p.parts[0].effects.is_empty(), "{sql}");
+        }
+        let body = "CREATE PROCEDURE p() BEGIN DO RELEASE_ALL_LOCKS(); UNLOCK TABLES; END";
+        assert_eq!(
+            kinds(body),
+            [Kind::Definition, Kind::Plain, Kind::Plain],
+            "the scan splits the body; the session places it by the server's answer"
+        );
+        // tables named like what a routine definition defines are still tables
+        assert_eq!(
+            effects("CREATE TEMPORARY TABLE event (a int)"),
+            [Effect::CreateTemp("event".into())]
+        );
+        assert_eq!(kinds("CREATE TABLE function (a int)"), [Kind::Plain]);
+    }
+
+    #[test]
+    fn calls_compound_statements_and_computed_texts_are_opaque() {
+        for sql in [
+            "CALL p()",
+            "call db.p(1, @x)",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "IF 1 THEN DO 1; END IF",
+            "lbl: LOOP LEAVE lbl; END LOOP",
+            "WHILE 0 DO SELECT 1; END WHILE",
+            "EXECUTE IMMEDIATE @q",
+            "EXECUTE IMMEDIATE CONCAT('SELECT ', 1)",
+            "EXECUTE IMMEDIATE 'CALL p()'",
+        ] {
+            assert!(analyze(sql.as_bytes()).opaque(), "{sql}");
+        }
+        for sql in ["BEGIN", "begin work", "SELECT IF(1, 2, 3)", "EXECUTE s"] {
+            assert!(!analyze(sql.as_bytes()).opaque(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn executed_texts_are_scanned_for_their_effects() {
+        assert_eq!(
+            effects("EXECUTE IMMEDIATE 'SELECT GET_LOCK(''job'', 0)'"),
+            [Effect::GetLock(Some("job".into()))]
+        );
+        assert_eq!(
+            effects("EXECUTE s1 USING @a"),
+            [Effect::Execute("s1".into())]
+        );
+        let runs = analyze_prepared(b"PREPARE s FROM 'DO GET_LOCK(''j'', 0)'").unwrap();
+        assert_eq!(runs.parts[0].effects, [Effect::GetLock(Some("j".into()))]);
+        assert_eq!(analyze_prepared(b"PREPARE s FROM @q"), None);
+        // deep nesting stops being followed, and never recurses without bound
+        let mut sql = String::from("DO 1");
+        for _ in 0..12 {
+            sql = format!("EXECUTE IMMEDIATE '{}'", sql.replace('\'', "''"));
+        }
+        assert!(analyze(sql.as_bytes()).opaque());
+    }
+
+    #[test]
+    fn locks_taken_and_released_by_other_statements_are_seen() {
+        assert_eq!(effects("FLUSH TABLES t FOR EXPORT"), [Effect::LockTables]);
+        assert_eq!(effects("BACKUP STAGE START"), [Effect::BackupLock(true)]);
+        assert_eq!(effects("BACKUP STAGE END"), [Effect::BackupLock(false)]);
+        assert_eq!(effects("BACKUP LOCK t"), [Effect::BackupLock(true)]);
+        assert_eq!(effects("SET ROLE admin"), [Effect::SetRole(true)]);
+        assert_eq!(effects("SET ROLE NONE"), [Effect::SetRole(false)]);
+    }
+
+    #[test]
+    fn user_variables_and_tracking_settings_are_told_apart_from_other_changes() {
+        let p = |sql: &str| analyze(sql.as_bytes());
+        for sql in [
+            "SET sql_mode = ''",
+            "SET NAMES utf8mb4",
+            "USE app",
+            "SET @@wait_timeout = 5",
+        ] {
+            assert!(p(sql).changes && !p(sql).uservars, "{sql}");
+        }
+        for sql in [
+            "SET @a = 1",
+            "SET sql_mode = '', @a = 2",
+            "SELECT @a := 1",
+            "SELECT 1 INTO @x",
+            "CALL p()",
+            "EXECUTE s",
+        ] {
+            assert!(p(sql).uservars, "{sql}");
+        }
+        assert!(p("SET session_track_schema = OFF").tracking);
+        assert!(p("set @@SESSION_TRACK_system_variables = ''").tracking);
+        assert!(!p("SELECT 1").tracking);
+    }
+
+    #[test]
     fn unterminated_quotes_comments_and_variables_end_at_the_text() {
         for sql in [
             "SELECT 'abc",
@@ -600,7 +768,7 @@ mod tests {
             "@",
         ] {
             let p = analyze(sql.as_bytes());
-            assert!(p.statements <= 1, "{sql}");
+            assert!(p.parts.len() <= 1, "{sql}");
         }
     }
 
@@ -658,10 +826,10 @@ mod tests {
         ) {
             let sql = pieces.concat();
             let p = analyze(&sql);
-            proptest::prop_assert!(p.statements <= sql.len().max(1));
+            proptest::prop_assert!(p.parts.len() <= sql.len().max(1));
             let mut s = crate::mysql::session::Session::new();
             let p = s.before_query(&sql);
-            s.after_query(p, false);
+            s.after_query(p, crate::mysql::session::Outcome { error: false, results: 1 });
         }
 
         #[test]
@@ -669,7 +837,7 @@ mod tests {
             sql in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
         ) {
             let p = analyze(&sql);
-            proptest::prop_assert!(p.statements <= sql.len().max(1));
+            proptest::prop_assert!(p.parts.len() <= sql.len().max(1));
         }
     }
 }

@@ -1,52 +1,67 @@
-//! The tracked state of one session, and the [`Blocker`]s it derives: a plain struct with
-//! methods, fed by the relay before and after each command, so it is tested without sockets.
+//! The tracked state of one session, and the [`Pin`]s it derives: a plain struct with methods,
+//! fed by the relay before and after each command, so it is tested without sockets.
 //!
 //! Only this file changes the state: the relay calls a hook per command (`before_query`,
-//! `after_query`, the statement-table methods), the move asks [`Session::blocker`] and, once
-//! carried, calls [`Session::moved`].
+//! `after_query`, the statement-table methods) and per status packet (`set_status`,
+//! `server_reports`), the move asks [`Session::blocker`] and, once carried, calls
+//! [`Session::moved`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard::wire::status;
+use switchyard::wire::{status, StateChange};
 
 use super::carry::Snapshot;
-use super::scan::{analyze, Effect, Pending};
+use super::known::{Known, Plan};
+use super::pin::Pin;
+use super::scan::{analyze, analyze_prepared, Effect, Kind, Pending};
 use super::stmts::{Stmt, Stmts};
 
-/// Why a session cannot move now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Blocker {
-    /// Short-lived (a transaction): keep the redirect and move when it ends.
-    Wait(&'static str),
-    /// Held until the client releases it (temporary table, lock, …): refuse this redirect.
-    Refuse(&'static str),
+/// What a response said, for the hooks after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// It ended in ERR.
+    pub error: bool,
+    /// Results completed before its end: in a multi-statement query, the statements that ran.
+    pub results: u32,
+}
+
+/// A SQL-level prepared statement (`PREPARE name FROM '…'`).
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The whole `PREPARE` statement, re-run on a move's target.
+    statement: Vec<u8>,
+    /// What `EXECUTE name` does (`None`: a text the scan cannot read).
+    runs: Option<Pending>,
 }
 
 /// What the proxy knows of one session beyond what the server reports.
 #[derive(Debug)]
 pub struct Session {
-    /// Server status flags after the last response.
+    /// Server status flags after the last OK or EOF.
     status: u16,
+    /// The server's transaction-state tracker says a transaction is open.
+    trx_open: bool,
+    /// The last statement-running command ended in ERR: whether it left a transaction open is
+    /// unknown until the next status packet or a check with the server.
+    trx_unverified: bool,
     temp_tables: BTreeSet<String>,
     named_locks: BTreeSet<String>,
     unknown_lock: bool,
     table_locks: bool,
+    backup_lock: bool,
+    role: bool,
     handlers: BTreeSet<String>,
     xa: bool,
-    /// SQL-level prepared statements: lower-cased name → the `PREPARE` statement text.
-    sql_prepared: BTreeMap<String, Vec<u8>>,
+    /// SQL-level prepared statements by lower-cased name.
+    sql_prepared: BTreeMap<String, Prepared>,
     /// SQL-level prepared statements whose text the proxy cannot know (`FROM @var`).
     sql_prepared_unknown: BTreeSet<String>,
     /// Binary prepared statements by client id.
     stmts: Stmts,
-    /// Set when the proxy lost track of something for good.
-    lost: Option<&'static str>,
-    /// The state the last move carried (`None`: the login's defaults). Valid while `changed`
-    /// is false: then a move re-applies it instead of reading the session from the server.
-    carried: Option<Snapshot>,
-    /// The session may have changed carried state (variables, schema) since its login or its
-    /// last move: a move must read the whole state from the server.
-    changed: bool,
+    /// Set when something ran that the proxy cannot see into; cleared only by a reset.
+    unknown: Option<&'static str>,
+    /// The carried state and what changed since.
+    known: Known,
 }
 
 impl Default for Session {
@@ -60,61 +75,124 @@ impl Session {
     pub fn new() -> Self {
         Self {
             status: status::AUTOCOMMIT,
+            trx_open: false,
+            trx_unverified: false,
             temp_tables: BTreeSet::new(),
             named_locks: BTreeSet::new(),
             unknown_lock: false,
             table_locks: false,
+            backup_lock: false,
+            role: false,
             handlers: BTreeSet::new(),
             xa: false,
             sql_prepared: BTreeMap::new(),
             sql_prepared_unknown: BTreeSet::new(),
             stmts: Stmts::default(),
-            lost: None,
-            carried: None,
-            changed: false,
+            unknown: None,
+            known: Known::default(),
         }
     }
 
-    /// Why the session cannot move now, if it cannot.
-    pub fn blocker(&self) -> Option<Blocker> {
-        if let Some(r) = self.lost {
-            return Some(Blocker::Refuse(r));
+    /// Why the session cannot move now, if it cannot. Named locks are not here: they are
+    /// checked with the server at the move.
+    pub fn blocker(&self) -> Option<Pin> {
+        if self.unknown.is_some() {
+            return Some(Pin::UnknownState);
         }
-        if self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.xa {
-            return Some(Blocker::Wait("transaction open"));
+        if self.xa {
+            return Some(Pin::Xa);
+        }
+        if self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.trx_open {
+            return Some(Pin::InTransaction);
         }
         if self.stmts.iter().any(|(_, s)| s.long_data) {
-            return Some(Blocker::Wait("statement long data pending"));
+            return Some(Pin::LongData);
         }
         if !self.temp_tables.is_empty() {
-            return Some(Blocker::Refuse("temporary tables"));
+            return Some(Pin::TemporaryTable);
         }
-        if self.table_locks {
-            return Some(Blocker::Refuse("LOCK TABLES held"));
+        if self.table_locks || self.backup_lock {
+            return Some(Pin::TableLock);
         }
         if self.unknown_lock {
-            return Some(Blocker::Refuse("GET_LOCK with a computed name"));
+            return Some(Pin::UserLock);
         }
         if !self.handlers.is_empty() {
-            return Some(Blocker::Refuse("HANDLER open"));
+            return Some(Pin::Handler);
         }
         if !self.sql_prepared_unknown.is_empty() {
-            return Some(Blocker::Refuse("PREPARE FROM a user variable"));
+            return Some(Pin::PreparedFromVariable);
         }
         if self.stmts.iter().any(|(_, s)| s.cursor) {
-            return Some(Blocker::Refuse("cursor open"));
+            return Some(Pin::OpenCursor);
+        }
+        if self.role {
+            return Some(Pin::Role);
         }
         None
     }
 
-    /// The server status flags a response ended with.
+    /// What made the state unknown, for logs.
+    pub fn unknown_because(&self) -> Option<&'static str> {
+        self.unknown
+    }
+
+    /// The server status flags of an OK or EOF packet.
     pub fn set_status(&mut self, flags: u16) {
         self.status = flags;
     }
 
-    /// The proxy lost track of something for good: the session can never move.
+    /// The proxy lost track of something (a statement it cannot see into, a text too long to
+    /// follow): the session stays until a reset clears everything.
     pub fn lose(&mut self, why: &'static str) {
-        self.lost = Some(why);
+        self.unknown.get_or_insert(why);
+    }
+
+    /// Whether the transaction state must be checked with the server before the session moves
+    /// or closes (see [`Session::verified`]).
+    pub fn trx_unverified(&self) -> bool {
+        self.trx_unverified
+    }
+
+    /// The server answered whether a transaction is open. The check ran the proxy's own query,
+    /// whose answer may have carried reports the session never saw: read everything at the next
+    /// move.
+    pub fn verified(&mut self, in_transaction: bool) {
+        self.trx_unverified = false;
+        if in_transaction {
+            self.status |= status::IN_TRANS;
+        }
+        self.known.mark_unknown();
+    }
+
+    /// Session-state information from an OK packet (the server tracks the session for the
+    /// proxy): changed variables, transaction state.
+    pub fn server_reports<'a>(&mut self, changes: impl Iterator<Item = StateChange<'a>>) {
+        for c in changes {
+            match c {
+                StateChange::SystemVariable { name, .. } => self.known.sysvar_changed(name),
+                StateChange::TransactionState(st) => {
+                    self.trx_open = matches!(st.first(), Some(b'T' | b'I'));
+                }
+                StateChange::Malformed => self.known.mark_unknown(),
+                StateChange::Schema(_) | StateChange::StateChanged | StateChange::Other(_) => {}
+            }
+        }
+    }
+
+    /// Whether reports may be waiting in the server (see [`Known::set_reports_pending`]).
+    pub fn reports_pending(&mut self, pending: bool) {
+        self.known.set_reports_pending(pending);
+    }
+
+    /// The proxy turned the server's session tracking on for this session (or could not).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.known.set_tracking(on);
+    }
+
+    /// Whether the server tracks this session for the proxy.
+    pub fn tracking(&self) -> bool {
+        self.known.tracking()
     }
 
     /// Named `GET_LOCK` locks the session may hold (checked against the server before a move).
@@ -129,57 +207,99 @@ impl Session {
 
     /// SQL-level prepared statements to re-create on a target.
     pub fn sql_prepared(&self) -> impl Iterator<Item = &[u8]> {
-        self.sql_prepared.values().map(Vec::as_slice)
+        self.sql_prepared.values().map(|p| p.statement.as_slice())
     }
 
-    /// Scans a `COM_QUERY` text for effects on untracked state.
+    /// Scans a `COM_QUERY` text for what it does.
     pub fn before_query(&self, sql: &[u8]) -> Pending {
         analyze(sql)
     }
 
-    /// True when the session may have changed carried state since its login or last move.
-    pub fn changed(&self) -> bool {
-        self.changed
+    /// What the next move must read from the old backend, and what it already knows.
+    pub fn plan(&self) -> Plan {
+        self.known.plan()
     }
 
-    /// Something (a command, a failed move) may have changed carried state: the next move reads
-    /// the whole state from the server.
+    /// True when the next move reads nothing from `information_schema`.
+    pub fn exact(&self) -> bool {
+        self.known.exact()
+    }
+
+    /// Something (a command the proxy does not follow, a failed move) may have changed carried
+    /// state: the next move reads it all from the server.
     pub fn mark_changed(&mut self) {
-        self.changed = true;
+        self.known.mark_unknown();
     }
 
-    /// The state to re-apply on a move when nothing changed since the last one (the login's
-    /// defaults before any move); `None` when the state must be read from the server.
-    pub fn unchanged_state(&self) -> Option<Snapshot> {
-        (!self.changed).then(|| {
-            self.carried
-                .clone()
-                .unwrap_or_else(Snapshot::login_defaults)
-        })
-    }
-
-    /// A move carried `snap` to the new backend, where the binary statements were re-prepared
-    /// under new ids (`ids`: client id → backend id): the session is in that state there.
-    pub fn moved(&mut self, snap: Snapshot, ids: &[(u32, u32)]) {
-        self.carried = Some(snap);
-        self.changed = false;
+    /// A move carried `snap` to a new backend (tracking the session for the proxy when
+    /// `tracking`), where the binary statements were re-prepared under new ids (`ids`: client id
+    /// → backend id).
+    pub fn moved(&mut self, snap: Snapshot, ids: &[(u32, u32)], tracking: bool) {
+        self.known.moved(snap, tracking);
+        self.trx_open = false;
+        self.trx_unverified = false;
         self.stmts.moved(ids);
     }
 
-    /// Applies a query's effects once its response is complete.
-    pub fn after_query(&mut self, pending: Pending, error: bool) {
+    /// A statement-running command (`COM_QUERY`, `COM_STMT_EXECUTE`) ended: after an ERR the
+    /// server may hold unseen reports and the transaction state is unverified.
+    pub fn statement_ended(&mut self, error: bool) {
+        self.trx_unverified = error;
+        if error {
+            self.known.set_reports_pending(true);
+        }
+    }
+
+    /// Applies a query's effects once its response is complete: those of the statements that
+    /// ran, as `outcome` tells (in a multi-statement query that failed, the statements before the
+    /// failing one ran, the failing one failed, and none after it ran).
+    pub fn after_query(&mut self, pending: Pending, outcome: Outcome) {
         // also on error: a multi-statement query may have run its first statements
-        self.changed |= pending.changes;
-        if pending.effects.is_empty() {
+        self.known
+            .after_query(pending.changes, pending.uservars, pending.tracking);
+        let results = usize::try_from(outcome.results).unwrap_or(usize::MAX);
+        let total = pending.parts.len();
+        for (i, part) in pending.parts.into_iter().enumerate() {
+            let failed = outcome.error && i == results;
+            if i >= results && !failed {
+                if !outcome.error && (part.kind != Kind::Plain || !part.effects.is_empty()) {
+                    // the server ran fewer statements than the scan found: its split was wrong
+                    self.lose("a multi-statement query the scan split differently");
+                }
+                return;
+            }
+            match part.kind {
+                Kind::Definition => {
+                    // this statement and the rest of the query may be a routine's body, which
+                    // does not run now; but when the server ran more, statements followed it
+                    if !failed && results > i + 1 && i + 1 < total {
+                        self.lose("statements after a routine definition in one query");
+                    }
+                    return;
+                }
+                Kind::Opaque => {
+                    self.lose("a statement the proxy cannot see into (CALL, compound, EXECUTE)");
+                    return;
+                }
+                Kind::Plain => {
+                    for e in part.effects {
+                        self.apply(e, failed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A binary statement `id` was executed: what its text does, applied as for a query.
+    pub fn stmt_ran(&mut self, id: u32, error: bool) {
+        let Some(runs) = self.stmts.runs(id).cloned() else {
             return;
-        }
-        if error && pending.statements > 1 {
-            self.lost = Some("error inside a multi-statement query with session effects");
-            return;
-        }
-        for e in pending.effects {
-            self.apply(e, error);
-        }
+        };
+        let outcome = Outcome {
+            error,
+            results: u32::from(!error),
+        };
+        self.after_query(runs, outcome);
     }
 
     fn apply(&mut self, e: Effect, error: bool) {
@@ -189,6 +309,13 @@ impl Session {
                 self.sql_prepared.remove(&name);
                 self.sql_prepared_unknown.remove(&name);
             }
+            (Effect::Execute(name), error) => self.execute(&name, error),
+            // a lock may be taken before a later part of the statement fails; it is checked at
+            // the move anyway
+            (Effect::GetLock(Some(n)), _) => {
+                self.named_locks.insert(n);
+            }
+            (Effect::GetLock(None), _) => self.unknown_lock = true,
             (_, true) => {}
             (Effect::CreateTemp(t), false) => {
                 self.temp_tables.insert(t);
@@ -200,17 +327,16 @@ impl Session {
             }
             (Effect::LockTables, false) => self.table_locks = true,
             (Effect::UnlockTables, false) => self.table_locks = false,
-            (Effect::GetLock(Some(n)), false) => {
-                self.named_locks.insert(n);
-            }
-            (Effect::GetLock(None), false) => self.unknown_lock = true,
+            (Effect::BackupLock(on), false) => self.backup_lock = on,
+            (Effect::SetRole(on), false) => self.role = on,
             (Effect::ReleaseAllLocks, false) => {
                 self.named_locks.clear();
                 self.unknown_lock = false;
             }
-            (Effect::Prepare(name, Some(text)), false) => {
+            (Effect::Prepare(name, Some(statement)), false) => {
                 self.sql_prepared_unknown.remove(&name);
-                self.sql_prepared.insert(name, text);
+                let runs = analyze_prepared(&statement);
+                self.sql_prepared.insert(name, Prepared { statement, runs });
             }
             (Effect::Prepare(name, None), false) => {
                 self.sql_prepared.remove(&name);
@@ -227,17 +353,39 @@ impl Session {
         }
     }
 
+    /// `EXECUTE name`: what the statement prepared under that name does.
+    fn execute(&mut self, name: &str, error: bool) {
+        let runs = self.sql_prepared.get(name).map(|p| p.runs.clone());
+        match runs {
+            Some(Some(runs)) if !runs.opaque() => {
+                for part in runs.parts {
+                    if part.kind != Kind::Plain {
+                        self.lose("EXECUTE of a statement the proxy cannot see into");
+                    }
+                    for e in part.effects {
+                        self.apply(e, error);
+                    }
+                }
+            }
+            // unknown text, or a name the proxy never saw prepared: if it ran, anything may
+            // have happened
+            _ if !error => self.lose("EXECUTE of a statement the proxy cannot see into"),
+            _ => {}
+        }
+    }
+
     /// The server reset the session (`COM_CHANGE_USER`, `COM_RESET_CONNECTION`): everything the
-    /// proxy tracked is gone with it.
+    /// proxy tracked is gone with it, and the server's tracking with the proxy's settings.
     pub fn reset(&mut self) {
         let mut stmts = std::mem::take(&mut self.stmts);
         stmts.clear();
+        let mut known = std::mem::take(&mut self.known);
+        known.reset();
         *self = Session::new();
         // statement ids keep counting: an id of the old session never names a new statement
         self.stmts = stmts;
-        // the login defaults of the new user (and a character set the target login would not
-        // repeat): read the state from the server at the next move
-        self.changed = true;
+        self.known = known;
+        self.known.set_tracking(false);
     }
 
     // -- the statement table ------------------------------------------------------------------
@@ -251,11 +399,6 @@ impl Session {
     /// returns the client's id, `None` when unknown.
     pub fn map_stmt(&self, payload: &mut [u8]) -> Option<u32> {
         self.stmts.map(payload)
-    }
-
-    /// Whether executing statement `id` may change carried state (an unknown id may).
-    pub fn stmt_changes(&self, id: Option<u32>) -> bool {
-        self.stmts.changes(id)
     }
 
     /// Remembers the parameter types an execute binds; after a move, returns the execute's
@@ -300,20 +443,35 @@ mod tests {
     use super::*;
     use switchyard::wire::cmd;
 
+    const OK: Outcome = Outcome {
+        error: false,
+        results: 1,
+    };
+
+    fn run(s: &mut Session, sql: &str, outcome: Outcome) {
+        let p = s.before_query(sql.as_bytes());
+        s.after_query(p, outcome);
+    }
+
+    fn failed_after(results: u32) -> Outcome {
+        Outcome {
+            error: true,
+            results,
+        }
+    }
+
     #[test]
     fn a_failed_query_that_may_change_state_still_marks_the_session() {
         let mut s = Session::new();
-        assert!(!s.changed());
-        let p = s.before_query(b"SELECT 1");
-        s.after_query(p, false);
-        assert!(!s.changed());
-        let p = s.before_query(b"SET @a = 1; SELECT nope");
-        s.after_query(p, true);
-        assert!(s.changed());
-        s.moved(Snapshot::login_defaults(), &[]);
-        assert!(!s.changed());
+        assert!(s.exact());
+        run(&mut s, "SELECT 1", OK);
+        assert!(s.exact());
+        run(&mut s, "SET @a = 1; SELECT nope", failed_after(1));
+        assert!(!s.exact());
+        s.moved(Snapshot::login_defaults(), &[], false);
+        assert!(s.exact());
         s.reset();
-        assert!(s.changed());
+        assert!(!s.exact());
     }
 
     #[test]
@@ -321,19 +479,129 @@ mod tests {
         let mut s = Session::new();
         assert_eq!(s.blocker(), None);
         s.set_status(status::AUTOCOMMIT | status::IN_TRANS);
-        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
+        assert_eq!(s.blocker(), Some(Pin::InTransaction));
         s.set_status(status::AUTOCOMMIT);
-        let p = s.before_query(b"CREATE TEMPORARY TABLE t (a int)");
-        s.after_query(p, false);
-        assert_eq!(s.blocker(), Some(Blocker::Refuse("temporary tables")));
-        let p = s.before_query(b"DROP TABLE t");
-        s.after_query(p, false);
+        run(&mut s, "CREATE TEMPORARY TABLE t (a int)", OK);
+        assert_eq!(s.blocker(), Some(Pin::TemporaryTable));
+        run(&mut s, "DROP TABLE t", OK);
         assert_eq!(s.blocker(), None);
-        let p = s.before_query(b"PREPARE p FROM 'bad sql'");
-        s.after_query(p, true);
+        run(&mut s, "PREPARE p FROM 'bad sql'", failed_after(0));
         assert_eq!(s.sql_prepared().count(), 0);
+        run(&mut s, "SET ROLE admin", OK);
+        assert_eq!(s.blocker(), Some(Pin::Role));
+        run(&mut s, "SET ROLE NONE", OK);
         s.lose("because");
-        assert_eq!(s.blocker(), Some(Blocker::Refuse("because")));
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+        s.reset();
+        assert_eq!(s.blocker(), None);
+    }
+
+    #[test]
+    fn the_transaction_state_follows_the_server_reports_and_a_failure_leaves_it_unverified() {
+        let mut s = Session::new();
+        s.server_reports([StateChange::TransactionState(b"I___W___")].into_iter());
+        assert_eq!(s.blocker(), Some(Pin::InTransaction));
+        s.server_reports([StateChange::TransactionState(b"________")].into_iter());
+        assert_eq!(s.blocker(), None);
+        s.statement_ended(true);
+        assert!(s.trx_unverified());
+        s.verified(true);
+        assert!(!s.trx_unverified());
+        assert_eq!(s.blocker(), Some(Pin::InTransaction));
+    }
+
+    #[test]
+    fn only_the_statements_that_ran_before_a_failure_take_effect() {
+        let mut s = Session::new();
+        // the lock was taken, the temporary table never created
+        run(
+            &mut s,
+            "DO GET_LOCK('a', 0); SELECT nope; CREATE TEMPORARY TABLE t (a int)",
+            failed_after(1),
+        );
+        assert_eq!(s.named_locks().len(), 1);
+        assert_eq!(s.blocker(), None);
+        run(
+            &mut s,
+            "CREATE TEMPORARY TABLE t (a int); DROP TABLE t",
+            failed_after(1),
+        );
+        assert_eq!(s.blocker(), Some(Pin::TemporaryTable));
+        // the scan found more statements than the server ran without an error
+        let mut s = Session::new();
+        run(&mut s, "SELECT 1; LOCK TABLES t READ", OK);
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+    }
+
+    #[test]
+    fn nothing_inside_a_routine_definition_takes_effect() {
+        let mut s = Session::new();
+        run(&mut s, "DO GET_LOCK('held', 0)", OK);
+        run(
+            &mut s,
+            "CREATE PROCEDURE p() BEGIN DO RELEASE_ALL_LOCKS(); DROP TABLE x; CREATE TEMPORARY TABLE y (a int); END",
+            OK,
+        );
+        assert_eq!(s.named_locks().len(), 1, "the release is in the body");
+        assert_eq!(s.blocker(), None, "so is the temporary table");
+        // a definition followed by statements that ran: the proxy cannot place them
+        run(
+            &mut s,
+            "CREATE VIEW v AS SELECT 1; CREATE TEMPORARY TABLE y (a int)",
+            Outcome {
+                error: false,
+                results: 2,
+            },
+        );
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+    }
+
+    #[test]
+    fn statements_the_proxy_cannot_see_into_pin_the_session_until_a_reset() {
+        for sql in [
+            "CALL p()",
+            "BEGIN NOT ATOMIC DO GET_LOCK('x', 0); END",
+            "EXECUTE IMMEDIATE @q",
+            "EXECUTE never_prepared",
+        ] {
+            let mut s = Session::new();
+            run(&mut s, sql, OK);
+            assert_eq!(s.blocker(), Some(Pin::UnknownState), "{sql}");
+            s.reset();
+            assert_eq!(s.blocker(), None);
+        }
+        // a CALL that failed may have done things before failing
+        let mut s = Session::new();
+        run(&mut s, "CALL p()", failed_after(0));
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+    }
+
+    #[test]
+    fn executing_a_prepared_text_applies_what_the_text_does() {
+        let mut s = Session::new();
+        run(&mut s, "PREPARE take FROM 'DO GET_LOCK(''job'', 0)'", OK);
+        assert!(s.named_locks().is_empty());
+        run(&mut s, "EXECUTE take", OK);
+        assert!(s.named_locks().contains("job"));
+        run(
+            &mut s,
+            "PREPARE tmp FROM 'CREATE TEMPORARY TABLE t (a int)'",
+            OK,
+        );
+        run(&mut s, "EXECUTE tmp", OK);
+        assert_eq!(s.blocker(), Some(Pin::TemporaryTable));
+        run(&mut s, "PREPARE c FROM 'CALL p()'", OK);
+        run(&mut s, "EXECUTE c", OK);
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+        // binary: prepared through COM_STMT_PREPARE, run by COM_STMT_EXECUTE
+        let mut s = Session::new();
+        let id = s.add_stmt(4, b"SELECT GET_LOCK('bin', 0)".to_vec(), 0, 1);
+        assert!(s.named_locks().is_empty());
+        s.stmt_ran(id, false);
+        assert!(s.named_locks().contains("bin"));
+        let call = s.add_stmt(5, b"CALL p(?)".to_vec(), 1, 0);
+        s.stmt_ran(call, false);
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
     }
 
     #[test]
@@ -341,10 +609,7 @@ mod tests {
         let mut s = Session::new();
         let first = s.add_stmt(10, b"SELECT 1".to_vec(), 0, 1);
         s.stmt_long_data(first);
-        assert_eq!(
-            s.blocker(),
-            Some(Blocker::Wait("statement long data pending"))
-        );
+        assert_eq!(s.blocker(), Some(Pin::LongData));
         s.reset();
         assert_eq!(s.blocker(), None);
         assert_eq!(s.stmts().count(), 0);
@@ -356,16 +621,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_session_re_applies_what_the_last_move_carried() {
+    fn a_move_re_maps_statement_ids_and_starts_from_the_carried_state() {
         let mut s = Session::new();
-        assert!(s
-            .unchanged_state()
-            .is_some_and(|snap| snap.sysvars.is_empty()));
         s.mark_changed();
-        assert!(s.unchanged_state().is_none());
+        assert!(!s.exact());
         let id = s.add_stmt(3, b"SELECT ?".to_vec(), 1, 1);
-        s.moved(Snapshot::login_defaults(), &[(id, 8)]);
-        assert!(s.unchanged_state().is_some());
+        s.moved(Snapshot::login_defaults(), &[(id, 8)], true);
+        assert!(s.exact() && s.tracking());
         let mut p = [cmd::STMT_CLOSE, 0, 0, 0, 0];
         p[1..].copy_from_slice(&id.to_le_bytes());
         assert_eq!(s.map_stmt(&mut p), Some(id));
