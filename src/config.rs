@@ -134,6 +134,14 @@ pub struct Config {
     /// Bound on one proxy → backend connect (`proxy.connect_timeout`), for a client's first
     /// backend and for a move's target.
     pub connect_timeout: Duration,
+    /// How long a `mysql`-mode client may take from accept to a finished login
+    /// (`proxy.login_timeout`) before it is closed.
+    pub login_timeout: Duration,
+    /// Most client connections open at once (`proxy.max_connections`); 0 = unlimited.
+    pub max_connections: usize,
+    /// How long a `tcp`-mode connection may stay half-closed with no traffic on its open half
+    /// (`proxy.half_close_timeout`) before both sides are closed.
+    pub half_close_timeout: Duration,
     /// Where the admin HTTP API listens.
     pub admin_listen: SocketAddr,
     /// Where backends come from.
@@ -188,10 +196,19 @@ struct RawProxy {
     workers: usize,
     #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    login_timeout: Duration,
+    max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    half_close_timeout: Duration,
 }
 
 /// `proxy.connect_timeout` when absent.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `proxy.login_timeout` when absent: as MariaDB's own `connect_timeout`.
+const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `proxy.half_close_timeout` when absent (HAProxy's usual `timeout client-fin`).
+const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for RawProxy {
     fn default() -> Self {
@@ -200,6 +217,9 @@ impl Default for RawProxy {
             protocol: Protocol::Tcp,
             workers: 0,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            max_connections: 0,
+            half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
         }
     }
 }
@@ -391,6 +411,8 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let proxy_listen = listen_addr("proxy.listen", &self.proxy.listen)?;
         positive("proxy.connect_timeout", self.proxy.connect_timeout)?;
+        positive("proxy.login_timeout", self.proxy.login_timeout)?;
+        positive("proxy.half_close_timeout", self.proxy.half_close_timeout)?;
         let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
         if proxy_listen == admin_listen {
             return Err(ConfigError::new(
@@ -549,6 +571,9 @@ impl RawConfig {
                 n => n,
             },
             connect_timeout: self.proxy.connect_timeout,
+            login_timeout: self.proxy.login_timeout,
+            max_connections: self.proxy.max_connections,
+            half_close_timeout: self.proxy.half_close_timeout,
             admin_listen,
             discovery,
             health,
@@ -644,6 +669,9 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:6080".parse().unwrap());
         assert_eq!(c.protocol, Protocol::Tcp);
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.login_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.half_close_timeout, Duration::from_secs(30));
         assert_eq!(c.health.probe, Probe::Tcp);
         assert_eq!(c.health.interval, Duration::from_secs(3));
         assert_eq!(c.router, RouterConfig::default());
@@ -679,6 +707,27 @@ mod tests {
         let e = load("proxy: { connect_timeout: soon }\nbackends: { static: [127.0.0.1:1] }\n")
             .unwrap_err();
         assert_eq!(e.key, "proxy.connect_timeout", "{e}");
+    }
+
+    #[test]
+    fn the_front_door_keys_are_read_and_their_timeouts_must_be_positive() {
+        let c = load(
+            "proxy: { login_timeout: 1500ms, max_connections: 300, half_close_timeout: 2m }\nbackends: { static: [127.0.0.1:1] }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.login_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_connections, 300);
+        assert_eq!(c.half_close_timeout, Duration::from_secs(120));
+        for key in ["login_timeout", "half_close_timeout"] {
+            let e = load(&format!(
+                "proxy: {{ {key}: 0s }}\nbackends: {{ static: [127.0.0.1:1] }}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, format!("proxy.{key}"), "{e}");
+        }
+        let e = load("proxy: { max_connections: -1 }\nbackends: { static: [127.0.0.1:1] }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "proxy.max_connections", "{e}");
     }
 
     #[test]

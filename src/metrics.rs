@@ -53,6 +53,10 @@ fn describe() {
         "switchyard_connections_accepted_total",
         "Client connections accepted."
     );
+    describe_counter!(
+        "switchyard_connections_refused_total",
+        "Client connections closed at accept, by reason (max_connections: over proxy.max_connections)."
+    );
     describe_gauge!(
         "switchyard_connections_active",
         "Client connections open now."
@@ -116,6 +120,8 @@ fn describe() {
 pub struct ProxyMetrics {
     /// Client connections accepted.
     pub accepted: Counter,
+    /// Client connections refused at accept because `proxy.max_connections` were open.
+    pub refused_max_connections: Counter,
     /// Client connections open now.
     pub active: Gauge,
     /// Connections routed to a backend.
@@ -133,6 +139,7 @@ impl ProxyMetrics {
     pub fn new() -> Self {
         Self {
             accepted: metrics::counter!("switchyard_connections_accepted_total"),
+            refused_max_connections: metrics::counter!("switchyard_connections_refused_total", "reason" => "max_connections"),
             active: metrics::gauge!("switchyard_connections_active"),
             routes: metrics::counter!("switchyard_routes_total"),
             route_failures: metrics::counter!("switchyard_route_failures_total"),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::{
-    BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
+    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
 };
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -90,6 +90,10 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
             let mysql = Arc::new(MysqlConfig {
                 users: MysqlUsers::from_config(&cfg.mysql_users),
                 connect_timeout: cfg.connect_timeout,
+                probe_user: match cfg.health.probe_user.as_str() {
+                    "" => MysqlConfig::default().probe_user,
+                    user => user.to_string(),
+                },
                 ..Default::default()
             });
             let registry = sessions.clone();
@@ -97,6 +101,25 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                 crate::mysql::start_proxied(c, mysql.clone(), &registry);
             });
             (start, Some(sessions))
+        }
+    }
+}
+
+/// What a client over `proxy.max_connections` is sent before the close: in `mysql` mode exactly
+/// what a MariaDB or MySQL server over its own `max_connections` sends, an ERR packet in place of
+/// the greeting (sequence 0) with no SQLSTATE — before the handshake the server cannot know the
+/// client reads protocol 4.1 ERRs, and clients parse none there; they map 1040 to SQLSTATE 08004
+/// themselves. In `tcp` mode nothing.
+pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
+    match protocol {
+        Protocol::Tcp => Arc::from(&[][..]),
+        Protocol::Mysql => {
+            let mut payload = vec![wire::marker::ERR];
+            payload.extend_from_slice(&wire::code::ER_CON_COUNT_ERROR.to_le_bytes());
+            payload.extend_from_slice(b"Too many connections");
+            let mut out = Vec::with_capacity(wire::HEADER + payload.len());
+            wire::put_packet(&mut out, 0, &payload);
+            Arc::from(out)
         }
     }
 }
@@ -130,7 +153,11 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let mut admin_task = actix_rt::spawn(admin_server);
 
     let workers: Vec<Arbiter> = (0..cfg.workers).map(|_| Arbiter::new()).collect();
-    let entry = Entry::new(router.clone(), cfg.connect_timeout);
+    let mut entry = Entry::new(router.clone(), cfg.connect_timeout);
+    entry.login_timeout = cfg.login_timeout;
+    entry.half_close_timeout = cfg.half_close_timeout;
+    entry.max_connections = cfg.max_connections;
+    entry.refusal = refusal(cfg.protocol);
     let live = entry.live.clone();
     let (start, sessions) = start_conn(&cfg);
     let proxy = ProxyListener::new(

@@ -37,6 +37,22 @@ impl LiveConns {
         self.gauge.increment(1.0);
         LiveGuard(self.clone())
     }
+
+    /// Counts one connection until the guard drops, unless `max` are open already (`max` 0 =
+    /// no cap). Check and count are one atomic step, so callers on several threads can never
+    /// push the count past `max` together.
+    pub fn try_enter(&self, max: usize) -> Option<LiveGuard> {
+        if max == 0 {
+            return Some(self.enter());
+        }
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.gauge.increment(1.0);
+        Some(LiveGuard(self.clone()))
+    }
 }
 
 impl Default for LiveConns {
@@ -66,6 +82,21 @@ impl Drop for LiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_enter_refuses_at_the_cap_and_admits_again_once_a_connection_ends() {
+        let live = LiveConns::default();
+        let a = live.try_enter(2).expect("first of two");
+        let _b = live.try_enter(2).expect("second of two");
+        assert!(live.try_enter(2).is_none(), "a third over a cap of 2");
+        assert_eq!(live.get(), 2, "a refusal leaves the count alone");
+        drop(a);
+        let _c = live.try_enter(2).expect("room again after one ended");
+        assert_eq!(live.get(), 2);
+        let unlimited: Vec<_> = (0..10).map(|_| live.try_enter(0)).collect();
+        assert!(unlimited.iter().all(Option::is_some), "0 means no cap");
+        assert_eq!(live.get(), 12);
+    }
 
     #[test]
     fn a_guard_counts_until_dropped_even_by_a_panic() {

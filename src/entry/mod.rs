@@ -1,5 +1,6 @@
-//! The entry path every client connection takes, whatever its protocol: accepted → tuned →
-//! counted as live → routed → connected → registered with the router.
+//! The entry path every client connection takes, whatever its protocol: accepted → counted as
+//! live (or refused over `proxy.max_connections`) → tuned → routed → connected → registered with
+//! the router.
 //!
 //! It sits below both `proxy` (the listener and `tcp` connections) and `mysql`, so neither
 //! imports the other: the listener hands each [`NewConn`] to a [`StartConn`] chosen by the
@@ -22,7 +23,13 @@ pub use start::{ConnStart, Routed};
 
 use crate::metrics::ProxyMetrics;
 
-/// What every connection of one proxy shares: where to route, what to count, how long to wait.
+/// [`Entry::login_timeout`] of [`Entry::new`], as `proxy.login_timeout`'s default.
+const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`Entry::half_close_timeout`] of [`Entry::new`], as `proxy.half_close_timeout`'s default.
+const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every connection of one proxy shares: where to route, what to count, how long to wait,
+/// and how many may be open at once.
 #[derive(Clone)]
 pub struct Entry {
     /// The router connections register with.
@@ -33,11 +40,22 @@ pub struct Entry {
     pub live: LiveConns,
     /// Bound on one backend connect (`proxy.connect_timeout`).
     pub connect_timeout: Duration,
+    /// Bound from accept to a finished login (`proxy.login_timeout`), for protocols that log in.
+    pub login_timeout: Duration,
+    /// How long a half-closed `tcp` connection may stay silent (`proxy.half_close_timeout`).
+    pub half_close_timeout: Duration,
+    /// Most client connections open at once (`proxy.max_connections`); 0 = no cap.
+    pub max_connections: usize,
+    /// Bytes a client over `max_connections` is sent before it is closed: the protocol's
+    /// "too many connections" (empty: closed without a word, as in `tcp` mode).
+    pub refusal: Arc<[u8]>,
 }
 
 impl Entry {
     /// An entry routing through `router`, counting into the installed metrics recorder (a no-op
     /// when none is installed) and into a fresh live count driving `switchyard_connections_active`.
+    /// The other limits take their config defaults (no connection cap); set the fields to change
+    /// them.
     pub fn new(router: Addr<ScoreRouter>, connect_timeout: Duration) -> Self {
         let metrics = ProxyMetrics::new();
         Self {
@@ -45,6 +63,10 @@ impl Entry {
             live: LiveConns::with_gauge(metrics.active.clone()),
             metrics,
             connect_timeout,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+            max_connections: 0,
+            refusal: Arc::from(&[][..]),
         }
     }
 }

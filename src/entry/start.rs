@@ -90,6 +90,16 @@ impl ConnStart {
         self.peer
     }
 
+    /// How long a half-closed connection may stay silent (`proxy.half_close_timeout`).
+    pub fn half_close_timeout(&self) -> std::time::Duration {
+        self.entry.half_close_timeout
+    }
+
+    /// How long this client may take, from accept, to finish logging in (`proxy.login_timeout`).
+    pub fn login_timeout(&self) -> std::time::Duration {
+        self.entry.login_timeout
+    }
+
     /// The metric handles of this proxy.
     pub fn metrics(&self) -> &ProxyMetrics {
         &self.entry.metrics

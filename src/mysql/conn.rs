@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::backend::Backend;
-use super::relay::{ClientSide, End, Relay};
+use super::relay::{ClientSide, End, Relay, Turn};
 use super::session::Session;
 use super::tracker::Tracker;
 use super::MysqlConfig;
@@ -107,6 +107,8 @@ impl Handler<CloseAtSafePoint> for MysqlConn {
 
 async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: mpsc::UnboundedReceiver<Control>) {
     let Start { mut conn, cfg } = start;
+    // from (about) accept: routing and connecting count against the login's time too
+    let login_deadline = tokio::time::Instant::now() + conn.login_timeout();
     let id = conn.id();
     let Some(client) = conn.take_client() else {
         return;
@@ -146,8 +148,9 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: mpsc::UnboundedR
         waiting: None,
         client_tracks: false,
         closing: false,
+        turn: Turn::Server(0),
     };
-    let end = relay.serve().await;
+    let end = relay.serve(login_deadline).await;
     match &end {
         End::Client(_) => {
             warn!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "closing client")

@@ -105,6 +105,9 @@ pub struct MysqlConfig {
     pub move_timeout: Duration,
     /// Largest logical packet accepted from a client (the protocol's own limit is 1 GiB).
     pub max_packet: usize,
+    /// The user a backend login the client abandoned is finished as (`health_check.probe_user`):
+    /// a login refused for a missing user is not an aborted connect.
+    pub probe_user: String,
 }
 
 impl Default for MysqlConfig {
@@ -114,6 +117,7 @@ impl Default for MysqlConfig {
             connect_timeout: Duration::from_secs(2),
             move_timeout: Duration::from_secs(5),
             max_packet: 1 << 30,
+            probe_user: switchyard::HealthCheckConfig::default().probe_user,
         }
     }
 }

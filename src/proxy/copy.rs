@@ -4,10 +4,17 @@
 //! per-thread pool only while a socket has data, so an idle connection holds no buffer at all
 //! (thousands of idle sessions cost kilobytes, not 2 × 8 KiB each). One task drives both
 //! directions; a half-close is passed on as `shutdown(Write)`, an error on either side ends both.
+//! Only once one direction has ended does a timer exist (`proxy.half_close_timeout`, HAProxy's
+//! `client-fin`/`server-fin`): while both are open the loop pays one relaxed store per chunk.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::Either;
 
 use metrics::Counter;
 use tokio::net::TcpStream;
@@ -39,15 +46,49 @@ fn give_buf(buf: Box<[u8]>) {
 
 /// Forwards `a → b` and `b → a` until both directions reach end of stream; counts bytes into
 /// `a_to_b` and `b_to_a`. Returns the first error of either direction.
+///
+/// Once one direction has ended (its source sent FIN, passed on), the other may stay open only
+/// while it moves data: after `half_close` with nothing read, both end with
+/// [`io::ErrorKind::TimedOut`] and the caller closes both sockets. The check runs once per
+/// `half_close`, so a silent half-open connection is closed between one and two timeouts after
+/// its last byte (exactly one when it never spoke after the half-close).
 pub async fn bidirectional(
     a: &TcpStream,
     b: &TcpStream,
     a_to_b: &Counter,
     b_to_a: &Counter,
+    half_close: Duration,
 ) -> io::Result<()> {
-    futures::future::try_join(one_way(a, b, a_to_b), one_way(b, a, b_to_a))
-        .await
-        .map(|_| ())
+    let moved = AtomicBool::new(false);
+    let there = std::pin::pin!(one_way(a, b, a_to_b, &moved));
+    let back = std::pin::pin!(one_way(b, a, b_to_a, &moved));
+    match futures::future::select(there, back).await {
+        Either::Left((ended, rest)) | Either::Right((ended, rest)) => {
+            ended?;
+            half_open(rest, &moved, half_close).await
+        }
+    }
+}
+
+/// Drives the direction still open after the other ended, while it keeps moving data.
+async fn half_open(
+    mut rest: impl Future<Output = io::Result<()>> + Unpin,
+    moved: &AtomicBool,
+    limit: Duration,
+) -> io::Result<()> {
+    moved.store(false, Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(limit, &mut rest).await {
+            Ok(r) => return r,
+            Err(_) if moved.swap(false, Ordering::Relaxed) => {}
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "half-closed connection silent for proxy.half_close_timeout",
+                ))
+            }
+        }
+    }
 }
 
 enum Flow {
@@ -55,11 +96,17 @@ enum Flow {
     Drained,
 }
 
-async fn one_way(src: &TcpStream, dst: &TcpStream, counter: &Counter) -> io::Result<()> {
+/// Forwards `src → dst` until `src` ends; sets `moved` whenever it forwards bytes.
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counter: &Counter,
+    moved: &AtomicBool,
+) -> io::Result<()> {
     loop {
         src.readable().await?;
         let mut buf = take_buf();
-        let flow = pump(src, dst, &mut buf, counter).await;
+        let flow = pump(src, dst, &mut buf, counter, moved).await;
         give_buf(buf);
         match flow? {
             Flow::Drained => continue,
@@ -81,15 +128,18 @@ async fn pump(
     dst: &TcpStream,
     buf: &mut [u8],
     counter: &Counter,
+    moved: &AtomicBool,
 ) -> io::Result<Flow> {
     for _ in 0..BURST {
         match read_some(src, buf) {
             Ok(Read::Eof) => return Ok(Flow::Eof),
             Ok(Read::Data(n)) => {
+                moved.store(true, Ordering::Relaxed);
                 write_all(dst, &buf[..n]).await?;
                 counter.increment(n as u64);
             }
             Ok(Read::Drained(n)) => {
+                moved.store(true, Ordering::Relaxed);
                 write_all(dst, &buf[..n]).await?;
                 counter.increment(n as u64);
                 return Ok(Flow::Drained);
@@ -165,10 +215,9 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_backend, mut backend) = pair().await;
         let (c1, c2) = (Counter::noop(), Counter::noop());
-        let fwd =
-            tokio::spawn(
-                async move { bidirectional(&proxy_client, &proxy_backend, &c1, &c2).await },
-            );
+        let fwd = tokio::spawn(async move {
+            bidirectional(&proxy_client, &proxy_backend, &c1, &c2, LONG).await
+        });
         let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         client.write_all(&payload).await.expect("write");
         client.shutdown().await.expect("shutdown");
@@ -181,5 +230,98 @@ mod tests {
         client.read_to_end(&mut reply).await.expect("read reply");
         assert_eq!(reply, b"bye");
         fwd.await.expect("join").expect("forwarding ends cleanly");
+    }
+
+    /// A half-close timeout no test waits for.
+    const LONG: Duration = Duration::from_secs(3600);
+    /// The half-close timeout of the paused-clock tests.
+    const HALF_CLOSE: Duration = Duration::from_secs(30);
+
+    /// A client and a backend with `bidirectional` between them (`HALF_CLOSE` timeout).
+    async fn proxied() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let (client, proxy_client) = pair().await;
+        let (proxy_backend, backend) = pair().await;
+        let fwd = tokio::spawn(async move {
+            let (c1, c2) = (Counter::noop(), Counter::noop());
+            bidirectional(&proxy_client, &proxy_backend, &c1, &c2, HALF_CLOSE).await
+        });
+        (client, backend, fwd)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_connection_whose_other_side_stays_silent_is_closed() {
+        let (mut client, mut backend, fwd) = proxied().await;
+        client.shutdown().await.expect("client half-closes");
+        let mut got = Vec::new();
+        backend
+            .read_to_end(&mut got)
+            .await
+            .expect("backend sees the FIN");
+        // the backend stays silent and open: only the timeout can end this (bounded here so a
+        // proxy that never closes fails rather than hangs)
+        let ended = tokio::time::timeout(HALF_CLOSE * 2, fwd).await;
+        let err = ended
+            .expect("closed within the timeout")
+            .expect("join")
+            .expect_err("closed by the timeout");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .await
+            .expect("client sees the close");
+        assert!(rest.is_empty());
+        backend.write_all(b"late").await.ok();
+        let n = backend.read(&mut [0u8; 8]).await;
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "backend side closed too: {n:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_connection_stays_open_while_its_other_side_keeps_talking() {
+        let (mut client, mut backend, fwd) = proxied().await;
+        client.shutdown().await.expect("client half-closes");
+        let mut got = Vec::new();
+        backend
+            .read_to_end(&mut got)
+            .await
+            .expect("backend sees the FIN");
+        // five answers, each after most of a timeout of silence: 3.5 timeouts in all
+        for i in 0..5u8 {
+            tokio::time::sleep(HALF_CLOSE * 7 / 10).await;
+            backend
+                .write_all(&[i; 100])
+                .await
+                .expect("backend still connected");
+        }
+        drop(backend);
+        let mut reply = Vec::new();
+        client
+            .read_to_end(&mut reply)
+            .await
+            .expect("client reads all");
+        assert_eq!(reply.len(), 500, "every answer reached the client");
+        fwd.await
+            .expect("join")
+            .expect("ends cleanly when the backend closes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_connection_may_idle_past_the_half_close_timeout() {
+        let (mut client, mut backend, fwd) = proxied().await;
+        tokio::time::sleep(HALF_CLOSE * 4).await;
+        client.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        backend.read_exact(&mut got).await.expect("still forwarded");
+        assert_eq!(&got, b"ping");
+        assert!(!fwd.is_finished());
+        drop((client, backend));
+        fwd.await.expect("join").expect("ends cleanly");
     }
 }

@@ -4,7 +4,9 @@
 //! the future and with it the listening socket, so shutdown's "stop accepting" is one message.
 //! Each accepted socket leaves this thread as a `std` socket and is adopted by its worker's
 //! reactor there, so connections spread over all cores. What starts on the worker is the
-//! service's [`StartConn`]: the listener does not know the protocol.
+//! service's [`StartConn`]: the listener does not know the protocol. A client over
+//! `proxy.max_connections` is refused right here, before it costs a worker or a backend: it is
+//! sent the entry's refusal bytes (if any) and closed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,6 +96,10 @@ async fn accept_loop(
             }
         };
         entry.metrics.accepted.increment(1);
+        let Some(live) = entry.live.try_enter(entry.max_connections) else {
+            refuse(stream, peer, &entry);
+            continue;
+        };
         let id = next_id;
         next_id += 1;
         let client = match stream.into_std() {
@@ -108,11 +114,25 @@ async fn accept_loop(
             id,
             client,
             peer,
-            live: entry.live.enter(),
+            live,
             entry: entry.clone(),
         };
         hand_off(&workers, &mut turn, &start, conn, peer);
     }
+}
+
+/// Turns away a client over `proxy.max_connections`: one non-blocking send of the refusal (a
+/// fresh socket's send buffer takes a small packet whole; if not, the client gets a bare close)
+/// and a close. The client has not been counted as live, so nothing is left to give back.
+fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr, entry: &Entry) {
+    entry.metrics.refused_max_connections.increment(1);
+    if !entry.refusal.is_empty() {
+        if let Err(e) = socket2::SockRef::from(&stream).send(&entry.refusal) {
+            debug!(peer = %peer, error = %e, "cannot tell a refused client why");
+        }
+    }
+    debug!(peer = %peer, max_connections = entry.max_connections, "client refused: too many connections");
+    drop(stream);
 }
 
 fn hand_off(

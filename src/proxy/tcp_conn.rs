@@ -68,8 +68,9 @@ impl TcpConn {
         };
         let metrics = self.start.metrics();
         let (bytes_in, bytes_out) = (metrics.bytes_in.clone(), metrics.bytes_out.clone());
+        let half_close = self.start.half_close_timeout();
         let copy = async move {
-            let r = copy::bidirectional(&client, &backend, &bytes_in, &bytes_out).await;
+            let r = copy::bidirectional(&client, &backend, &bytes_in, &bytes_out, half_close).await;
             drop((client, backend));
             r
         };

@@ -1,15 +1,34 @@
 //! A real MariaDB server in a temporary directory.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::netns::NetNs;
 use crate::proc::{
     find_binary, free_port, is_root, log_tail, skip_or_fail, ServerProcess, TempDir,
 };
+
+/// How [`MariaDb::start_with`] runs the server; the default is [`MariaDb::start`]'s.
+#[derive(Debug, Default)]
+pub struct MariaDbOptions<'a> {
+    /// Run inside this namespace, listening on its inside address (default: this namespace,
+    /// 127.0.0.1). Drop the server before the namespace.
+    pub netns: Option<&'a NetNs>,
+    /// Resolve client addresses (no `--skip-name-resolve`): only then does the server keep its
+    /// host cache, which counts aborted connects and blocks a host past `max_connect_errors`.
+    pub name_resolve: bool,
+    /// More server options, e.g. `--max-connect-errors=5`.
+    pub args: Vec<String>,
+}
+
+/// The first byte of a greeting (protocol version 10).
+const PROTOCOL_V10: u8 = 10;
+/// The first byte of an ERR packet.
+const ERR_MARKER: u8 = 0xFF;
 
 /// How long a fresh server may take to greet.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -22,6 +41,7 @@ const STARTUP: Duration = Duration::from_secs(60);
 pub struct MariaDb {
     // Field order matters: the process dies before its directory is removed.
     process: ServerProcess,
+    ip: IpAddr,
     port: u16,
     socket: PathBuf,
     client: PathBuf,
@@ -34,6 +54,11 @@ impl MariaDb {
     /// missing, unless servers are required. Takes a few seconds: share one per test binary with
     /// [`MariaDb::shared`] where the tests allow.
     pub fn start() -> Option<MariaDb> {
+        MariaDb::start_with(MariaDbOptions::default())
+    }
+
+    /// [`MariaDb::start`] with `opts`.
+    pub fn start_with(opts: MariaDbOptions<'_>) -> Option<MariaDb> {
         let (Some(server), Some(install), Some(client)) = (
             find_binary("mariadbd"),
             find_binary("mariadb-install-db"),
@@ -88,25 +113,32 @@ impl MariaDb {
         }
 
         let port = free_port();
-        let mut cmd = Command::new(&server);
+        let (mut cmd, ip) = match opts.netns {
+            Some(ns) => (ns.command(&server), IpAddr::V4(ns.inside())),
+            None => (Command::new(&server), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={ip}"))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!(
                 "--pid-file={}",
                 dir.path().join("mariadbd.pid").display()
             ))
-            .arg("--skip-name-resolve")
             .arg("--innodb-buffer-pool-size=32M");
+        if !opts.name_resolve {
+            cmd.arg("--skip-name-resolve");
+        }
         if root {
             cmd.arg("--user=root");
         }
+        cmd.args(&opts.args);
         let process = ServerProcess::spawn(cmd, &log, dir.path());
         let mut db = MariaDb {
             process,
+            ip,
             port,
             socket,
             client,
@@ -140,9 +172,9 @@ impl MariaDb {
         }
     }
 
-    /// The SQL address, `127.0.0.1:<port>`.
+    /// The SQL address: `127.0.0.1:<port>`, or the namespace's inside address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The SQL port.
@@ -172,12 +204,55 @@ impl MariaDb {
     }
 }
 
-/// Whether a MySQL v10 greeting arrives on `addr`.
+/// Whether the server answers on `addr`: a MySQL v10 greeting, or an ERR in its place (a server
+/// that resolves names refuses a host no account matches before it greets). After a greeting the
+/// check logs in as a user that does not exist and reads the refusal: a connection dropped after
+/// the greeting would count as an aborted connect against this host, and a refused login does
+/// not.
 fn greets(addr: SocketAddr) -> bool {
     let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut head = [0u8; 5];
-    conn.read_exact(&mut head).is_ok() && head[4] == 10
+    let mut head = [0u8; 4];
+    if conn.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+    let mut greeting = vec![0u8; len];
+    if conn.read_exact(&mut greeting).is_err() {
+        return false;
+    }
+    match greeting.first() {
+        Some(&PROTOCOL_V10) => {}
+        Some(&ERR_MARKER) => return true,
+        _ => return false,
+    }
+    let _ = conn.write_all(&unknown_user_login());
+    let mut reply = [0u8; 4];
+    if conn.read_exact(&mut reply).is_ok() {
+        let len = u32::from_le_bytes([reply[0], reply[1], reply[2], 0]) as usize;
+        let _ = conn.read_exact(&mut vec![0u8; len]);
+    }
+    true
+}
+
+/// A protocol-4.1 handshake response (sequence 1) for `testkit_no_such_user`, empty password.
+fn unknown_user_login() -> Vec<u8> {
+    /// CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
+    const CAPS: u32 = 0x1 | 0x200 | 0x8000 | 0x8_0000;
+    /// utf8mb3_general_ci
+    const CHARSET: u8 = 33;
+    let mut payload = Vec::with_capacity(80);
+    payload.extend_from_slice(&CAPS.to_le_bytes());
+    payload.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    payload.push(CHARSET);
+    payload.extend_from_slice(&[0u8; 23]);
+    payload.extend_from_slice(b"testkit_no_such_user\0");
+    payload.push(0); // no auth data
+    payload.extend_from_slice(b"mysql_native_password\0");
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut packet = vec![len[0], len[1], len[2], 1];
+    packet.extend_from_slice(&payload);
+    packet
 }

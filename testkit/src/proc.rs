@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Whether missing servers fail the test (`SWITCHYARD_REQUIRE_SERVERS=1`, as in CI) instead of
 /// skipping it.
@@ -168,6 +168,29 @@ impl ServerProcess {
     pub(crate) fn fail(&mut self, msg: &str) -> ! {
         self.kill();
         panic!("{msg}\n{}", log_tail(&self.log, 4096));
+    }
+
+    /// Whether the process has not exited yet.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `within` for it to exit; kills it
+    /// (SIGKILL) after that. True when it exited on its own.
+    pub(crate) fn terminate(&mut self, within: Duration) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
     }
 
     /// Kills the process (SIGKILL) and reaps it.

@@ -3,9 +3,8 @@
 //! The proxy forwards the greeting (with the capabilities it cannot follow hidden — TLS among
 //! them, since frontend TLS is not offered in this version), the client's handshake response
 //! (asking for `CLIENT_SESSION_TRACK` on the proxy's behalf when the server offers it:
-//! capability flags are not covered by any auth scramble) and any auth-switch exchange, then
-//! turns the server's session tracking on. It reads only what a later login needs: user, capabilities,
-//! character set, and — for users configured with only a `password_hash` — the
+//! capability flags are not covered by any auth scramble) and any auth-switch exchange. It
+//! reads only what a later login needs: user, capabilities, character set, and — for users configured with only a `password_hash` — the
 //! `mysql_native_password` scramble, from which `SHA1(password)` is recovered and checked against
 //! the hash. The cleartext password is never seen, kept or logged.
 
@@ -15,7 +14,7 @@ use switchyard::wire::{
 };
 use tracing::{debug, info, warn};
 
-use super::{backend_err, client_err, End, Login, Relay};
+use super::{backend_err, client_err, End, Login, Relay, Turn};
 use crate::mysql::backend::LOGIN_MAX_PAYLOAD;
 use crate::mysql::tracker::Tracker;
 use crate::mysql::Credential;
@@ -60,7 +59,7 @@ impl Relay {
             negotiated,
             secret,
         });
-        self.enable_tracking().await
+        Ok(())
     }
 
     /// Packets of a login are small; a long one is hostile (and refused from its header).
@@ -83,6 +82,10 @@ impl Relay {
         if let Ok(greeting) = &greeting {
             greeting.sanitize(g.payload_mut());
         }
+        self.turn = match greeting {
+            Ok(_) => Turn::Client(RESPONSE_SEQ),
+            Err(_) => Turn::Done,
+        };
         self.client.out.extend_from_slice(g.raw());
         self.client.flush().await?;
         greeting.map_err(backend_err)
@@ -136,6 +139,7 @@ impl Relay {
         }
         self.backend.out.extend_from_slice(r.raw());
         self.backend.flush().await.map_err(backend_err)?;
+        self.turn = Turn::Server(AFTER_RESPONSE_SEQ);
         Ok(response)
     }
 
@@ -154,6 +158,7 @@ impl Relay {
                 f = self.backend.reader.frame() => {
                     let mut f = f.map_err(backend_err)?;
                     check_seq(&f, &mut seq).map_err(backend_err)?;
+                    self.turn = Turn::after_server(&f, seq);
                     if f.first() == marker::OK && self.backend.session_track && !self.client_tracks {
                         if let Some(plain) = strip_session_state(f.payload()) {
                             f = Frame::new(f.seq(), &plain);
@@ -174,6 +179,7 @@ impl Relay {
                     }
                     self.backend.out.extend_from_slice(f.raw());
                     self.backend.flush().await.map_err(backend_err)?;
+                    self.turn = Turn::Server(seq);
                 }
             }
         }

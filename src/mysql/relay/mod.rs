@@ -4,13 +4,17 @@
 //!
 //! Split by phase: [`login`] passes the first login through, [`command`] parses each command,
 //! runs the session's before/after hooks around it and forwards it and its response, and
-//! [`moves`] carries the session to another backend. This file holds the loop that chooses
-//! between them and the errors that end a session.
+//! [`moves`] carries the session to another backend; [`abandon`] finishes a backend login the
+//! client gave up on. This file holds the loop that chooses between them and the errors that
+//! end a session.
 
+mod abandon;
 mod command;
 mod login;
 mod moves;
 mod track;
+
+pub(super) use abandon::Turn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +48,8 @@ pub(super) enum End {
     Backend(#[from] BackendError),
     #[error("login failed")]
     LoginFailed,
+    #[error("login did not finish within proxy.login_timeout")]
+    LoginTimeout,
     #[error("closed at a safe point (drain or shutdown)")]
     Drained,
 }
@@ -147,12 +153,31 @@ pub(super) struct Relay {
     pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// Whose packet the backend's login waits for (`Done` once logged in).
+    pub(super) turn: Turn,
 }
 
 impl Relay {
-    /// Logs in, then relays commands until the session ends; returns why it ended.
-    pub(super) async fn serve(&mut self) -> End {
-        if let Err(e) = self.login().await {
+    /// Logs in (by `login_deadline`), then relays commands until the session ends; returns why
+    /// it ended. A login that fails on the client's side is finished cleanly on the backend.
+    pub(super) async fn serve(&mut self, login_deadline: tokio::time::Instant) -> End {
+        let failed = match tokio::time::timeout_at(login_deadline, self.login()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => {
+                self.tell_login_timeout().await;
+                Some(End::LoginTimeout)
+            }
+        };
+        if let Some(e) = failed {
+            if !matches!(e, End::Backend(_)) {
+                // the client is done with: it need not wait for the backend's side
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.client.writer).await;
+                self.finish_abandoned_login().await;
+            }
+            return e;
+        }
+        if let Err(e) = self.enable_tracking().await {
             return e;
         }
         loop {
