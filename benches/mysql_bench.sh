@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # benches/mysql_bench.sh — switchyard `protocol: mysql` (issue 5).
 #
-# 1. oltp_point_select QPS through switchyard in mysql mode vs tcp mode (same backend, same run,
-#    interleaved rounds, medians). Target: mysql >= 0.9 x tcp.
+# 1. Throughput: sysbench $WORKLOADS at $THREADS_LIST threads through HAProxy (mode tcp, nbthread 2)
+#    and switchyard in tcp and in mysql mode (same backend, same run, interleaved rounds with a
+#    rotating order): medians, and ratios to HAProxy and to tcp mode taken round by round.
 # 2. oltp_read_only, 16 threads, --db-ps-mode=disable, through a mysql-mode switchyard over two
 #    backends while one backend is drained and undrained every 2 s: client errors (target 0) and
 #    migrations counted in /metrics.
 # 3. 5,000 idle logged-in sessions on one backend; drain it; time until all moved (target <= 10 s).
 #
-# Needs: mariadbd + mariadb-install-db + mariadb, sysbench, python3, curl.
-# Usage: benches/mysql_bench.sh   (ROUNDS=3 TIME=15 THREADS=8 IDLE=5000 CHURN_TIME=30 by default)
+# Needs: mariadbd + mariadb-install-db + mariadb, sysbench, haproxy, python3, curl.
+# Usage: benches/mysql_bench.sh   (ROUNDS=5 TIME=15 WORKLOADS=oltp_point_select THREADS_LIST=8
+#        IDLE=5000 CHURN_TIME=30 by default)
 #        SWITCHYARD_BIN=path/to/switchyard benches/mysql_bench.sh
 #        IDLE_CHANGED=1: each idle session first runs a SET (user variable, sql_mode).
 #        KEEP_WORK=1 keeps the servers' and proxies' logs (the work directory is printed).
@@ -17,10 +19,12 @@
 #        BASELINE_BIN=path/to/older/switchyard: part 3 runs DRAIN_ROUNDS (default 3) times with each
 #        binary, alternating, and reports both medians and their ratio.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 TIME=${TIME:-15}
-THREADS=${THREADS:-8}
+WORKLOADS=${WORKLOADS:-oltp_point_select}
+THREADS_LIST=${THREADS_LIST:-${THREADS:-8}}
 IDLE=${IDLE:-5000}
 CHURN_TIME=${CHURN_TIME:-30}
 OUT=${OUT:-mysql-bench-results.md}
@@ -28,100 +32,27 @@ PARTS=${PARTS:-select churn drain}
 BASELINE_BIN=${BASELINE_BIN:-}
 DRAIN_ROUNDS=${DRAIN_ROUNDS:-3}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SWITCHYARD_BIN:-}
-if [[ -z "$BIN" ]]; then
-  (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard"
-fi
-
-WORK=$(mktemp -d /tmp/switchyard-mysql-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -n "${KEEP_WORK:-}" ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-ulimit -n 30000 2>/dev/null || true
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 300); do
-    if python3 -c "import socket; socket.create_connection(('$1',$2),0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listening on $1:$2" >&2; return 1
-}
-
-start_db() { # name port
-  mariadb-install-db --no-defaults --auth-root-authentication-method=normal --skip-test-db \
-    --datadir="$WORK/$1" --user=root >"$WORK/$1-install.log" 2>&1
-  mariadbd --no-defaults --datadir="$WORK/$1" --port="$2" --bind-address=127.0.0.1 \
-    --socket="$WORK/$1.sock" --pid-file="$WORK/$1.pid" --user=root --skip-name-resolve \
-    --max-connections=$((IDLE + 500)) --thread-handling=pool-of-threads \
-    --innodb-buffer-pool-size=128M >"$WORK/$1.log" 2>&1 &
-  PIDS+=($!)
-  wait_port 127.0.0.1 "$2"
-  for _ in $(seq 100); do mariadb --socket="$WORK/$1.sock" -uroot -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-  mariadb --socket="$WORK/$1.sock" -uroot -e "CREATE DATABASE sbtest; CREATE USER sb@'%' IDENTIFIED BY 'sb'; GRANT ALL ON *.* TO sb@'%';"
-}
+BIN=$(bench_bin)
+bench_init mysql-bench
 
 DB1=$(free_port); DB2=$(free_port)
 echo "== MariaDB on $DB1 and $DB2" >&2
-start_db db1 "$DB1"
-start_db db2 "$DB2"
-SB=(sysbench --db-driver=mysql --mysql-host=127.0.0.1 --mysql-user=sb --mysql-password=sb
-    --mysql-db=sbtest --tables=4 --table-size=10000)
+start_db db1 "$DB1" --max-connections=$((IDLE + 500)) --thread-handling=pool-of-threads
+start_db db2 "$DB2" --max-connections=$((IDLE + 500)) --thread-handling=pool-of-threads
 if want select || want churn; then
-  for p in "$DB1" "$DB2"; do
-    sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$p" prepare >/dev/null
-  done
+  for p in "$DB1" "$DB2"; do prepare_db "$p"; done
 fi
 
-sy_start() { # name protocol listen admin backends... ; extra yaml in $EXTRA
-  local name=$1 proto=$2 listen=$3 admin=$4; shift 4
-  local list; list=$(printf '127.0.0.1:%s, ' "$@"); list=${list%, }
-  cat >"$WORK/$name.yaml" <<CFG
-proxy: { listen: 127.0.0.1:$listen, protocol: $proto }
-admin: { listen: 127.0.0.1:$admin }
-backends: { static: [$list] }
-health_check: { interval: 1s }
-mysql: { users: [ { name: sb, password: sb } ] }
-log: { level: warn }
-${EXTRA:-}
-CFG
-  "${SY_BIN:-$BIN}" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
-  SY_PID=$!
-  PIDS+=($SY_PID)
-  wait_port 127.0.0.1 "$listen"
-  for _ in $(seq 100); do
-    [[ $(curl -fs "127.0.0.1:$admin/backends" | grep -o '"healthy"' | wc -l) -ge $# ]] && break; sleep 0.1
-  done
-}
-
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-
-# ---- 1. point select: mysql vs tcp -------------------------------------------------------------
-Q_T=-; Q_M=-; RATIO=-
+# ---- 1. throughput: mysql mode vs tcp mode vs HAProxy --------------------------------------------
+SELECT_TABLES=
 if want select; then
-TCP=$(free_port); TCPA=$(free_port); MY=$(free_port); MYA=$(free_port)
-sy_start tcp tcp "$TCP" "$TCPA" "$DB1"
-sy_start my mysql "$MY" "$MYA" "$DB1"
-run_one() { # name port
-  local out qps errs
-  out=$(sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$2" --threads="$THREADS" --time="$TIME" --report-interval=0 run)
-  qps=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$out")
-  echo "$1 $qps" | tee -a "$WORK/rounds.txt" >&2
-}
-echo "== oltp_point_select, $THREADS threads, ${TIME}s x $ROUNDS rounds" >&2
-sysbench oltp_point_select "${SB[@]:1}" --mysql-port="$DB1" --threads="$THREADS" --time=3 run >/dev/null
-for r in $(seq "$ROUNDS"); do
-  if ((r % 2)); then run_one tcp "$TCP"; run_one mysql "$MY"; else run_one mysql "$MY"; run_one tcp "$TCP"; fi
-done
-Q_T=$(awk '$1=="tcp" {print $2}' "$WORK/rounds.txt" | median)
-Q_M=$(awk '$1=="mysql" {print $2}' "$WORK/rounds.txt" | median)
-RATIO=$(python3 -c "print(f'{$Q_M/$Q_T:.3f}')")
+HAP=$(free_port); TCP=$(free_port); TCPA=$(free_port); MY=$(free_port); MYA=$(free_port)
+start_haproxy "$HAP $DB1"
+sy_start tcp tcp "$TCP" "$TCPA" "$DB1"; TCP_PID=$SY_PID
+sy_start my mysql "$MY" "$MYA" "$DB1"; MY_PID=$SY_PID
+echo "== $WORKLOADS at $THREADS_LIST threads, ${TIME}s x $ROUNDS rounds" >&2
+throughput_rounds "haproxy $HAP $HAP_PID" "switchyard-tcp $TCP $TCP_PID" "switchyard-mysql $MY $MY_PID"
+SELECT_TABLES=$(throughput_summary haproxy; echo; echo "Against tcp mode:"; throughput_summary switchyard-tcp)
 fi
 
 # ---- 2. read-only load while one backend is drained/undrained every 2 s ------------------------
@@ -139,7 +70,7 @@ echo "== oltp_read_only 16 threads, ${CHURN_TIME}s, draining 127.0.0.1:$DB1 ever
 ) &
 TOGGLE=$!
 set +e
-RO=$(sysbench oltp_read_only "${SB[@]:1}" --mysql-port="$CH" --threads=16 --time="$CHURN_TIME" \
+RO=$(sysbench oltp_read_only "${SB[@]}" --mysql-port="$CH" --threads=16 --time="$CHURN_TIME" \
   --db-ps-mode=disable --report-interval=0 run 2>&1)
 RO_RC=$?
 set -e
@@ -244,12 +175,7 @@ fi
 {
   echo "### Results ($(date -u +%Y-%m-%d), $(nproc) cores)"
   if want select; then
-    echo
-    echo "| oltp_point_select, $THREADS threads, median of $ROUNDS x ${TIME}s | QPS |"
-    echo "|---|---|"
-    echo "| switchyard protocol: tcp | $Q_T |"
-    echo "| switchyard protocol: mysql | $Q_M |"
-    echo "| mysql / tcp | **$RATIO** |"
+    echo "$SELECT_TABLES"
   fi
   if want churn; then
     echo

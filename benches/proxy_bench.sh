@@ -1,142 +1,90 @@
 #!/usr/bin/env bash
-# benches/proxy_bench.sh — switchyard (tcp mode) against HAProxy and a direct connection.
+# benches/proxy_bench.sh — switchyard (tcp and mysql mode) against HAProxy and a direct connection.
 #
-# 1. Throughput: sysbench oltp_point_select, $THREADS threads, against one MariaDB on loopback:
-#    direct, through HAProxy (mode tcp, balance leastconn) and through switchyard (protocol tcp),
-#    in interleaved rounds (the order rotates each round); medians of QPS and p95 latency.
+# 1. Throughput: sysbench $WORKLOADS at each of $THREADS_LIST threads against one MariaDB on
+#    loopback: direct, through HAProxy (mode tcp, nbthread 2, leastconn) and through switchyard in
+#    each of $MODES, in interleaved rounds (the order rotates each round). Per workload × threads
+#    × path: median QPS with min–max, the ratio to HAProxy taken round by round, median p95.
 # 2. Memory: RSS of each proxy while 0 → $IDLE_MAX idle client connections are held open through
 #    it (to a backend that accepts and holds); the least-squares slope is the cost per connection.
 #
-# Needs: mariadbd + mariadb-install-db + mariadb (client), sysbench, haproxy, python3.
-# Usage:  benches/proxy_bench.sh            (ROUNDS=5 TIME=20 THREADS=8 IDLE_MAX=5000 by default)
-#         PROFILE=1 ... adds a perf profile of one switchyard round ($OUT.perf.txt); IDLE_MAX=0 skips memory
-#         SWITCHYARD_BIN=path/to/switchyard benches/proxy_bench.sh
+# Needs: mariadbd + mariadb-install-db + mariadb (client), sysbench, haproxy, python3, curl.
+# Usage:  benches/proxy_bench.sh
+#   ROUNDS=5 TIME=15 WORKLOADS="oltp_point_select oltp_read_only" THREADS_LIST="8 64"
+#   MODES="tcp mysql" IDLE_MAX=5000 by default; IDLE_MAX=0 skips memory.
+#   SWITCHYARD_BIN=path/to/switchyard: the binary (default: a release build of this tree).
+#   BASELINE_BIN=path/to/older/switchyard adds "base-<mode>" paths run by that binary, in the
+#     same rounds: a change is measured against the previous binary under the same load.
+#   DIRECT=0 leaves out the direct path.
+#   PROFILE="<path> <workload> <threads>" (e.g. "switchyard-mysql oltp_read_only 8") adds one
+#     run of that path under `perf record -e cpu-clock` ($OUT.perf.txt) and one under
+#     `strace -c -f` ($OUT.strace.txt, syscalls per query).
 # Prints a Markdown summary at the end (also written to $OUT, default bench-results.md).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
-TIME=${TIME:-20}
-THREADS=${THREADS:-8}
+TIME=${TIME:-15}
+WORKLOADS=${WORKLOADS:-oltp_point_select oltp_read_only}
+THREADS_LIST=${THREADS_LIST:-${THREADS:-8 64}}
+MODES=${MODES:-tcp mysql}
 IDLE_MAX=${IDLE_MAX:-5000}
 IDLE_STEP=${IDLE_STEP:-1000}
 OUT=${OUT:-bench-results.md}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SWITCHYARD_BIN:-}
-if [[ -z "$BIN" ]]; then
-  (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard"
-fi
+BASELINE_BIN=${BASELINE_BIN:-}
+BIN=$(bench_bin)
 
-WORK=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -z "${KEEP:-}" ]]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n 20000 2>/dev/null || true
-# HAProxy wants 2 descriptors per connection plus some; keep maxconn inside the limit.
-HAP_MAXCONN=$(( ($(ulimit -n) - 100) / 2 ))
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # host port
-  for _ in $(seq 200); do
-    if python3 -c "import socket,sys; socket.create_connection(('$1',$2),0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listening on $1:$2 (logs: $WORK)" >&2; KEEP=1; return 1
-}
-
-DB=$(free_port); HAP=$(free_port); SY=$(free_port); SYADM=$(free_port)
+bench_init bench
+DB=$(free_port); HAP=$(free_port)
 HOLD=$(free_port); HAP_IDLE=$(free_port); SY_IDLE=$(free_port); SY_IDLE_ADM=$(free_port)
 
 echo "== MariaDB on 127.0.0.1:$DB" >&2
-mariadb-install-db --no-defaults --auth-root-authentication-method=normal --skip-test-db \
-  --datadir="$WORK/data" --user=root >"$WORK/install.log" 2>&1
-mariadbd --no-defaults --datadir="$WORK/data" --port="$DB" --bind-address=127.0.0.1 \
-  --socket="$WORK/mysql.sock" --pid-file="$WORK/mariadbd.pid" --user=root --skip-name-resolve \
-  --max-connections=1000 --innodb-buffer-pool-size=256M >"$WORK/mariadbd.log" 2>&1 &
-PIDS+=($!)
-wait_port 127.0.0.1 "$DB"
-for _ in $(seq 100); do mariadb --socket="$WORK/mysql.sock" -uroot -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-mariadb --socket="$WORK/mysql.sock" -uroot -e "CREATE DATABASE sbtest; CREATE USER sb@'%' IDENTIFIED BY 'sb'; GRANT ALL ON sbtest.* TO sb@'%';"
-SB=(sysbench oltp_point_select --db-driver=mysql --mysql-host=127.0.0.1 --mysql-user=sb
-    --mysql-password=sb --mysql-db=sbtest --tables=8 --table-size=10000)
-"${SB[@]}" --mysql-port="$DB" --threads=4 prepare >"$WORK/prepare.log"
+start_db db "$DB"
+prepare_db "$DB"
 
-echo "== HAProxy on $HAP, switchyard on $SY" >&2
-cat >"$WORK/haproxy.cfg" <<CFG
-global
-  maxconn $HAP_MAXCONN
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-listen db
-  bind 127.0.0.1:$HAP
-  balance leastconn
-  server db1 127.0.0.1:$DB
-listen idle
-  bind 127.0.0.1:$HAP_IDLE
-  balance leastconn
-  server hold 127.0.0.1:$HOLD
-CFG
-haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-HAP_PID=$!; PIDS+=($HAP_PID)
+echo "== HAProxy on $HAP" >&2
+start_haproxy "$HAP $DB" "$HAP_IDLE $HOLD"
 
-sy_config() { # listen admin backend
-  cat <<CFG
-proxy: { listen: 127.0.0.1:$1, protocol: tcp, workers: ${SY_WORKERS:-0} }
-admin: { listen: 127.0.0.1:$2 }
-backends: { static: [127.0.0.1:$3] }
-log: { level: warn }
-CFG
-}
-sy_config "$SY" "$SYADM" "$DB" >"$WORK/sy.yaml"
-"$BIN" --config "$WORK/sy.yaml" >"$WORK/sy.log" 2>&1 &
-SY_PID=$!; PIDS+=($SY_PID)
-wait_port 127.0.0.1 "$HAP"; wait_port 127.0.0.1 "$SY"
-# Wait until switchyard's first health check has marked the backend healthy.
-for _ in $(seq 100); do
-  curl -fs "127.0.0.1:$SYADM/backends" | grep -q '"healthy"' && break; sleep 0.1
-done
-
-run_one() { # name port
-  local out
-  out=$("${SB[@]}" --mysql-port="$2" --threads="$THREADS" --time="$TIME" --report-interval=0 run)
-  local qps p95
-  qps=$(sed -n 's/.*queries: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' <<<"$out")
-  p95=$(sed -n 's/.*95th percentile: *\([0-9.]*\).*/\1/p' <<<"$out")
-  echo "$1 $qps $p95" | tee -a "$WORK/rounds.txt" >&2
-}
-
-echo "== sysbench oltp_point_select, $THREADS threads, ${TIME}s x $ROUNDS rounds" >&2
-"${SB[@]}" --mysql-port="$DB" --threads="$THREADS" --time=5 run >/dev/null   # warm-up
-TARGETS=("direct $DB" "haproxy $HAP" "switchyard $SY")
-for r in $(seq "$ROUNDS"); do
-  for i in 0 1 2; do
-    t=${TARGETS[$(( (i + r) % 3 ))]}
-    run_one $t
+TARGETS=()
+[[ ${DIRECT:-1} != 0 ]] && TARGETS+=("direct $DB")
+TARGETS+=("haproxy $HAP $HAP_PID")
+declare -A SY_PIDS
+for mode in $MODES; do
+  for flavour in switchyard ${BASELINE_BIN:+base}; do
+    port=$(free_port); adm=$(free_port)
+    bin=$BIN; [[ $flavour == base ]] && bin=$BASELINE_BIN
+    SY_BIN=$bin sy_start "$flavour-$mode" "$mode" "$port" "$adm" "$DB"
+    SY_PIDS[$flavour-$mode]=$SY_PID
+    TARGETS+=("$flavour-$mode $port $SY_PID")
+    echo "== $flavour-$mode on $port" >&2
   done
 done
 
+echo "== $WORKLOADS at $THREADS_LIST threads, ${TIME}s x $ROUNDS rounds, paths: ${TARGETS[*]}" >&2
+throughput_rounds "${TARGETS[@]}"
+
 if [[ -n "${PROFILE:-}" ]]; then
-  # One more switchyard round under perf: where the proxy's CPU time goes.
-  perf record -F 999 -g -p "$SY_PID" -o "$WORK/perf.data" -- sleep "$TIME" 2>/dev/null &
+  read -r p_name p_work p_threads <<<"$PROFILE"
+  p_port=
+  for t in "${TARGETS[@]}"; do read -r n p _ <<<"$t"; [[ $n == "$p_name" ]] && p_port=$p; done
+  p_pid=${SY_PIDS[$p_name]:-$HAP_PID}
+  p_sb=(sysbench "$p_work" "${SB[@]}" "${SB_RUN_ARGS[@]}" --mysql-port="$p_port" --threads="$p_threads" --time="$TIME" run)
+  # Where the proxy's CPU time goes (no hardware counters in a VM: sample the cpu clock).
+  perf record -e cpu-clock -F 999 -g -p "$p_pid" -o "$WORK/perf.data" -- sleep "$TIME" 2>/dev/null &
   PERF=$!
-  "${SB[@]}" --mysql-port="$SY" --threads="$THREADS" --time="$TIME" run >/dev/null
+  "${p_sb[@]}" >/dev/null
   wait "$PERF" || true
   perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null \
-    | grep -v '^#' | grep '%' | head -40 >"$OUT.perf.txt" || true
-  echo "perf profile of switchyard: $OUT.perf.txt" >&2
+    | grep -v '^#' | grep '%' | head -60 >"$OUT.perf.txt" || true
+  # Syscalls per query: strace slows the proxy, so only the counts matter here.
+  strace -c -f -p "$p_pid" -o "$WORK/strace.txt" &
+  STRACE=$!
+  sleep 0.5
+  q=$("${p_sb[@]}" | sed -n 's/.*queries: *\([0-9]*\) .*/\1/p')
+  kill -INT "$STRACE"; wait "$STRACE" || true
+  { echo "queries: $q"; cat "$WORK/strace.txt"; } >"$OUT.strace.txt"
+  echo "profile of $p_name: $OUT.perf.txt, $OUT.strace.txt" >&2
 fi
-
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-col() { awk -v n="$1" -v c="$2" '$1==n {print $c}' "$WORK/rounds.txt" | median; }
-Q_D=$(col direct 2); Q_H=$(col haproxy 2); Q_S=$(col switchyard 2)
-P_D=$(col direct 3); P_H=$(col haproxy 3); P_S=$(col switchyard 3)
 
 SLOPE_S=-; RSS0_S=-; RSSN_S=-; SLOPE_H=-; RSS0_H=-; RSSN_H=-
 if (( IDLE_MAX > 0 )); then
@@ -176,34 +124,24 @@ for c in conns:
 PY
 python3 "$WORK/hold.py" "$HOLD" & PIDS+=($!)
 wait_port 127.0.0.1 "$HOLD"
-sy_config "$SY_IDLE" "$SY_IDLE_ADM" "$HOLD" >"$WORK/sy-idle.yaml"
-"$BIN" --config "$WORK/sy-idle.yaml" >"$WORK/sy-idle.log" 2>&1 &
-SY_IDLE_PID=$!; PIDS+=($SY_IDLE_PID)
-wait_port 127.0.0.1 "$SY_IDLE"
-for _ in $(seq 100); do
-  curl -fs "127.0.0.1:$SY_IDLE_ADM/backends" | grep -q '"healthy"' && break; sleep 0.1
-done
-read -r SLOPE_S RSS0_S RSSN_S < <(python3 "$WORK/idle.py" "$SY_IDLE" "$SY_IDLE_PID" "$IDLE_MAX" "$IDLE_STEP")
+sy_start sy-idle tcp "$SY_IDLE" "$SY_IDLE_ADM" "$HOLD"
+read -r SLOPE_S RSS0_S RSSN_S < <(python3 "$WORK/idle.py" "$SY_IDLE" "$SY_PID" "$IDLE_MAX" "$IDLE_STEP")
 read -r SLOPE_H RSS0_H RSSN_H < <(python3 "$WORK/idle.py" "$HAP_IDLE" "$HAP_PID" "$IDLE_MAX" "$IDLE_STEP")
 fi
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 {
-  echo "Run: $(date -u +%Y-%m-%d), $(nproc) cores, $(haproxy -v | head -1 | cut -d' ' -f1-3), $(mariadbd --version | awk '{print $3}'), sysbench $(sysbench --version | awk '{print $2}')"
-  echo "Command: \`ROUNDS=$ROUNDS TIME=$TIME THREADS=$THREADS IDLE_MAX=$IDLE_MAX benches/proxy_bench.sh\`"
+  echo "Run: $(date -u +%Y-%m-%d), $(nproc) cores, $(haproxy -v | head -1 | cut -d' ' -f1-3) (nbthread ${HAP_THREADS:-2}), $(mariadbd --version | awk '{print $3}'), sysbench $(sysbench --version | awk '{print $2}')"
+  echo "Command: \`ROUNDS=$ROUNDS TIME=$TIME WORKLOADS=\"$WORKLOADS\" THREADS_LIST=\"$THREADS_LIST\" MODES=\"$MODES\" IDLE_MAX=$IDLE_MAX${BASELINE_BIN:+ BASELINE_BIN=…} benches/proxy_bench.sh\`"
+  throughput_summary haproxy
+  if (( IDLE_MAX > 0 )); then
+    echo
+    echo "| proxy | RSS at 0 idle conns | RSS at $IDLE_MAX | slope per idle conn |"
+    echo "|---|---:|---:|---:|"
+    echo "| HAProxy | ${RSS0_H} KiB | ${RSSN_H} KiB | ${SLOPE_H} KiB |"
+    echo "| switchyard (tcp) | ${RSS0_S} KiB | ${RSSN_S} KiB | ${SLOPE_S} KiB |"
+  fi
   echo
-  echo "| path | median QPS | vs direct | vs HAProxy | median p95 (ms) |"
-  echo "|---|---:|---:|---:|---:|"
-  echo "| direct | $Q_D | 1.00 | $(ratio "$Q_D" "$Q_H") | $P_D |"
-  echo "| HAProxy (tcp, leastconn) | $Q_H | $(ratio "$Q_H" "$Q_D") | 1.00 | $P_H |"
-  echo "| switchyard (tcp) | $Q_S | $(ratio "$Q_S" "$Q_D") | $(ratio "$Q_S" "$Q_H") | $P_S |"
-  echo
-  echo "| proxy | RSS at 0 idle conns | RSS at $IDLE_MAX | slope per idle conn |"
-  echo "|---|---:|---:|---:|"
-  echo "| HAProxy | ${RSS0_H} KiB | ${RSSN_H} KiB | ${SLOPE_H} KiB |"
-  echo "| switchyard | ${RSS0_S} KiB | ${RSSN_S} KiB | ${SLOPE_S} KiB |"
-  echo
-  echo "Rounds (path, QPS, p95 ms):"
+  echo "Runs (workload, threads, round, path, QPS, p95 ms, load average at start, CPU cores used by other jobs, proxy CPU µs per query):"
   echo
   echo '```'
   cat "$WORK/rounds.txt"

@@ -152,6 +152,9 @@ pub struct Config {
     pub router: RouterConfig,
     /// Accounts for moving MySQL sessions (`protocol: mysql`).
     pub mysql_users: Vec<MysqlUser>,
+    /// Bound on one move of a MySQL session (`mysql.move_timeout`): target login, snapshot and
+    /// restore; a frozen old backend gets one more before its session is closed.
+    pub mysql_move_timeout: Duration,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Log format.
@@ -313,10 +316,21 @@ impl Default for RawBalance {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawMysql {
     users: Vec<RawUser>,
+    #[serde(with = "humantime_serde")]
+    move_timeout: Duration,
+}
+
+impl Default for RawMysql {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            move_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +427,7 @@ impl RawConfig {
         positive("proxy.connect_timeout", self.proxy.connect_timeout)?;
         positive("proxy.login_timeout", self.proxy.login_timeout)?;
         positive("proxy.half_close_timeout", self.proxy.half_close_timeout)?;
+        positive("mysql.move_timeout", self.mysql.move_timeout)?;
         let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
         if proxy_listen == admin_listen {
             return Err(ConfigError::new(
@@ -579,6 +594,7 @@ impl RawConfig {
             health,
             router,
             mysql_users,
+            mysql_move_timeout: self.mysql.move_timeout,
             log_level: self.log.level,
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,
@@ -728,6 +744,20 @@ mod tests {
         let e = load("proxy: { max_connections: -1 }\nbackends: { static: [127.0.0.1:1] }\n")
             .unwrap_err();
         assert_eq!(e.key, "proxy.max_connections", "{e}");
+    }
+
+    #[test]
+    fn the_mysql_move_timeout_defaults_to_five_seconds_and_must_be_positive() {
+        assert_eq!(
+            load(MINIMAL).unwrap().mysql_move_timeout,
+            Duration::from_secs(5)
+        );
+        let c = load("backends: { static: [127.0.0.1:1] }\nmysql: { move_timeout: 750ms }\n")
+            .expect("valid");
+        assert_eq!(c.mysql_move_timeout, Duration::from_millis(750));
+        let e =
+            load("backends: { static: [127.0.0.1:1] }\nmysql: { move_timeout: 0s }\n").unwrap_err();
+        assert_eq!(e.key, "mysql.move_timeout", "{e}");
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                     "" => MysqlConfig::default().probe_user,
                     user => user.to_string(),
                 },
+                move_timeout: cfg.mysql_move_timeout,
                 ..Default::default()
             });
             let registry = sessions.clone();

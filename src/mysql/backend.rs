@@ -10,17 +10,18 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use switchyard::wire::{
-    self, caps, cmd, flush, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
+    self, caps, cmd, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
     parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Greeting,
-    HandshakeError, NativeSecret, PacketError, PacketReader, Response, NATIVE_PASSWORD,
+    HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response, NATIVE_PASSWORD,
 };
 
 use super::tracker::{Kind, Next, PrepareOk, Tracker};
 
 /// Largest packet a server may send during a login (a greeting, an auth switch).
 pub const LOGIN_MAX_PAYLOAD: usize = 64 * 1024;
-/// Room for the few small commands the proxy queues on its own.
-const OUT_BUF: usize = 16 * 1024;
+/// Largest packet of an answer to the proxy's own queries that is not a row (OK, ERR, column
+/// count and definitions, EOF): such packets are small; a longer one breaks the exchange.
+const MAX_META_PACKET: usize = 1 << 20;
 
 /// A connected backend: address, reader, writer and the capabilities of the session on it.
 pub struct Backend {
@@ -30,8 +31,9 @@ pub struct Backend {
     pub reader: PacketReader<OwnedReadHalf>,
     /// Bytes to the server.
     pub writer: OwnedWriteHalf,
-    /// Reusable output buffer.
-    pub out: Vec<u8>,
+    /// Bytes to send; holds a pooled buffer only while bytes are queued (or a long command is
+    /// on its way).
+    pub out: OutBuf,
     /// The session negotiated `CLIENT_DEPRECATE_EOF` (set by whoever completes the login).
     pub deprecate_eof: bool,
     /// The proxy negotiated `CLIENT_SESSION_TRACK` with the server (whatever the client asked):
@@ -51,6 +53,20 @@ pub enum QueryError {
     /// The answer did not have the expected shape.
     #[error("unexpected answer: {0}")]
     Shape(&'static str),
+    /// The answer's rows were longer than the bytes the caller allowed; it was read to its end
+    /// (so later answers stay readable) but not kept.
+    #[error("answer over its size cap")]
+    TooLarge,
+}
+
+/// One packet where a row may stand.
+enum RowPacket {
+    /// The row, or `None` when it did not fit the budget (read and dropped).
+    Row(Option<Vec<u8>>),
+    /// The terminator ending the rows, with its status flags.
+    End(u16),
+    /// An error instead of further rows.
+    Err(ErrInfo),
 }
 
 /// Rows of a text result set: each value raw, `None` for SQL NULL.
@@ -70,7 +86,7 @@ impl Backend {
             addr,
             reader: PacketReader::new(r),
             writer: w,
-            out: Vec::with_capacity(OUT_BUF),
+            out: OutBuf::new(),
             deprecate_eof: false,
             session_track: false,
         }
@@ -78,7 +94,7 @@ impl Backend {
 
     /// Sends the buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        flush(&mut self.writer, &mut self.out).await
+        self.out.flush_to(&mut self.writer).await
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the
@@ -141,11 +157,24 @@ impl Backend {
     }
 
     /// Reads the answer to a queued query or command: the rows of its result sets (none for
-    /// an OK). A server error is returned after its ERR packet, so later answers stay readable.
+    /// an OK or EOF). A server error is returned after its ERR packet, so later answers stay
+    /// readable.
     pub async fn read_answer(&mut self, seq: u8) -> Result<Rows, QueryError> {
+        let mut unbounded = usize::MAX;
+        self.read_answer_within(seq, &mut unbounded).await
+    }
+
+    /// [`Backend::read_answer`], keeping at most `budget` bytes (what it reads is taken off
+    /// `budget`). Over it the answer is still read to its end, and [`QueryError::TooLarge`]
+    /// returned.
+    pub async fn read_answer_within(
+        &mut self,
+        seq: u8,
+        budget: &mut usize,
+    ) -> Result<Rows, QueryError> {
         self.flush().await.map_err(PacketError::from)?;
         let mut rows = Vec::new();
-        self.read_result(seq, &mut rows).await?;
+        self.read_result(seq, &mut rows, budget).await?;
         Ok(rows)
     }
 
@@ -161,25 +190,38 @@ impl Backend {
         self.read_answer(seq).await
     }
 
-    /// Reads a text response starting at `seq`; rows of every result set go to `rows`.
-    async fn read_result(&mut self, seq: u8, rows: &mut Rows) -> Result<(), QueryError> {
+    /// Reads a text response starting at `seq`; rows of every result set go to `rows` while
+    /// they fit `budget`.
+    async fn read_result(
+        &mut self,
+        seq: u8,
+        rows: &mut Rows,
+        budget: &mut usize,
+    ) -> Result<(), QueryError> {
         let mut seq = seq;
-        let next = |s: &mut u8| {
-            let cur = *s;
-            *s = s.wrapping_add(1);
-            cur
+        let mut over = false;
+        let done = |over: bool| {
+            if over {
+                Err(QueryError::TooLarge)
+            } else {
+                Ok(())
+            }
         };
         loop {
-            let (_, first) = self.reader.logical(next(&mut seq), usize::MAX).await?;
+            let first = self.meta_packet(&mut seq, budget).await?;
             let n = match first.first() {
                 Some(&marker::OK) => {
                     let ok = parse_ok(&first).ok_or(QueryError::Shape("short OK"))?;
                     if more_results(ok.status) {
                         continue;
                     }
-                    return Ok(());
+                    return done(over);
                 }
                 Some(&marker::ERR) => return Err(QueryError::Server(parse_err(&first))),
+                // `COM_SET_OPTION` and the like answer with a bare EOF
+                Some(&marker::EOF) if is_terminator(&first, self.deprecate_eof) => {
+                    return done(over)
+                }
                 Some(&marker::LOCAL_INFILE) => {
                     return Err(QueryError::Shape("LOCAL INFILE request"))
                 }
@@ -189,21 +231,26 @@ impl Backend {
                 }
             };
             for _ in 0..n {
-                self.reader.logical(next(&mut seq), usize::MAX).await?;
+                self.meta_packet(&mut seq, budget).await?;
             }
             if !self.deprecate_eof {
-                let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
+                let p = self.meta_packet(&mut seq, budget).await?;
                 if p.first() != Some(&marker::EOF) {
                     return Err(QueryError::Shape("expected EOF after columns"));
                 }
             }
             let status = loop {
-                let (_, p) = self.reader.logical(next(&mut seq), usize::MAX).await?;
-                if p.first() == Some(&marker::ERR) {
-                    return Err(QueryError::Server(parse_err(&p)));
-                }
-                if is_terminator(&p, self.deprecate_eof) {
-                    break terminator_status(&p, self.deprecate_eof).unwrap_or(0);
+                let p = match self.row_packet(&mut seq, budget).await? {
+                    RowPacket::Err(e) => return Err(QueryError::Server(e)),
+                    RowPacket::End(status) => break status,
+                    RowPacket::Row(None) => {
+                        over = true;
+                        continue;
+                    }
+                    RowPacket::Row(Some(p)) => p,
+                };
+                if over {
+                    continue;
                 }
                 let mut pos = 0;
                 let mut row = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(4096));
@@ -214,8 +261,59 @@ impl Backend {
                 rows.push(row);
             };
             if !more_results(status) {
-                return Ok(());
+                return done(over);
             }
+        }
+    }
+
+    /// A whole logical packet that is no row (at most [`MAX_META_PACKET`] bytes), starting at
+    /// sequence id `*seq`; moves `*seq` past it and takes its length off `budget`.
+    async fn meta_packet(
+        &mut self,
+        seq: &mut u8,
+        budget: &mut usize,
+    ) -> Result<Vec<u8>, QueryError> {
+        let (last, p) = self.reader.logical(*seq, MAX_META_PACKET).await?;
+        *seq = last.wrapping_add(1);
+        *budget = budget.saturating_sub(p.len());
+        Ok(p)
+    }
+
+    /// The packet where a row may stand, starting at sequence id `*seq`: a row is kept while
+    /// it fits `budget` (and taken off it), and otherwise read to its end and dropped.
+    async fn row_packet(
+        &mut self,
+        seq: &mut u8,
+        budget: &mut usize,
+    ) -> Result<RowPacket, QueryError> {
+        let f = self.reader.frame_seq(*seq).await?;
+        *seq = seq.wrapping_add(1);
+        if !f.continued() {
+            if f.first() == marker::ERR {
+                return Ok(RowPacket::Err(parse_err(f.payload())));
+            }
+            if is_terminator(f.payload(), self.deprecate_eof) {
+                let status = terminator_status(f.payload(), self.deprecate_eof).unwrap_or(0);
+                return Ok(RowPacket::End(status));
+            }
+        }
+        let mut row = Vec::new();
+        let mut keep = true;
+        let mut f = f;
+        loop {
+            let len = f.payload().len();
+            if keep && len <= *budget {
+                *budget -= len;
+                row.extend_from_slice(f.payload());
+            } else {
+                keep = false;
+                *budget = 0;
+            }
+            if !f.continued() {
+                return Ok(RowPacket::Row(keep.then_some(row)));
+            }
+            f = self.reader.frame_seq(*seq).await?;
+            *seq = seq.wrapping_add(1);
         }
     }
 }

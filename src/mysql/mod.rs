@@ -100,14 +100,19 @@ pub struct MysqlConfig {
     pub users: MysqlUsers,
     /// Bound on one TCP connect to a backend.
     pub connect_timeout: Duration,
-    /// Bound on the target side of a move (login, restore, verify); the client waits at most
-    /// this long for a move that then fails.
+    /// Bound on a whole move (`mysql.move_timeout`): the target's login, the snapshot on the
+    /// old backend and the restore. A move that takes longer fails; an old backend that has
+    /// not answered the snapshot by then gets one more `move_timeout` to recover before the
+    /// session is closed, so a frozen backend never hangs a drain or a client.
     pub move_timeout: Duration,
     /// Largest logical packet accepted from a client (the protocol's own limit is 1 GiB).
     pub max_packet: usize,
     /// The user a backend login the client abandoned is finished as (`health_check.probe_user`):
     /// a login refused for a missing user is not an aborted connect.
     pub probe_user: String,
+    /// Bytes of answers a move's snapshot keeps from the old backend: a session whose state is
+    /// larger (large user variables) stays where it is, and the proxy's memory stays bounded.
+    pub max_snapshot: usize,
 }
 
 impl Default for MysqlConfig {
@@ -118,6 +123,7 @@ impl Default for MysqlConfig {
             move_timeout: Duration::from_secs(5),
             max_packet: 1 << 30,
             probe_user: switchyard::HealthCheckConfig::default().probe_user,
+            max_snapshot: 4 << 20,
         }
     }
 }

@@ -141,6 +141,9 @@ pub struct Tracker {
     state: State,
     /// The previous server packet was a full 16 MiB one: this one continues it.
     continuing: bool,
+    /// The previous client packet (`LOCAL INFILE` data) was a full 16 MiB one: the next one
+    /// continues it, even when it is empty.
+    client_continuing: bool,
     /// Sequence id the next packet (either side) must carry.
     next_seq: u8,
     /// Status flags of the last OK/EOF seen.
@@ -166,6 +169,7 @@ impl Tracker {
             kind: Kind::Simple,
             state: State::Done,
             continuing: false,
+            client_continuing: false,
             next_seq: 0,
             status: status::AUTOCOMMIT,
             error: false,
@@ -190,6 +194,7 @@ impl Tracker {
     pub fn start(&mut self, kind: Kind, last_seq: u8) -> Next {
         self.kind = kind;
         self.continuing = false;
+        self.client_continuing = false;
         self.error = false;
         self.prepared = None;
         self.auth_ok = false;
@@ -379,9 +384,14 @@ impl Tracker {
     }
 
     /// Feeds the next client packet within a response (`LOCAL INFILE` data or an auth reply).
+    /// The data ends with an empty packet — but an empty packet right after a full 16 MiB one
+    /// only ends that logical packet (a chunk of exactly 16 MiB − 1 bytes is sent that way).
     pub fn on_client(&mut self, f: &Frame) -> Next {
-        if self.state == State::Infile && f.payload().is_empty() {
-            self.state = State::InfileResult;
+        if self.state == State::Infile {
+            let continuation = std::mem::replace(&mut self.client_continuing, f.continued());
+            if f.payload().is_empty() && !continuation {
+                self.state = State::InfileResult;
+            }
         }
         self.next()
     }
@@ -545,6 +555,43 @@ mod tests {
         let end = r.frame().await.unwrap();
         t.check_seq(&end).unwrap();
         assert_eq!(t.on_client(&end), Next::Server);
+        let ok = r.frame().await.unwrap();
+        t.check_seq(&ok).unwrap();
+        assert_eq!(t.on_server(&ok).unwrap(), Next::Done);
+    }
+
+    #[tokio::test]
+    async fn an_empty_packet_continuing_a_full_infile_packet_does_not_end_the_data() {
+        // issue 9.6: a chunk of exactly 16 MiB - 1 bytes is a full packet and an empty one
+        let mut t = Tracker::new(caps::PROTOCOL_41);
+        t.start(Kind::Query, 0);
+        let fs = frames(&[b"\xfbfile.csv"]).await;
+        t.check_seq(&fs[0]).unwrap();
+        assert_eq!(t.on_server(&fs[0]).unwrap(), Next::Client);
+        let mut wire = Vec::new();
+        let seq = put_packet(&mut wire, 2, &vec![b'x'; MAX_PAYLOAD]);
+        let seq = put_packet(&mut wire, seq, &vec![b'y'; 2 * MAX_PAYLOAD]);
+        let seq = put_packet(&mut wire, seq, b"");
+        put_packet(&mut wire, seq, OK);
+        let mut r = PacketReader::new(&wire[..]);
+        let mut turns = Vec::new();
+        for _ in 0..6 {
+            let f = r.frame().await.unwrap();
+            t.check_seq(&f).unwrap();
+            turns.push((f.payload().len(), t.on_client(&f)));
+        }
+        use Next::{Client, Server};
+        assert_eq!(
+            turns,
+            [
+                (MAX_PAYLOAD, Client),
+                (0, Client),
+                (MAX_PAYLOAD, Client),
+                (MAX_PAYLOAD, Client),
+                (0, Client),
+                (0, Server),
+            ]
+        );
         let ok = r.frame().await.unwrap();
         t.check_seq(&ok).unwrap();
         assert_eq!(t.on_server(&ok).unwrap(), Next::Done);

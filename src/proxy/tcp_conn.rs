@@ -1,15 +1,20 @@
 //! `TcpConn`: the actor for one proxied client in `tcp` mode.
 //!
 //! It starts like every connection ([`ConnStart`]: route, connect each backend at most once,
-//! register), then leaves the bytes to a spawned copy loop ([`super::copy`]) and handles only
-//! control: [`Redirect`] (answered with `RedirectFailed` at once: a raw TCP stream has no safe
-//! point to move at) and its own end (its [`Registration`] reports `ConnClosed` when dropped).
+//! register), then leaves the bytes to a copy loop ([`super::copy`]) and handles only control:
+//! [`Redirect`] (answered with `RedirectFailed` at once: a raw TCP stream has no safe point to
+//! move at) and its own end (its [`Registration`] reports `ConnClosed` when dropped).
+//!
+//! The copy loop is a task of its own, not a future in the actor's context: it wakes for every
+//! chunk, and inside the context each wake-up would also poll the actor's mailbox and every
+//! item spawned there. The actor waits only on the task's end, and aborts it when it stops.
 
 use std::time::Instant;
 
 use actix::prelude::*;
 use switchyard::{Redirect, Registration};
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tracing::debug;
 
 use super::copy;
@@ -28,6 +33,8 @@ pub struct TcpConn {
     moves: Moves,
     /// Set once routed; dropping it (with the actor) unregisters the connection.
     registration: Option<Registration>,
+    /// The copy task, aborted when the actor stops (e.g. its arbiter shuts down).
+    copy: Option<AbortHandle>,
 }
 
 impl TcpConn {
@@ -40,6 +47,7 @@ impl TcpConn {
             start,
             moves,
             registration: None,
+            copy: None,
         }
         .start();
     }
@@ -58,6 +66,12 @@ impl Actor for TcpConn {
             act.forward(routed.backend, ctx);
         });
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(copy) = self.copy.take() {
+            copy.abort();
+        }
+    }
 }
 
 impl TcpConn {
@@ -74,14 +88,18 @@ impl TcpConn {
             drop((client, backend));
             r
         };
-        ctx.spawn(copy.into_actor(self).map(|r, act, ctx| {
+        let task = actix::spawn(copy);
+        self.copy = Some(task.abort_handle());
+        ctx.spawn(task.into_actor(self).map(|r, act, ctx| {
             let backend = act.registration.as_ref().map_or("", |r| r.backend());
             match r {
-                Ok(()) => debug!(conn_id = act.id(), backend, "connection finished"),
-                Err(e) => {
+                Ok(Ok(())) => debug!(conn_id = act.id(), backend, "connection finished"),
+                Ok(Err(e)) => {
                     debug!(conn_id = act.id(), backend, error = %e, "connection ended with an error")
                 }
+                Err(e) => debug!(conn_id = act.id(), backend, error = %e, "copy task ended"),
             }
+            act.copy = None;
             ctx.stop();
         }));
     }

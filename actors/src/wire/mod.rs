@@ -13,6 +13,7 @@ mod fields;
 mod frame;
 pub mod handshake;
 mod packets;
+mod pool;
 mod track;
 
 pub use constants::{caps, charset, cmd, code, marker, sqlstate, status, track as track_kind};
@@ -29,6 +30,7 @@ pub use packets::{
     eof_payload, err_payload, is_terminator, more_results, ok_payload, parse_err, parse_ok,
     terminator_status, ErrInfo, OkInfo,
 };
+pub use pool::{buffers_held, OutBuf};
 pub use track::{
     clear_eof_state_flag, eof_status, has_session_state, session_state, state_changes,
     strip_session_state, StateChange, StateChanges,

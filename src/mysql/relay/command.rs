@@ -5,10 +5,12 @@
 //! the response must settle (a query's pending effects, a statement id), and `after` hands it
 //! back to the session with what the response said (error, status flags).
 
-use switchyard::wire::{cmd, code, get_cstr, marker, sqlstate, Frame, PacketError};
+use switchyard::wire::{cmd, code, get_cstr, get_u16, marker, sqlstate, Frame, PacketError};
 use tracing::debug;
 
 use super::{backend_err, client_err, End, Relay};
+use crate::mysql::session::long_text::EffectWatch;
+use crate::mysql::session::stmts::UnknownStmt;
 use crate::mysql::session::{stmts, Outcome, Pending};
 use crate::mysql::tracker::{Kind, Next};
 use crate::mysql::Credential;
@@ -50,8 +52,24 @@ enum Hook {
     ResetConnection,
     /// `COM_CHANGE_USER`.
     ChangeUser,
+    /// `COM_SET_OPTION` with this option (`None`: too short to carry one).
+    SetOption(Option<u16>),
+    /// A `COM_STMT_*` command naming a statement the session does not have: the proxy answers
+    /// it as the server would, and it never reaches the backend.
+    UnknownStmt(UnknownStmt),
     /// Nothing to settle.
     Nothing,
+}
+
+/// How MariaDB names the handler of each `COM_STMT_*` command that answers, in its
+/// `ER_UNKNOWN_STMT_HANDLER` message; the others (close, long data) answer nothing.
+fn stmt_handler(code: u8) -> Option<&'static str> {
+    match code {
+        cmd::STMT_EXECUTE => Some("mysqld_stmt_execute"),
+        cmd::STMT_FETCH => Some("mysqld_stmt_fetch"),
+        cmd::STMT_RESET => Some("mysqld_stmt_reset"),
+        _ => None,
+    }
 }
 
 impl Relay {
@@ -68,7 +86,18 @@ impl Relay {
             return self.untracked(first).await;
         };
         let mut hook = self.before(code, &mut first);
-        let last = self.forward(&first).await?;
+        if let Hook::UnknownStmt(id) = hook {
+            return self.unknown_stmt(code, &first, id).await;
+        }
+        // a query over 16 MiB: the scan saw its first packet, the watch sees the rest
+        let mut watch =
+            (code == cmd::QUERY && first.continued()).then(|| EffectWatch::after(first.payload()));
+        let last = self.forward(&first, watch.as_mut()).await?;
+        if let (Some(w), Hook::Query(pending)) = (&watch, &mut hook) {
+            if w.hit() {
+                pending.mark_unknown_effects();
+            }
+        }
         if code == cmd::QUIT {
             return Err(End::Quit);
         }
@@ -82,6 +111,34 @@ impl Relay {
             self.enable_tracking().await?;
         }
         Ok(())
+    }
+
+    /// A `COM_STMT_*` command naming a statement the session does not have: execute, fetch and
+    /// reset get MariaDB's own error, close and long data nothing, as from the server. Never
+    /// forwarded: after a move the number may name another of the session's statements there.
+    async fn unknown_stmt(&mut self, code: u8, first: &Frame, id: UnknownStmt) -> Result<(), End> {
+        let last = self.skip_rest(first).await?;
+        debug!(
+            conn_id = self.id,
+            command = code,
+            stmt = id.0,
+            "unknown statement id"
+        );
+        let Some(handler) = stmt_handler(code) else {
+            return Ok(());
+        };
+        let msg = format!(
+            "Unknown prepared statement handler ({}) given to {handler}",
+            id.0
+        );
+        self.client
+            .answer_err(
+                last.wrapping_add(1),
+                code::ER_UNKNOWN_STMT_HANDLER,
+                sqlstate::GENERAL,
+                &msg,
+            )
+            .await
     }
 
     /// A command the tracker cannot follow: relayed as raw bytes from now on, or refused.
@@ -117,23 +174,22 @@ impl Relay {
             | cmd::STMT_FETCH
             | cmd::STMT_CLOSE
             | cmd::STMT_RESET
-            | cmd::STMT_SEND_LONG_DATA => {
-                let id = self.before_stmt(code, first);
-                match (code, id) {
-                    (_, None) => Hook::Nothing,
-                    (cmd::STMT_EXECUTE, Some(id)) => Hook::Execute(id),
-                    (cmd::STMT_FETCH, Some(id)) => Hook::Fetch(id),
-                    (cmd::STMT_CLOSE, Some(id)) => Hook::CloseStmt(id),
-                    (cmd::STMT_RESET, Some(id)) => Hook::ResetStmt(id),
-                    (_, Some(id)) => Hook::LongData(id),
-                }
-            }
+            | cmd::STMT_SEND_LONG_DATA => match self.before_stmt(code, first) {
+                Err(unknown) => Hook::UnknownStmt(unknown),
+                Ok(id) => match code {
+                    cmd::STMT_EXECUTE => Hook::Execute(id),
+                    cmd::STMT_FETCH => Hook::Fetch(id),
+                    cmd::STMT_CLOSE => Hook::CloseStmt(id),
+                    cmd::STMT_RESET => Hook::ResetStmt(id),
+                    _ => Hook::LongData(id),
+                },
+            },
+            cmd::SET_OPTION => Hook::SetOption(get_u16(first.payload(), 1)),
             // commands that leave variables and schema alone
             cmd::QUIT
             | cmd::FIELD_LIST
             | cmd::STATISTICS
             | cmd::PROCESS_INFO
-            | cmd::SET_OPTION
             | cmd::PROCESS_KILL
             | cmd::PING => Hook::Nothing,
             cmd::RESET_CONNECTION => {
@@ -151,37 +207,36 @@ impl Relay {
     }
 
     /// Maps a `COM_STMT_*` command's statement id to the backend's; for an execute, adds the
-    /// parameter types a re-prepared statement needs. Returns the client's statement id, `None`
-    /// when unknown.
-    fn before_stmt(&mut self, code: u8, first: &mut Frame) -> Option<u32> {
-        let id = self.session.map_stmt(first.payload_mut());
+    /// parameter types a re-prepared statement needs and notes what it may change. Returns
+    /// the client's statement id, or the id the session does not have.
+    fn before_stmt(&mut self, code: u8, first: &mut Frame) -> Result<u32, UnknownStmt> {
+        let id = self.session.map_stmt(first.payload_mut())?;
         if code != cmd::STMT_EXECUTE {
-            return id;
+            return Ok(id);
         }
-        if id.is_some() && stmts::wants_cursor(first.payload()) {
+        if stmts::wants_cursor(first.payload()) {
             debug!(
                 conn_id = self.id,
                 stmt = id,
                 "execute with a cursor requested"
             );
         }
-        let rewritten = id.and_then(|id| {
-            self.session
-                .bind_stmt_types(id, first.payload(), first.continued())
-        });
+        let rewritten = self
+            .session
+            .bind_stmt_types(id, first.payload(), first.continued());
         if let Some(payload) = rewritten {
             *first = Frame::new(0, &payload);
         }
-        if id.is_none() {
-            // forwarded as it is: the backend may run a statement the proxy does not know
-            self.session.mark_changed();
-        }
-        id
+        Ok(id)
     }
 
-    /// Sends the command and its continuation packets to the backend; returns the sequence id
-    /// of its last packet.
-    async fn forward(&mut self, first: &Frame) -> Result<u8, End> {
+    /// Sends the command and its continuation packets to the backend (showing those to `watch`,
+    /// when given); returns the sequence id of its last packet.
+    async fn forward(
+        &mut self,
+        first: &Frame,
+        mut watch: Option<&mut EffectWatch>,
+    ) -> Result<u8, End> {
         let mut last = first.seq();
         let mut total = first.payload().len();
         let mut more = first.continued();
@@ -190,18 +245,9 @@ impl Relay {
             if self.backend.out.len() >= BACKEND_FLUSH_AT {
                 self.backend.flush().await.map_err(backend_err)?;
             }
-            let f = self
-                .client
-                .reader
-                .frame_seq(last.wrapping_add(1))
-                .await
-                .map_err(client_err)?;
-            total += f.payload().len();
-            if total > self.cfg.max_packet {
-                return Err(End::Client(PacketError::TooLarge {
-                    len: total,
-                    max: self.cfg.max_packet,
-                }));
+            let f = self.continuation(last, &mut total).await?;
+            if let Some(w) = watch.as_deref_mut() {
+                w.feed(f.payload());
             }
             last = f.seq();
             more = f.continued();
@@ -209,6 +255,39 @@ impl Relay {
         }
         self.backend.flush().await.map_err(backend_err)?;
         Ok(last)
+    }
+
+    /// Reads and drops the continuation packets of a command the proxy answers itself; returns
+    /// the sequence id of its last packet.
+    async fn skip_rest(&mut self, first: &Frame) -> Result<u8, End> {
+        let mut last = first.seq();
+        let mut total = first.payload().len();
+        let mut more = first.continued();
+        while more {
+            let f = self.continuation(last, &mut total).await?;
+            last = f.seq();
+            more = f.continued();
+        }
+        Ok(last)
+    }
+
+    /// The client packet continuing one with sequence id `last`, counted into the command's
+    /// `total` length (bounded by `max_packet`).
+    async fn continuation(&mut self, last: u8, total: &mut usize) -> Result<Frame, End> {
+        let f = self
+            .client
+            .reader
+            .frame_seq(last.wrapping_add(1))
+            .await
+            .map_err(client_err)?;
+        *total += f.payload().len();
+        if *total > self.cfg.max_packet {
+            return Err(End::Client(PacketError::TooLarge {
+                len: *total,
+                max: self.cfg.max_packet,
+            }));
+        }
+        Ok(f)
     }
 
     /// The session's hook after a command: what the response says. True when the server reset
@@ -242,7 +321,13 @@ impl Relay {
                 return true;
             }
             Hook::ChangeUser => return self.after_change_user(first),
-            Hook::ResetConnection | Hook::Prepare(_) | Hook::Nothing => {}
+            Hook::Prepare(_) if error => self.session.prepare_failed(),
+            Hook::SetOption(Some(option)) if !error => self.session.set_option(option),
+            Hook::ResetConnection
+            | Hook::Prepare(_)
+            | Hook::SetOption(_)
+            | Hook::UnknownStmt(_)
+            | Hook::Nothing => {}
         }
         false
     }

@@ -20,16 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::wire::{
-    err_payload, flush, marker, parse_err, put_packet, Frame, HandshakeError, NativeSecret,
+    err_payload, marker, parse_err, put_packet, Frame, HandshakeError, NativeSecret, OutBuf,
     PacketError, PacketReader, Response,
 };
 use switchyard::{BackendInst, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::Control;
+use super::conn::{Control, ControlRx};
 use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
@@ -79,6 +78,17 @@ pub(super) enum BackendError {
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
+    /// The old backend stopped answering during a move's snapshot, and did not recover.
+    #[error("stopped answering during a move")]
+    Unresponsive,
+}
+
+/// Reports a redirect of connection `id` from `from` to `to` that did not happen, and why (also
+/// while the session's state is borrowed by a move).
+fn refused(link: &Registration, id: u64, from: &str, to: &BackendInst, reason: &str) {
+    crate::metrics::migration(false, Duration::ZERO);
+    info!(conn_id = id, from, to = %to.addr(), reason, "redirect refused");
+    link.redirect_failed(to.addr());
 }
 
 /// Counts and logs one redirect a session cannot follow now, and why: the one place reasons are
@@ -109,17 +119,18 @@ pub(super) struct Login {
     secret: Option<NativeSecret>,
 }
 
-/// The client's socket: packets in, a reusable buffer out. Both halves count what crosses them
-/// into `bytes_in_total` / `bytes_out_total`.
+/// The client's socket: packets in, a pooled buffer out (neither holds memory while the session
+/// is idle). Both halves count what crosses them into `bytes_in_total` / `bytes_out_total`.
 pub(super) struct ClientSide {
     pub(super) reader: PacketReader<Counted<OwnedReadHalf>>,
     pub(super) writer: Counted<OwnedWriteHalf>,
-    pub(super) out: Vec<u8>,
+    pub(super) out: OutBuf,
 }
 
 impl ClientSide {
     async fn flush(&mut self) -> Result<(), End> {
-        flush(&mut self.writer, &mut self.out)
+        self.out
+            .flush_to(&mut self.writer)
             .await
             .map_err(|e| client_err(e.into()))
     }
@@ -127,8 +138,19 @@ impl ClientSide {
     /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
     /// write is not worth reporting.
     pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
+        let _ = self.answer_err(seq, code, state, msg).await;
+    }
+
+    /// Answers a command with an ERR packet (sequence id `seq`) and goes on.
+    pub(super) async fn answer_err(
+        &mut self,
+        seq: u8,
+        code: u16,
+        state: &str,
+        msg: &str,
+    ) -> Result<(), End> {
         put_packet(&mut self.out, seq, &err_payload(code, state, msg));
-        let _ = self.flush().await;
+        self.flush().await
     }
 }
 
@@ -143,7 +165,7 @@ pub(super) struct Relay {
     pub(super) login: Option<Login>,
     pub(super) link: Registration,
     pub(super) cfg: Arc<MysqlConfig>,
-    pub(super) ctrl: mpsc::UnboundedReceiver<Control>,
+    pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.
     pub(super) pending: Option<BackendInst>,
     /// Why the pending redirect waits, once counted (each redirect counts a reason once).
@@ -184,6 +206,9 @@ impl Relay {
             if let Err(e) = self.at_safe_point().await {
                 return e;
             }
+            // between commands: a buffer that grew for a long response goes back
+            self.client.out.release();
+            self.backend.out.release();
             let r = tokio::select! {
                 c = self.ctrl.recv() => {
                     self.on_control(c);
@@ -228,9 +253,7 @@ impl Relay {
 
     /// Reports a redirect to `to` that did not happen.
     fn failed(&self, to: &BackendInst, reason: &str) {
-        crate::metrics::migration(false, Duration::ZERO);
-        info!(conn_id = self.id, from = %self.backend.addr, to = %to.addr(), reason, "redirect refused");
-        self.link.redirect_failed(to.addr());
+        refused(&self.link, self.id, &self.backend.addr, to, reason);
     }
 
     /// Gives up tracking: relays bytes both ways until either side closes.

@@ -3,19 +3,24 @@
 //!
 //! A move logs in to the target while the old backend reports the session's state (the two run
 //! side by side), restores and verifies that state on the target in one round trip, then swaps
-//! backends. Any failure leaves the session where it was, except a broken old backend, which
-//! ends it.
+//! backends — all within `mysql.move_timeout`. Any failure leaves the session where it was,
+//! except a broken old backend, which ends it. An old backend that does not answer the snapshot
+//! in time fails the move at once (the router is never kept waiting), and keeps the session
+//! only if it answers within one more `move_timeout`: its answers must be read to their end
+//! before anything else can be relayed on it.
 
-use std::time::Duration;
-
-use switchyard::wire::{caps, cmd, put_packet, HandshakeError, NativeSecret};
+use switchyard::wire::{caps, cmd, code, put_packet, sqlstate, HandshakeError, NativeSecret};
 use switchyard::BackendInst;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{backend_err, pinned, End, Relay};
+use super::{backend_err, pinned, refused, BackendError, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
 use crate::mysql::session::{self, Pin, StateError};
+
+/// Sequence id of the error that closes a session between commands: the answer to the command
+/// the client sends (or already sent) next.
+const CLOSING_ERR_SEQ: u8 = 1;
 
 /// Why a move did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +40,28 @@ enum MoveError {
     /// The old backend broke while reporting the state: the session cannot go on there either.
     #[error("old backend: {0}")]
     OldBackend(#[source] QueryError),
-    /// The target side took longer than `mysql.move_timeout`.
+    /// The move took longer than `mysql.move_timeout`.
     #[error("move timed out")]
     Timeout,
+    /// The old backend did not answer the snapshot within `mysql.move_timeout`; the redirect
+    /// was reported failed then. What became of the old backend after.
+    #[error("old backend did not answer the snapshot in time")]
+    Late(Late),
 }
+
+/// What an old backend that missed the move's deadline did within one more `move_timeout`.
+#[derive(Debug)]
+enum Late {
+    /// It answered the snapshot to its end: the session goes on there.
+    Recovered,
+    /// It broke.
+    Broke(QueryError),
+    /// It still has not answered.
+    Frozen,
+}
+
+/// The reason a redirect is refused with when the old backend misses the move's deadline.
+const SNAPSHOT_LATE: &str = "old backend did not answer the snapshot within move_timeout";
 
 impl Relay {
     /// Between two commands: closes a draining session, or moves to a pending redirect's
@@ -49,14 +72,15 @@ impl Relay {
             self.verify_transaction().await?;
         }
         let blocker = self.session.blocker();
-        if self.closing && !blocker.is_some_and(Pin::waits) {
+        if self.closing && !self.session.closing_waits() {
             return Err(End::Drained);
         }
         let Some(to) = self.pending.take() else {
             return Ok(());
         };
         match self.movable(to, blocker) {
-            Some((to, secret)) => self.move_to(to, secret).await,
+            // boxed: a move's futures are large and rare; inline they would size every session
+            Some((to, secret)) => Box::pin(self.move_to(to, secret)).await,
             None => Ok(()),
         }
     }
@@ -129,6 +153,24 @@ impl Relay {
                 self.hold(to, Pin::UserLock);
                 Ok(())
             }
+            // already reported when the deadline passed
+            Err(MoveError::Late(Late::Recovered)) => {
+                info!(conn_id = self.id, backend = %self.backend.addr, "old backend answered late; the session stays");
+                Ok(())
+            }
+            Err(MoveError::Late(Late::Broke(e))) => Err(backend_err(e)),
+            Err(MoveError::Late(Late::Frozen)) => {
+                warn!(conn_id = self.id, backend = %self.backend.addr, "old backend stopped answering during a move; closing the session");
+                self.client
+                    .send_err(
+                        CLOSING_ERR_SEQ,
+                        code::ER_UNKNOWN_ERROR,
+                        sqlstate::GENERAL,
+                        "switchyard: the backend stopped answering; session closed",
+                    )
+                    .await;
+                Err(backend_err(BackendError::Unresponsive))
+            }
             Err(e) => {
                 if matches!(e, MoveError::State(_)) {
                     // e.g. a digest that no longer matches the carried state: read it all next time
@@ -142,7 +184,8 @@ impl Relay {
 
     /// Moves the session to `to`: logs in there while the old backend reports the session's
     /// state (the two run side by side), then restores and verifies the state on the target in
-    /// one round trip. Returns the target; the old backend is left for the caller to close.
+    /// one round trip, all before `move_timeout` has passed. Returns the target; the old
+    /// backend is left for the caller to close.
     async fn migrate(
         &mut self,
         to: &BackendInst,
@@ -153,9 +196,10 @@ impl Relay {
         // the proxy's own session tracking, whatever the client asked
         response.caps |= caps::SESSION_TRACK;
         let limit = self.cfg.move_timeout;
+        let deadline = Instant::now() + limit;
         let connect_timeout = self.cfg.connect_timeout;
         let addr = to.addr().to_string();
-        let target = bounded(limit, async {
+        let target = within(deadline, async {
             let mut b = Backend::connect(&addr, connect_timeout)
                 .await
                 .map_err(MoveError::Connect)?;
@@ -164,30 +208,33 @@ impl Relay {
                 .map_err(MoveError::Login)?;
             Ok(b)
         });
-        // both run to completion: the snapshot must never stop halfway through the old
-        // backend's answers
-        let (target, snap) = tokio::join!(
-            target,
-            session::snapshot(&mut self.backend, &mut self.session)
-        );
-        let snap = match snap {
-            Ok(snap) => snap,
-            Err(e) => {
-                if let Ok(t) = target {
-                    quit(t);
-                }
-                return Err(match e {
-                    StateError::Query {
-                        source: e @ (QueryError::Packet(_) | QueryError::Shape(_)),
-                        ..
-                    } => MoveError::OldBackend(e),
-                    e => MoveError::State(e),
-                });
-            }
+        let from = self.backend.addr.clone();
+        let (target, snap) = {
+            let snapshot =
+                session::snapshot(&mut self.backend, &mut self.session, self.cfg.max_snapshot);
+            tokio::pin!(snapshot);
+            let (target, snap) =
+                tokio::join!(target, tokio::time::timeout_at(deadline, &mut snapshot));
+            let Ok(snap) = snap else {
+                drop(target);
+                // the router is told now; the session waits for the old backend a while
+                // longer, since the snapshot must never stop halfway through its answers
+                refused(&self.link, self.id, &from, to, SNAPSHOT_LATE);
+                let late = match tokio::time::timeout(limit, &mut snapshot).await {
+                    Err(_) => Late::Frozen,
+                    Ok(r) => match r.map_err(snapshot_error) {
+                        Err(MoveError::OldBackend(e)) => Late::Broke(e),
+                        _ => Late::Recovered,
+                    },
+                };
+                return Err(MoveError::Late(late));
+            };
+            (target, snap)
         };
+        let snap = snap.map_err(snapshot_error)?;
         let mut target = target?;
         let session = &self.session;
-        let restored = bounded(limit, async {
+        let restored = within(deadline, async {
             session::restore(&mut target, session, &snap, negotiated)
                 .await
                 .map_err(MoveError::State)
@@ -198,12 +245,23 @@ impl Relay {
     }
 }
 
-/// `fut`, or [`MoveError::Timeout`] after `limit`.
-async fn bounded<T>(
-    limit: Duration,
+/// A snapshot failure: a broken old backend, or state that cannot be carried.
+fn snapshot_error(e: StateError) -> MoveError {
+    match e {
+        StateError::Query {
+            source: e @ (QueryError::Packet(_) | QueryError::Shape(_)),
+            ..
+        } => MoveError::OldBackend(e),
+        e => MoveError::State(e),
+    }
+}
+
+/// `fut`, or [`MoveError::Timeout`] at `deadline`.
+async fn within<T>(
+    deadline: Instant,
     fut: impl std::future::Future<Output = Result<T, MoveError>>,
 ) -> Result<T, MoveError> {
-    tokio::time::timeout(limit, fut)
+    tokio::time::timeout_at(deadline, fut)
         .await
         .map_err(|_| MoveError::Timeout)?
 }

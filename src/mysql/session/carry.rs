@@ -9,6 +9,9 @@
 //! come from `information_schema.USER_VARIABLES` when the session may have changed them. The
 //! state is written to the target, and the digest query must then read the same on both. The
 //! queries are MariaDB's (10.2+); on a MySQL backend the snapshot fails and the session stays.
+//! Every query here is shaped to be immune to the client's session settings: an explicit `LIMIT`
+//! (`sql_select_limit`), `sql_big_selects` (`max_join_size`), backquoted names and hex or
+//! `''`-doubled literals (`ANSI_QUOTES`, `NO_BACKSLASH_ESCAPES`).
 
 use std::fmt::Write as _;
 
@@ -46,6 +49,10 @@ pub enum StateError {
     /// The server says a transaction is open (after a failed command left it unverified).
     #[error("transaction open")]
     InTransaction,
+    /// The old backend's answers for the snapshot were longer than the snapshot's size cap
+    /// (`max_snapshot`): large user variables, say. Read to their end, but not kept.
+    #[error("session state over the snapshot size cap")]
+    TooLarge,
 }
 
 /// A changed session variable.
@@ -82,7 +89,7 @@ pub struct Snapshot {
     pub uservars: Vec<UserVar>,
     /// The digest query.
     pub digest_sql: String,
-    /// Its one row on the old backend: schema, then variable values.
+    /// Its one row on the old backend: schema, then variable values, then `LAST_INSERT_ID()`.
     pub digest: Vec<Option<Vec<u8>>>,
 }
 
@@ -109,13 +116,29 @@ pub fn restorable(name: &str) -> bool {
     !NOT_RESTORED.contains(&name) && !name.starts_with(PROXY_OWNED_PREFIX)
 }
 
-const SYSVARS_SQL: &str = "SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
+/// An explicit `LIMIT` on every `SELECT` the proxy runs on a client's session: it overrides the
+/// session's `sql_select_limit`, which would otherwise cut the proxy's answers short.
+const NO_LIMIT: &str = " LIMIT 18446744073709551615";
+
+/// The session's `max_join_size` could refuse a read of `information_schema` (error 1104), so
+/// the read runs with `sql_big_selects` on; its session value is then read by the digest
+/// instead (see [`BIG_SELECTS`]).
+const SYSVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
+     SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
      FROM information_schema.SYSTEM_VARIABLES WHERE VARIABLE_SCOPE = 'SESSION' \
      AND (NOT (SESSION_VALUE <=> GLOBAL_VALUE) OR VARIABLE_NAME IN \
-     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION'))";
+     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION',\
+     'SQL_BIG_SELECTS')) LIMIT 18446744073709551615";
 
-const USERVARS_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
-     VARIABLE_VALUE FROM information_schema.USER_VARIABLES";
+/// The variable [`SYSVARS_SQL`] overrides while it reads: always carried, its value taken from
+/// the digest (which reads it unaltered).
+const BIG_SELECTS: &str = "sql_big_selects";
+
+/// String values are not read here: the digest reads them as hex, which restores them exactly.
+const USERVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
+     SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
+     IF(VARIABLE_TYPE = 'VARCHAR', NULL, VARIABLE_VALUE) FROM information_schema.USER_VARIABLES \
+     LIMIT 18446744073709551615";
 
 fn text(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
@@ -152,7 +175,13 @@ impl Snapshot {
     /// variables known by name only.
     fn sysvar_values_from_digest(&mut self) {
         for (i, v) in self.sysvars.iter_mut().enumerate() {
-            v.value = text(self.digest.get(1 + i).unwrap_or(&None));
+            let d = self.digest.get(1 + i).unwrap_or(&None);
+            v.value = match (v.name == BIG_SELECTS, d.as_deref()) {
+                // the digest reads it as 0/1; the variable is set as OFF/ON
+                (true, Some(b"0")) => Some("OFF".into()),
+                (true, Some(b"1")) => Some("ON".into()),
+                _ => text(d),
+            };
         }
     }
 
@@ -173,10 +202,11 @@ impl Snapshot {
 async fn answers(
     b: &mut Backend,
     seqs: &[u8],
+    budget: &mut usize,
 ) -> Result<Vec<Result<Rows, QueryError>>, QueryError> {
     let mut out = Vec::with_capacity(seqs.len());
     for &seq in seqs {
-        match b.read_answer(seq).await {
+        match b.read_answer_within(seq, budget).await {
             Err(e @ (QueryError::Packet(_) | QueryError::Shape(_))) => return Err(e),
             r => out.push(r),
         }
@@ -193,6 +223,7 @@ fn check_sql(names: &[String]) -> String {
         quote_str(&mut sql, n);
         sql.push_str(") <=> CONNECTION_ID()");
     }
+    sql.push_str(NO_LIMIT);
     sql
 }
 
@@ -201,7 +232,15 @@ fn check_sql(names: &[String]) -> String {
 /// variable, or nothing changed, and user variables did not change: the digest of the known
 /// state supplies the values), two otherwise (the variables, then their digest). The first
 /// round trip also checks for an open transaction and held named locks.
-pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, StateError> {
+/// At most `max` bytes of answers are kept (the snapshot's size cap): a larger state is
+/// refused with [`StateError::TooLarge`], the answers read to their end so the session can stay
+/// on `b`.
+pub async fn snapshot(
+    b: &mut Backend,
+    s: &mut Session,
+    max: usize,
+) -> Result<Snapshot, StateError> {
+    let mut budget = max;
     let names: Vec<String> = s.named_locks().iter().cloned().collect();
     let plan = s.plan();
     let mut seqs = Vec::with_capacity(3);
@@ -217,7 +256,9 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
     if let Some(sql) = &known_digest {
         seqs.push(b.send_query(sql));
     }
-    let got = answers(b, &seqs).await.map_err(step("snapshot"))?;
+    let got = answers(b, &seqs, &mut budget)
+        .await
+        .map_err(step("snapshot"))?;
     let mut got = got.into_iter();
     let mut next = |name| got.next().unwrap_or(Ok(Vec::new())).map_err(step(name));
     check(s, &names, &first_row(next("check")?))?;
@@ -236,10 +277,28 @@ pub async fn snapshot(b: &mut Backend, s: &mut Session) -> Result<Snapshot, Stat
         }
         None => {
             let sql = digest_sql(&sysvars, &uservars);
-            let row = first_row(b.query(&sql).await.map_err(step("digest"))?);
+            let seq = b.send_query(&sql);
+            let row = first_row(
+                b.read_answer_within(seq, &mut budget)
+                    .await
+                    .map_err(step("digest"))?,
+            );
             (sql, row)
         }
     };
+    let mut sysvars = sysvars;
+    if plan.read_sysvars {
+        for (i, v) in sysvars.iter_mut().enumerate() {
+            if v.name == BIG_SELECTS {
+                // the digest reads it as 0/1; the variable is set as OFF/ON
+                v.value = match digest.get(1 + i) {
+                    Some(Some(b)) if b.as_slice() == b"0" => Some("OFF".into()),
+                    Some(Some(b)) if b.as_slice() == b"1" => Some("ON".into()),
+                    _ => None,
+                };
+            }
+        }
+    }
     let mut snap = Snapshot {
         sysvars,
         uservars,
@@ -273,7 +332,10 @@ fn check(s: &mut Session, names: &[String], row: &[Option<Vec<u8>>]) -> Result<(
 
 /// Names the step a query failure happened in.
 fn step(step: &'static str) -> impl Fn(QueryError) -> StateError {
-    move |source| StateError::Query { step, source }
+    move |source| match source {
+        QueryError::TooLarge => StateError::TooLarge,
+        source => StateError::Query { step, source },
+    }
 }
 
 /// The first row of an answer (empty when there is none).
@@ -348,6 +410,8 @@ fn digest_sql(sysvars: &[SysVar], uservars: &[UserVar]) -> String {
             quote_ident(&mut sql, &u.name);
         }
     }
+    sql.push_str(", LAST_INSERT_ID()");
+    sql.push_str(NO_LIMIT);
     sql
 }
 
@@ -396,19 +460,18 @@ pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
             let hex = snap.digest.get(col).cloned().flatten();
             let coll = snap.digest.get(col + 1).cloned().flatten();
             col += 2;
-            match hex {
-                None => sql.push_str("NULL"),
-                Some(h) => {
-                    let h = String::from_utf8_lossy(&h).into_owned();
-                    let cs = u.charset.clone().unwrap_or_else(|| "binary".into());
-                    let _ = write!(sql, "CONVERT(X'{h}' USING ");
-                    quote_ident(&mut sql, &cs);
-                    sql.push(')');
-                    if let Some(c) = coll.filter(|_| cs != "binary") {
-                        sql.push_str(" COLLATE ");
-                        quote_ident(&mut sql, &String::from_utf8_lossy(&c));
-                    }
-                }
+            // a string variable set to NULL keeps its character set and collation
+            let value = match hex {
+                None => "NULL".to_string(),
+                Some(h) => format!("X'{}'", String::from_utf8_lossy(&h)),
+            };
+            let cs = u.charset.clone().unwrap_or_else(|| "binary".into());
+            let _ = write!(sql, "CONVERT({value} USING ");
+            quote_ident(&mut sql, &cs);
+            sql.push(')');
+            if let Some(c) = coll.filter(|_| cs != "binary") {
+                sql.push_str(" COLLATE ");
+                quote_ident(&mut sql, &String::from_utf8_lossy(&c));
             }
         } else {
             col += 1;
@@ -436,6 +499,19 @@ pub struct Restored {
     pub tracking: bool,
 }
 
+/// `SELECT LAST_INSERT_ID(n)` restoring the session's last insert id, the digest's last column
+/// (`None` when it is 0, as on a fresh session, or not a plain number).
+pub fn last_insert_id_sql(snap: &Snapshot) -> Option<String> {
+    let id = snap.digest.last()?.as_deref()?;
+    if id.is_empty() || !id.iter().all(u8::is_ascii_digit) || id == b"0" {
+        return None;
+    }
+    Some(format!(
+        "SELECT LAST_INSERT_ID({}){NO_LIMIT}",
+        String::from_utf8_lossy(id)
+    ))
+}
+
 /// Turns session tracking on (when the target negotiated it), writes the snapshot, the SQL
 /// prepared statements and the binary ones to the target, and checks the digest — all in one
 /// round trip (the commands are pipelined; the target is thrown away on any failure, so nothing
@@ -447,15 +523,27 @@ pub async fn restore(
     negotiated: u32,
 ) -> Result<Restored, StateError> {
     let tracking_seq = b.session_track.then(|| b.send_query(TRACKING_SQL));
-    let mut steps = Vec::with_capacity(4);
+    let mut steps = Vec::with_capacity(5);
+    if let Some(option) = s.option_to_restore() {
+        // the target's login repeated the client's original capabilities
+        steps.push((
+            "COM_SET_OPTION",
+            b.send_command(cmd::SET_OPTION, &option.to_le_bytes()),
+        ));
+    }
     if let Some(Some(db)) = snap.digest.first() {
         steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
+    }
+    // user variables before session variables: their SET then runs under the target's login
+    // sql_mode, not the client's (its literals are quoted to survive either anyway)
+    if let Some(sql) = uservars_sql(snap) {
+        steps.push(("user variables", b.send_query(&sql)));
     }
     if let Some(sql) = sysvars_sql(&snap.sysvars) {
         steps.push(("session variables", b.send_query(&sql)));
     }
-    if let Some(sql) = uservars_sql(snap) {
-        steps.push(("user variables", b.send_query(&sql)));
+    if let Some(sql) = last_insert_id_sql(snap) {
+        steps.push(("last insert id", b.send_query(&sql)));
     }
     for text in s.sql_prepared() {
         steps.push(("SQL prepared statement", b.send_command(cmd::QUERY, text)));
@@ -505,6 +593,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_select_the_proxy_runs_has_an_explicit_limit_against_sql_select_limit() {
+        let sysvars = vec![SysVar {
+            name: "sql_select_limit".into(),
+            ty: "BIGINT UNSIGNED".into(),
+            value: Some("2".into()),
+        }];
+        let uservars = vec![UserVar {
+            name: "a".into(),
+            ty: "INT".into(),
+            charset: None,
+            value: Some("1".into()),
+        }];
+        let digest = digest_sql(&sysvars, &uservars);
+        assert_eq!(
+            digest,
+            "SELECT DATABASE(), @@session.`sql_select_limit`, @`a`, LAST_INSERT_ID() \
+             LIMIT 18446744073709551615"
+        );
+        for sql in [
+            SYSVARS_SQL,
+            USERVARS_SQL,
+            &digest,
+            &lock_check_sql(&["job".into()]),
+            &Snapshot::login_defaults().digest_sql,
+        ] {
+            assert!(sql.ends_with(NO_LIMIT), "{sql}");
+        }
+        // max_join_size must not refuse the reads of information_schema
+        assert!(SYSVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
+        assert!(USERVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
+        assert!(SYSVARS_SQL.contains("'SQL_BIG_SELECTS'"));
+    }
+
+    #[test]
+    fn the_last_insert_id_is_restored_from_the_digests_last_column() {
+        let mut snap = Snapshot::login_defaults();
+        snap.digest = vec![Some(b"app".to_vec()), Some(b"42".to_vec())];
+        assert_eq!(
+            last_insert_id_sql(&snap).as_deref(),
+            Some("SELECT LAST_INSERT_ID(42) LIMIT 18446744073709551615")
+        );
+        snap.digest = vec![None, Some(b"0".to_vec())];
+        assert_eq!(last_insert_id_sql(&snap), None, "a fresh session has 0");
+        snap.digest = vec![None, Some(b"1; DROP".to_vec())];
+        assert_eq!(last_insert_id_sql(&snap), None, "only a plain number");
+    }
+
+    #[test]
+    fn a_string_with_a_quote_and_a_backslash_is_written_as_hex() {
+        let vars = vec![SysVar {
+            name: "init_connect".into(),
+            ty: "VARCHAR".into(),
+            value: Some("it's \\".into()),
+        }];
+        // hex survives NO_BACKSLASH_ESCAPES and ANSI_QUOTES alike
+        assert_eq!(
+            sysvars_sql(&vars).unwrap(),
+            "SET SESSION `init_connect` = CONVERT(X'69742773205C' USING utf8mb4)"
+        );
+    }
+
+    #[test]
     fn restore_statements_quote_by_type() {
         let vars = vec![
             SysVar {
@@ -543,6 +693,12 @@ mod tests {
                     charset: None,
                     value: Some("1.5".into()),
                 },
+                UserVar {
+                    name: "n".into(),
+                    ty: "VARCHAR".into(),
+                    charset: Some("utf8mb4".into()),
+                    value: None,
+                },
             ],
             digest_sql: String::new(),
             digest: vec![
@@ -550,11 +706,15 @@ mod tests {
                 Some(b"78".to_vec()),
                 Some(b"utf8mb4_bin".to_vec()),
                 Some(b"1.5".to_vec()),
+                None,
+                Some(b"utf8mb4_general_ci".to_vec()),
             ],
         };
+        // a string set to NULL keeps its collation (its digest would differ otherwise)
         assert_eq!(
             uservars_sql(&snap).unwrap(),
-            "SET @`a` = CONVERT(X'78' USING `utf8mb4`) COLLATE `utf8mb4_bin`, @`d` = 1.5e0"
+            "SET @`a` = CONVERT(X'78' USING `utf8mb4`) COLLATE `utf8mb4_bin`, @`d` = 1.5e0, \
+             @`n` = CONVERT(NULL USING `utf8mb4`) COLLATE `utf8mb4_general_ci`"
         );
     }
 }

@@ -21,6 +21,9 @@ pub(super) enum Tok {
 pub(super) struct Lexer<'a> {
     s: &'a [u8],
     pub(super) i: usize,
+    /// A string held a backslash before its own quote (`'O\'Brien'`): under
+    /// `NO_BACKSLASH_ESCAPES` the server ends the string there, and reads what follows as code.
+    pub(super) escaped_quote: bool,
 }
 
 pub(super) fn is_word(c: u8) -> bool {
@@ -29,7 +32,11 @@ pub(super) fn is_word(c: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub(super) fn new(s: &'a [u8]) -> Self {
-        Self { s, i: 0 }
+        Self {
+            s,
+            i: 0,
+            escaped_quote: false,
+        }
     }
 
     /// The byte `ahead` places past the current one.
@@ -119,28 +126,69 @@ impl<'a> Lexer<'a> {
     /// A quoted token's contents (escapes resolved roughly: enough for names). An unterminated
     /// one runs to the end of the text.
     fn quoted(&mut self, q: u8) -> Vec<u8> {
-        self.bump(1);
         let mut out = Vec::new();
+        self.quoted_into(q, Some(&mut out));
+        out
+    }
+
+    /// Steps over a quoted token, copying its contents to `out` when given.
+    fn quoted_into(&mut self, q: u8, mut out: Option<&mut Vec<u8>>) {
+        self.bump(1);
         while let Some(c) = self.peek(0) {
             if c == b'\\' && q != b'`' {
                 // a backslash at the very end escapes nothing (issue 9: `;'\` once stepped
                 // past the end here)
-                out.extend(self.peek(1));
+                self.escaped_quote |= self.peek(1) == Some(q);
+                if let Some(o) = out.as_deref_mut() {
+                    o.extend(self.peek(1));
+                }
                 self.bump(2);
             } else if c == q {
-                if self.peek(1) == Some(q) {
-                    out.push(q);
-                    self.bump(2);
-                } else {
-                    self.bump(1);
-                    return out;
+                self.bump(1);
+                if self.peek(0) != Some(q) {
+                    return;
                 }
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(q);
+                }
+                self.bump(1);
             } else {
-                out.push(c);
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(c);
+                }
                 self.bump(1);
             }
         }
-        out
+    }
+
+    /// The next word-like span, as [`Lexer::next_tok`] would see it but storing nothing: an
+    /// unquoted word, or the contents of a backquoted or double-quoted name (a name in quotes
+    /// can still call a function, and `"…"` is a name under `ANSI_QUOTES`). String literals,
+    /// comments, variables and punctuation are stepped over.
+    pub(super) fn next_word_span(&mut self) -> Option<&'a [u8]> {
+        loop {
+            self.skip_space();
+            let start = self.i;
+            let c = self.peek(0)?;
+            if is_word(c) {
+                self.skip_while(is_word);
+                return self.s.get(start..self.i);
+            } else if c == b'`' || c == b'"' {
+                self.quoted_into(c, None);
+                let end = self.i.saturating_sub(1).max(start + 1);
+                return self.s.get(start + 1..end);
+            } else if c == b'\'' {
+                self.quoted_into(c, None);
+            } else if c == b'@' {
+                self.bump(1);
+                match self.peek(0) {
+                    Some(q @ (b'`' | b'\'' | b'"')) => self.quoted_into(q, None),
+                    _ => self.skip_while(|c| is_word(c) || c == b'.'),
+                }
+            } else {
+                self.bump(1);
+            }
+        }
     }
 }
 

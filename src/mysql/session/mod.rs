@@ -5,7 +5,8 @@
 //! transaction is open): through session tracking in its OK packets as it changes ([`known`]),
 //! and by answering the snapshot at the move ([`carry`]). What it cannot report — SQL
 //! `PREPARE`d statement texts, temporary tables, `GET_LOCK`s, `LOCK TABLES`, `HANDLER`s, XA — is
-//! learnt by a conservative scan of the client's statements ([`scan`]) and kept in the
+//! learnt by a conservative scan of the client's statements ([`scan`]; a text too long to
+//! scan is only searched, [`long_text`]) and kept in the
 //! [`Session`] ([`state`]), beside the binary prepared statements ([`stmts`]), whose ids are
 //! virtualised so a client keeps the ids it was given when its statements are re-prepared on a
 //! target. Every reason a session cannot move is a [`Pin`].
@@ -13,6 +14,7 @@
 pub mod carry;
 pub mod known;
 mod lex;
+pub mod long_text;
 pub mod pin;
 pub mod scan;
 pub mod state;

@@ -10,6 +10,9 @@ pub enum Pin {
     InTransaction,
     /// An XA transaction is open.
     Xa,
+    /// A one-shot `SET TRANSACTION …` waits for the session's next transaction, which uses it
+    /// up at a point the proxy cannot see: the move waits until a transaction settles it.
+    OneShotTransaction,
     /// Long data was sent for a prepared statement and not yet executed.
     LongData,
     /// `GET_LOCK` holds a named lock (checked with the server at the move), or one whose name the
@@ -32,6 +35,10 @@ pub enum Pin {
     /// of an unknown text, a failed multi-statement it cannot place): it may hold locks or
     /// temporary tables nobody can check. Cleared by `COM_RESET_CONNECTION` / `COM_CHANGE_USER`.
     UnknownState,
+    /// The session's carried state is larger than `max_snapshot`.
+    SnapshotTooLarge,
+    /// The move did not finish within `move_timeout`.
+    MoveTimeout,
     /// The user has no usable entry in `mysql.users`: the proxy cannot log in as it elsewhere.
     UnknownUser,
     /// The session has not finished logging in.
@@ -46,6 +53,7 @@ impl Pin {
         match self {
             Pin::InTransaction => "in_transaction",
             Pin::Xa => "xa",
+            Pin::OneShotTransaction => "one_shot_transaction",
             Pin::LongData => "long_data",
             Pin::UserLock => "user_lock",
             Pin::TableLock => "table_lock",
@@ -55,6 +63,8 @@ impl Pin {
             Pin::PreparedFromVariable => "prepared_from_variable",
             Pin::Role => "role",
             Pin::UnknownState => "unknown_state",
+            Pin::SnapshotTooLarge => "snapshot_too_large",
+            Pin::MoveTimeout => "move_timeout",
             Pin::UnknownUser => "unknown_user",
             Pin::NotLoggedIn => "not_logged_in",
             Pin::RawRelay => "raw_relay",
@@ -65,13 +75,17 @@ impl Pin {
     /// is kept and carried out at the first safe point after. Otherwise the redirect is refused
     /// and the router retries after its back-off.
     pub fn waits(self) -> bool {
-        matches!(self, Pin::InTransaction | Pin::Xa | Pin::LongData)
+        matches!(
+            self,
+            Pin::InTransaction | Pin::Xa | Pin::OneShotTransaction | Pin::LongData
+        )
     }
 
     /// Every reason, for documentation and tests.
-    pub const ALL: [Pin; 14] = [
+    pub const ALL: [Pin; 17] = [
         Pin::InTransaction,
         Pin::Xa,
+        Pin::OneShotTransaction,
         Pin::LongData,
         Pin::UserLock,
         Pin::TableLock,
@@ -81,6 +95,8 @@ impl Pin {
         Pin::PreparedFromVariable,
         Pin::Role,
         Pin::UnknownState,
+        Pin::SnapshotTooLarge,
+        Pin::MoveTimeout,
         Pin::UnknownUser,
         Pin::NotLoggedIn,
         Pin::RawRelay,
@@ -109,6 +125,14 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         let waits: Vec<_> = Pin::ALL.into_iter().filter(|p| p.waits()).collect();
-        assert_eq!(waits, [Pin::InTransaction, Pin::Xa, Pin::LongData]);
+        assert_eq!(
+            waits,
+            [
+                Pin::InTransaction,
+                Pin::Xa,
+                Pin::OneShotTransaction,
+                Pin::LongData
+            ]
+        );
     }
 }

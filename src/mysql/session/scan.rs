@@ -11,6 +11,8 @@
 
 use super::lex::{cheap_contains, name_at, statements, word, Lexer, Tok};
 
+use super::long_text::may_have_effects;
+
 /// An effect a statement has on untracked session state, applied when its response is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -44,6 +46,12 @@ pub enum Effect {
     SetRole(bool),
     /// `BACKUP STAGE …` / `BACKUP LOCK t` (`true`), `BACKUP STAGE END` / `BACKUP UNLOCK`.
     BackupLock(bool),
+    /// `SET TRANSACTION …` without `SESSION` or `GLOBAL`: characteristics for the next
+    /// transaction only, which the server does not report.
+    TxOnce,
+    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA …`: a transaction starts (and
+    /// takes the one-shot characteristics) or ends (and drops them).
+    TxBoundary,
 }
 
 /// How far the scan can see into one statement.
@@ -69,6 +77,12 @@ pub struct Part {
     pub(super) kind: Kind,
 }
 
+/// Bytes of query text the scan reads token by token. A longer text (a bulk `INSERT`, up to the
+/// protocol's 1 GiB) is not tokenized, so the scan's memory never grows with the query: it is
+/// searched, storing nothing, for the words a statement with an [`Effect`] must contain
+/// ([`EFFECT_WORDS`](super::long_text::EFFECT_WORDS)); if one is there its effects are unknown, and the session pins.
+pub const SCAN_MAX: usize = 1 << 20;
+
 /// Effects of one client query, waiting for its response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
@@ -81,12 +95,23 @@ pub struct Pending {
     /// The text names the `session_track_*` variables, through which the server reports the
     /// session's state to the proxy.
     pub(super) tracking: bool,
+    /// The text was too long to scan and may have effects the scan tracks: what they are is
+    /// unknown, so the session can no longer prove it carries its state.
+    pub(super) unknown_effects: bool,
 }
 
 impl Pending {
     /// Whether any statement is opaque.
     pub fn opaque(&self) -> bool {
         self.parts.iter().any(|p| p.kind == Kind::Opaque)
+    }
+
+    /// The query went on past the text scanned (a query over 16 MiB) and its rest may have
+    /// effects: see [`EffectWatch`](super::long_text::EffectWatch).
+    pub fn mark_unknown_effects(&mut self) {
+        self.unknown_effects = true;
+        self.changes = true;
+        self.uservars = true;
     }
 }
 
@@ -250,6 +275,15 @@ pub fn analyze_prepared(statement: &[u8]) -> Option<Pending> {
 }
 
 fn analyze_nested(sql: &[u8], depth: usize) -> Pending {
+    if sql.len() > SCAN_MAX {
+        return Pending {
+            parts: vec![Part::default()],
+            changes: true,
+            uservars: true,
+            tracking: cheap_contains(sql, b"session_track"),
+            unknown_effects: may_have_effects(sql),
+        };
+    }
     let tracking = cheap_contains(sql, b"session_track");
     let has_lock_fn = cheap_contains(sql, b"get_lock") || cheap_contains(sql, b"release_all_locks");
     if !sql.contains(&b';') && !has_lock_fn {
@@ -313,11 +347,16 @@ fn fast_path(sql: &[u8], tracking: bool) -> Option<Pending> {
         return None;
     }
     let changes = statement_changes(Some(first), sql);
+    let part = Part {
+        effects: tx_effect(first, &mut lx, sql).into_iter().collect(),
+        kind: Kind::Plain,
+    };
     Some(Pending {
-        parts: vec![Part::default()],
+        parts: vec![part],
         changes,
         uservars: changes,
         tracking,
+        unknown_effects: false,
     })
 }
 
@@ -421,6 +460,21 @@ fn lock_functions(toks: &[Tok], out: &mut Vec<Effect>) {
     }
 }
 
+/// The transaction effect of a statement whose first word is `first` (`lx` just past it),
+/// decided without tokenizing the rest: `BEGIN` and `COMMIT` are frequent, and this is the fast
+/// path's share of [`statement_effects`].
+fn tx_effect(first: &str, lx: &mut Lexer<'_>, text: &[u8]) -> Option<Effect> {
+    let mut then_transaction =
+        || matches!(lx.next_tok(), Some((Tok::Word(w, false), _)) if w == "TRANSACTION");
+    match first {
+        "SET" if then_transaction() => Some(Effect::TxOnce),
+        "START" if then_transaction() => Some(Effect::TxBoundary),
+        "BEGIN" if plain_begin(text) => Some(Effect::TxBoundary),
+        "COMMIT" | "ROLLBACK" => Some(Effect::TxBoundary),
+        _ => None,
+    }
+}
+
 fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
     let w = |i: usize| word(toks.get(i));
     match w(0) {
@@ -503,11 +557,14 @@ fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
                 }
             }
         }
-        Some("XA") => match w(1) {
-            Some("START" | "BEGIN") => out.push(Effect::XaStart),
-            Some("COMMIT" | "ROLLBACK") => out.push(Effect::XaEnd),
-            _ => {}
-        },
+        Some("XA") => {
+            match w(1) {
+                Some("START" | "BEGIN") => out.push(Effect::XaStart),
+                Some("COMMIT" | "ROLLBACK") => out.push(Effect::XaEnd),
+                _ => {}
+            }
+            out.push(Effect::TxBoundary);
+        }
         Some("EXECUTE") if w(1) != Some("IMMEDIATE") => {
             if let Some((name, _)) = name_at(toks, 1) {
                 out.push(Effect::Execute(name));
@@ -522,6 +579,12 @@ fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>) {
             (Some("STAGE" | "LOCK"), _) => out.push(Effect::BackupLock(true)),
             _ => {}
         },
+        // `SET SESSION TRANSACTION …` changes a variable the snapshot carries; without a scope
+        // it holds for the next transaction only
+        Some("SET") if w(1) == Some("TRANSACTION") => out.push(Effect::TxOnce),
+        Some("BEGIN") if plain_begin(text) => out.push(Effect::TxBoundary),
+        Some("START") if w(1) == Some("TRANSACTION") => out.push(Effect::TxBoundary),
+        Some("COMMIT" | "ROLLBACK") => out.push(Effect::TxBoundary),
         _ => {}
     }
 }
@@ -770,6 +833,111 @@ mod tests {
             let p = analyze(sql.as_bytes());
             assert!(p.parts.len() <= 1, "{sql}");
         }
+    }
+
+    #[test]
+    fn transaction_statements_are_seen_for_a_one_shot_set_transaction() {
+        assert_eq!(
+            effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            vec![Effect::TxOnce]
+        );
+        assert_eq!(effects("set transaction read only"), vec![Effect::TxOnce]);
+        assert!(effects("SET SESSION TRANSACTION READ ONLY").is_empty());
+        assert!(effects("SET GLOBAL TRANSACTION READ ONLY").is_empty());
+        for sql in [
+            "BEGIN",
+            "begin work",
+            "START TRANSACTION READ ONLY",
+            "COMMIT",
+            "ROLLBACK",
+        ] {
+            assert_eq!(effects(sql), vec![Effect::TxBoundary], "{sql}");
+        }
+        assert!(effects("BEGIN NOT ATOMIC SELECT 1; END").is_empty());
+        assert!(effects("BEGIN NOT ATOMIC SELECT 1 END").is_empty());
+        // one statement is decided on the fast path, several by tokens: the same effects
+        assert_eq!(
+            effects("SET TRANSACTION READ ONLY; BEGIN"),
+            vec![Effect::TxOnce, Effect::TxBoundary]
+        );
+        assert_eq!(
+            effects("SELECT 1; set session transaction read only; commit"),
+            vec![Effect::TxBoundary]
+        );
+        assert_eq!(
+            effects("XA START 'x'"),
+            vec![Effect::XaStart, Effect::TxBoundary]
+        );
+    }
+
+    #[test]
+    fn a_text_over_the_cap_is_not_scanned_but_searched_for_effect_words() {
+        let mut sql = b"INSERT INTO t VALUES ('a;b')".to_vec();
+        while sql.len() <= SCAN_MAX {
+            sql.extend_from_slice(b", ('a;b')");
+        }
+        let p = analyze(&sql);
+        assert!(p.effects.is_empty());
+        assert!(
+            p.changes,
+            "an unscanned text may have changed carried state"
+        );
+        assert!(!p.unknown_effects);
+        sql.extend_from_slice(b"; CREATE TEMPORARY TABLE tt (a int)");
+        let p = analyze(&sql);
+        assert!(p.effects.is_empty());
+        assert!(p.unknown_effects);
+    }
+
+    /// Counts the bytes this thread allocates while enabled (for the memory test below).
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    // SAFETY: every call is passed to the system allocator unchanged; the count is a side note.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get().map(|n| n + layout.size())));
+            // SAFETY: same layout contract as ours
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get().map(|n| n + new_size)));
+            // SAFETY: as for `dealloc`
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn scanning_a_16_mib_statement_allocates_no_tokens() {
+        // issue 9, bounded memory: the scan stored every token of a query up to 16 MiB
+        let mut sql = b"INSERT INTO t (a, b) VALUES ('x;y', 1)".to_vec();
+        while sql.len() < 16 << 20 {
+            sql.extend_from_slice(b", ('x;y', @v), (`c`, 2)");
+        }
+        sql.extend_from_slice(b"; SELECT 1");
+        ALLOCATED.with(|a| a.set(Some(0)));
+        let p = analyze(&sql);
+        let allocated = ALLOCATED.with(|a| a.replace(None)).unwrap_or(0);
+        assert!(p.changes && !p.unknown_effects);
+        assert!(
+            allocated < 4096,
+            "scanning 16 MiB allocated {allocated} bytes"
+        );
     }
 
     /// Pieces the scan treats specially, so random texts hit its corners often.

@@ -14,7 +14,15 @@ use super::carry::Snapshot;
 use super::known::{Known, Plan};
 use super::pin::Pin;
 use super::scan::{analyze, analyze_prepared, Effect, Kind, Pending};
-use super::stmts::{Stmt, Stmts};
+use super::stmts::{Stmt, Stmts, UnknownStmt};
+
+/// `COM_SET_OPTION` values (`enum_mysql_set_option`): multi-statements on or off.
+pub const MULTI_STATEMENTS_ON: u16 = 0;
+/// See [`MULTI_STATEMENTS_ON`].
+pub const MULTI_STATEMENTS_OFF: u16 = 1;
+
+/// Why a session whose query was too long to scan cannot move (see `scan::SCAN_MAX`).
+const UNSCANNED: &str = "query too long to scan may have changed untracked state";
 
 /// What a response said, for the hooks after it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,6 +70,22 @@ pub struct Session {
     unknown: Option<&'static str>,
     /// The carried state and what changed since.
     known: Known,
+    /// The last `COM_SET_OPTION` the server accepted (multi-statements on or off), re-sent to a
+    /// move's target, whose login repeats the client's original capabilities. It lives in the
+    /// connection's capabilities, so a reset or a change of user keeps it.
+    set_option: Option<u16>,
+    /// A one-shot `SET TRANSACTION …` (no `SESSION`) waits for the session's next transaction.
+    ///
+    /// It is not carried but waited out, because the proxy cannot know when it is used up: the
+    /// server drops it at the end of the next transaction, and in autocommit mode that is the
+    /// end of the next statement that touched a transactional table — `SELECT 1` or `SET @a`
+    /// leave it, `SELECT * FROM innodb_t` or `COMMIT` take it. Re-applied on a target after
+    /// it was used, it would give the client's next transaction the wrong isolation level or
+    /// access mode. So the move waits until a statement that surely settles it (`BEGIN`,
+    /// `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA`, or any response reporting an open
+    /// transaction, which then holds the move itself). Drivers send it right before
+    /// `START TRANSACTION`, so the wait is one command long.
+    tx_once: bool,
 }
 
 impl Default for Session {
@@ -90,6 +114,8 @@ impl Session {
             stmts: Stmts::default(),
             unknown: None,
             known: Known::default(),
+            set_option: None,
+            tx_once: false,
         }
     }
 
@@ -102,8 +128,11 @@ impl Session {
         if self.xa {
             return Some(Pin::Xa);
         }
-        if self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.trx_open {
+        if self.in_transaction() {
             return Some(Pin::InTransaction);
+        }
+        if self.tx_once {
+            return Some(Pin::OneShotTransaction);
         }
         if self.stmts.iter().any(|(_, s)| s.long_data) {
             return Some(Pin::LongData);
@@ -137,9 +166,38 @@ impl Session {
         self.unknown
     }
 
-    /// The server status flags of an OK or EOF packet.
+    /// Whether closing the session at a safe point (drain, shutdown) must wait: the client is
+    /// inside a transaction, or has sent statement long data not yet executed. What only keeps
+    /// a session from moving — a pending one-shot `SET TRANSACTION` among it — would end with
+    /// the session anyway, and does not delay closing.
+    pub fn closing_waits(&self) -> bool {
+        self.in_transaction() || self.xa || self.stmts.iter().any(|(_, s)| s.long_data)
+    }
+
+    /// The server status flags a response ended with.
     pub fn set_status(&mut self, flags: u16) {
         self.status = flags;
+        if self.in_transaction() {
+            // the transaction took the one-shot characteristics; it holds the move itself
+            self.tx_once = false;
+        }
+    }
+
+    /// A transaction is open, as the status flags or the server's transaction tracker say.
+    fn in_transaction(&self) -> bool {
+        self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.trx_open
+    }
+
+    /// `COM_SET_OPTION` with `option` succeeded.
+    pub fn set_option(&mut self, option: u16) {
+        if matches!(option, MULTI_STATEMENTS_ON | MULTI_STATEMENTS_OFF) {
+            self.set_option = Some(option);
+        }
+    }
+
+    /// The `COM_SET_OPTION` a move's target must get, if the session sent one.
+    pub fn option_to_restore(&self) -> Option<u16> {
+        self.set_option
     }
 
     /// The proxy lost track of something (a statement it cannot see into, a text too long to
@@ -257,6 +315,9 @@ impl Session {
         // also on error: a multi-statement query may have run its first statements
         self.known
             .after_query(pending.changes, pending.uservars, pending.tracking);
+        if pending.unknown_effects {
+            self.lose(UNSCANNED);
+        }
         let results = usize::try_from(outcome.results).unwrap_or(usize::MAX);
         let total = pending.parts.len();
         for (i, part) in pending.parts.into_iter().enumerate() {
@@ -287,6 +348,9 @@ impl Session {
                     }
                 }
             }
+        }
+        if self.in_transaction() {
+            self.tx_once = false;
         }
     }
 
@@ -350,6 +414,8 @@ impl Session {
             }
             (Effect::XaStart, false) => self.xa = true,
             (Effect::XaEnd, false) => self.xa = false,
+            (Effect::TxOnce, false) => self.tx_once = true,
+            (Effect::TxBoundary, false) => self.tx_once = false,
         }
     }
 
@@ -379,6 +445,7 @@ impl Session {
     pub fn reset(&mut self) {
         let mut stmts = std::mem::take(&mut self.stmts);
         stmts.clear();
+        let set_option = self.set_option;
         let mut known = std::mem::take(&mut self.known);
         known.reset();
         *self = Session::new();
@@ -386,6 +453,7 @@ impl Session {
         self.stmts = stmts;
         self.known = known;
         self.known.set_tracking(false);
+        self.set_option = set_option;
     }
 
     // -- the statement table ------------------------------------------------------------------
@@ -396,9 +464,15 @@ impl Session {
     }
 
     /// Rewrites the client's statement id in a `COM_STMT_*` payload to the backend's, in place;
-    /// returns the client's id, `None` when unknown.
-    pub fn map_stmt(&self, payload: &mut [u8]) -> Option<u32> {
+    /// returns the client's id, or the id the session does not have (the command must then not
+    /// reach the backend).
+    pub fn map_stmt(&self, payload: &mut [u8]) -> Result<u32, UnknownStmt> {
         self.stmts.map(payload)
+    }
+
+    /// A `COM_STMT_PREPARE` failed.
+    pub fn prepare_failed(&mut self) {
+        self.stmts.prepare_failed();
     }
 
     /// Remembers the parameter types an execute binds; after a move, returns the execute's
@@ -617,7 +691,7 @@ mod tests {
         assert_ne!(first, second);
         let mut close = [cmd::STMT_CLOSE, 0, 0, 0, 0];
         close[1..].copy_from_slice(&first.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut close), None);
+        assert_eq!(s.map_stmt(&mut close), Err(UnknownStmt(first)));
     }
 
     #[test]
@@ -630,7 +704,130 @@ mod tests {
         assert!(s.exact() && s.tracking());
         let mut p = [cmd::STMT_CLOSE, 0, 0, 0, 0];
         p[1..].copy_from_slice(&id.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut p), Some(id));
+        assert_eq!(s.map_stmt(&mut p), Ok(id));
         assert_eq!(p[1..], 8u32.to_le_bytes());
+    }
+
+    fn query(s: &mut Session, sql: &str, error: bool, status_after: u16) {
+        let p = s.before_query(sql.as_bytes());
+        if !error {
+            s.set_status(status_after);
+        }
+        s.after_query(p, error);
+    }
+
+    const IDLE: u16 = status::AUTOCOMMIT;
+    const IN_TRANS: u16 = status::AUTOCOMMIT | status::IN_TRANS;
+    const ONE_SHOT: Option<Blocker> = Some(Blocker::Wait(
+        "SET TRANSACTION waits for the next transaction",
+    ));
+
+    #[test]
+    fn a_one_shot_set_transaction_waits_until_a_transaction_settles_it() {
+        // issue 9.6: a move between `SET TRANSACTION READ ONLY` and `BEGIN` lost it
+        let mut s = Session::new();
+        query(
+            &mut s,
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            false,
+            IDLE,
+        );
+        assert_eq!(s.blocker(), ONE_SHOT);
+        // statements that may leave it pending keep the wait
+        for sql in ["SELECT 1", "SET @a = 1", "SELECT * FROM t", "USE app"] {
+            query(&mut s, sql, false, IDLE);
+            assert_eq!(s.blocker(), ONE_SHOT, "{sql}");
+        }
+        query(&mut s, "START TRANSACTION", false, IN_TRANS);
+        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
+        query(&mut s, "COMMIT", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // scoped forms change a carried variable instead
+        query(&mut s, "SET SESSION TRANSACTION READ ONLY", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // a failed one-shot did not happen; COMMIT and ROLLBACK settle one
+        query(&mut s, "SET TRANSACTION READ ONLY", true, IDLE);
+        assert_eq!(s.blocker(), None);
+        for end in ["COMMIT", "rollback", "BEGIN WORK"] {
+            query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+            query(&mut s, end, false, IDLE);
+            assert_eq!(s.blocker(), None, "{end}");
+        }
+        // a transaction opened by autocommit=0 takes it
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+        query(&mut s, "SELECT * FROM t", false, status::IN_TRANS);
+        query(&mut s, "COMMIT", false, 0);
+        assert_eq!(s.blocker(), None);
+    }
+
+    #[test]
+    fn closing_waits_for_a_transaction_or_long_data_but_not_for_a_one_shot() {
+        let mut s = Session::new();
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT);
+        assert!(!s.closing_waits());
+        query(&mut s, "BEGIN", false, IN_TRANS);
+        assert!(s.closing_waits());
+        query(&mut s, "COMMIT", false, IDLE);
+        let id = s.add_stmt(1, b"SELECT ?".to_vec(), 1, 1);
+        s.stmt_long_data(id);
+        assert!(s.closing_waits());
+        s.stmt_executed(id, false, IDLE);
+        assert!(!s.closing_waits());
+    }
+
+    #[test]
+    fn a_failed_multi_statement_query_assumes_a_one_shot_ran_and_keeps_waiting() {
+        let mut s = Session::new();
+        query(&mut s, "SET TRANSACTION READ ONLY; SELECT nope", true, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT);
+        query(&mut s, "COMMIT; SELECT nope", true, IDLE);
+        assert_eq!(s.blocker(), ONE_SHOT, "unsure whether COMMIT ran");
+        query(&mut s, "SET TRANSACTION READ ONLY; BEGIN", false, IN_TRANS);
+        query(&mut s, "COMMIT", false, IDLE);
+        assert_eq!(s.blocker(), None);
+        // and `BEGIN`/`COMMIT` alone in a failed multi-statement query never pin a session
+        query(
+            &mut s,
+            "BEGIN; INSERT INTO t VALUES (1); SELECT nope",
+            true,
+            IDLE,
+        );
+        assert_eq!(s.lost, None);
+    }
+
+    #[test]
+    fn set_option_is_kept_for_the_target_and_survives_a_reset() {
+        let mut s = Session::new();
+        assert_eq!(s.option_to_restore(), None);
+        s.set_option(MULTI_STATEMENTS_ON);
+        s.set_option(7);
+        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_ON));
+        s.reset();
+        s.set_option(MULTI_STATEMENTS_OFF);
+        s.reset();
+        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_OFF));
+    }
+
+    #[test]
+    fn a_query_too_long_to_scan_pins_the_session_only_when_it_may_have_effects() {
+        let long = |tail: &str| {
+            let mut q = String::from("INSERT INTO t VALUES ('");
+            q.push_str(&"x".repeat(super::super::scan::SCAN_MAX));
+            q.push_str("')");
+            q.push_str(tail);
+            q
+        };
+        let mut s = Session::new();
+        query(&mut s, &long(""), false, IDLE);
+        assert_eq!(s.blocker(), None);
+        assert!(s.changed(), "unscanned: carried state is read in full");
+        query(
+            &mut s,
+            &long("; CREATE TEMPORARY TABLE tt (a int)"),
+            false,
+            IDLE,
+        );
+        assert_eq!(s.blocker(), Some(Blocker::Refuse(UNSCANNED)));
     }
 }

@@ -28,6 +28,10 @@ const TYPES_BOUND: u8 = 1;
 const TYPES_NOT_BOUND: u8 = 0;
 /// Bytes of one parameter type.
 const TYPE_LEN: usize = 2;
+/// MariaDB's `LAST_STMT_ID`: a statement id meaning "the statement prepared last" (so a client
+/// can pipeline a prepare and its execute, as Connector/C's `mariadb_stmt_execute_direct` does).
+/// Never given out as a client id.
+pub const LAST_STMT_ID: u32 = u32::MAX;
 
 /// Whether a `COM_STMT_EXECUTE` payload asks for a cursor.
 pub fn wants_cursor(payload: &[u8]) -> bool {
@@ -68,27 +72,55 @@ pub struct Stmt {
     runs: Pending,
 }
 
+/// A `COM_STMT_*` command named a statement id the session does not have (never prepared,
+/// closed, or from before a reset). Such a command is never forwarded: after a move the same
+/// number may name another statement on the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownStmt(pub u32);
+
 /// The statement table: client id → statement.
 #[derive(Debug)]
 pub struct Stmts {
     by_id: HashMap<u32, Stmt>,
+    /// Where the search for the next free client id starts.
     next_id: u32,
+    /// The client id of the statement prepared last, while it lives (what [`LAST_STMT_ID`]
+    /// names; a failed prepare clears it, as on the server).
+    last: Option<u32>,
 }
 
 impl Default for Stmts {
     fn default() -> Self {
-        Self {
-            by_id: HashMap::new(),
-            next_id: 1,
-        }
+        Self::starting_at(1)
     }
 }
 
 impl Stmts {
+    /// An empty table handing out ids from `first` on (tests start near the wrap).
+    fn starting_at(first: u32) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            next_id: first,
+            last: None,
+        }
+    }
+
+    /// The next client id: counting up from the last one given, past 0, [`LAST_STMT_ID`] and
+    /// every id still in use, so an id wraps around at 2^32 but never onto a live statement.
+    fn free_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if id != 0 && id != LAST_STMT_ID && !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     /// Registers a statement the backend prepared as `backend_id`; returns the client's id.
     pub fn add(&mut self, backend_id: u32, sql: Vec<u8>, params: u16, columns: u16) -> u32 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.free_id();
+        self.last = Some(id);
         self.by_id.insert(
             id,
             Stmt {
@@ -107,12 +139,32 @@ impl Stmts {
     }
 
     /// Rewrites the client's statement id in a `COM_STMT_*` payload to the backend's, in place;
-    /// returns the client's id (`None` when the id is unknown or the payload too short).
-    pub fn map(&self, payload: &mut [u8]) -> Option<u32> {
-        let id = get_u32(payload, STMT_ID_AT)?;
-        let s = self.by_id.get(&id)?;
+    /// returns the client's id. [`LAST_STMT_ID`] names the statement prepared last. An id the
+    /// session does not have (or a payload too short to hold one: its bytes, zero-padded) is
+    /// left alone and returned as the error.
+    pub fn map(&self, payload: &mut [u8]) -> Result<u32, UnknownStmt> {
+        let sent = get_u32(payload, STMT_ID_AT).unwrap_or_else(|| {
+            let mut b = [0u8; STMT_ID_LEN];
+            for (d, s) in b.iter_mut().zip(payload.iter().skip(STMT_ID_AT)) {
+                *d = *s;
+            }
+            u32::from_le_bytes(b)
+        });
+        let id = match sent {
+            LAST_STMT_ID => self.last.ok_or(UnknownStmt(sent))?,
+            id => id,
+        };
+        let s = self.by_id.get(&id).ok_or(UnknownStmt(sent))?;
+        if payload.len() < STMT_ID_AT + STMT_ID_LEN {
+            return Err(UnknownStmt(sent));
+        }
         write_id(payload, s.backend_id);
-        Some(id)
+        Ok(id)
+    }
+
+    /// A prepare failed: on the server that clears the statement [`LAST_STMT_ID`] names.
+    pub fn prepare_failed(&mut self) {
+        self.last = None;
     }
 
     /// What executing statement `id` does, as the scan of its text says; `None` for an unknown
@@ -191,6 +243,9 @@ impl Stmts {
     /// `COM_STMT_CLOSE`.
     pub fn close(&mut self, id: u32) {
         self.by_id.remove(&id);
+        if self.last == Some(id) {
+            self.last = None;
+        }
     }
 
     /// The statements were re-prepared on a new backend: `ids` maps client ids to the new
@@ -212,6 +267,7 @@ impl Stmts {
     /// Forgets every statement; ids keep counting, so an old id never names a new statement.
     pub fn clear(&mut self) {
         self.by_id.clear();
+        self.last = None;
     }
 }
 
@@ -241,13 +297,58 @@ mod tests {
         let mut t = Stmts::default();
         let id = t.add(77, b"SELECT ?".to_vec(), 1, 1);
         let mut p = execute(id, 1, None);
-        assert_eq!(t.map(&mut p), Some(id));
+        assert_eq!(t.map(&mut p), Ok(id));
         assert_eq!(get_u32(&p, STMT_ID_AT), Some(77));
         let mut unknown = execute(id + 1, 1, None);
-        assert_eq!(t.map(&mut unknown), None);
-        assert_eq!(t.map(&mut [cmd::STMT_CLOSE, 1]), None);
+        assert_eq!(t.map(&mut unknown), Err(UnknownStmt(id + 1)));
+        assert_eq!(get_u32(&unknown, STMT_ID_AT), Some(id + 1), "left alone");
+        assert_eq!(t.map(&mut [cmd::STMT_CLOSE, 1]), Err(UnknownStmt(1)));
         t.close(id);
-        assert_eq!(t.map(&mut execute(id, 1, None)), None);
+        assert_eq!(t.map(&mut execute(id, 1, None)), Err(UnknownStmt(id)));
+    }
+
+    #[test]
+    fn the_last_statement_id_names_the_statement_prepared_last_while_it_lives() {
+        let mut t = Stmts::default();
+        assert_eq!(
+            t.map(&mut execute(LAST_STMT_ID, 0, None)),
+            Err(UnknownStmt(LAST_STMT_ID))
+        );
+        let first = t.add(40, b"SELECT 1".to_vec(), 0, 1);
+        let second = t.add(41, b"SELECT 2".to_vec(), 0, 1);
+        let mut p = execute(LAST_STMT_ID, 0, None);
+        assert_eq!(t.map(&mut p), Ok(second));
+        assert_eq!(get_u32(&p, STMT_ID_AT), Some(41));
+        t.prepare_failed();
+        assert!(t.map(&mut execute(LAST_STMT_ID, 0, None)).is_err());
+        let third = t.add(42, b"SELECT 3".to_vec(), 0, 1);
+        t.close(third);
+        assert!(t.map(&mut execute(LAST_STMT_ID, 0, None)).is_err());
+        assert_eq!(t.map(&mut execute(first, 0, None)), Ok(first));
+    }
+
+    #[test]
+    fn client_ids_wrap_at_2_32_without_landing_on_a_live_statement() {
+        // issue 9.6: ids wrapped onto live ids, so two statements shared one client id
+        let mut t = Stmts::starting_at(1);
+        let live = t.add(1, b"SELECT 'live'".to_vec(), 0, 1);
+        assert_eq!(live, 1);
+        let mut t = Stmts {
+            next_id: u32::MAX - 2,
+            ..t
+        };
+        let ids: Vec<u32> = (0..4)
+            .map(|i| t.add(100 + i, b"SELECT 'new'".to_vec(), 0, 1))
+            .collect();
+        // u32::MAX is LAST_STMT_ID and 0 is no id; 1 is taken
+        assert_eq!(ids, [u32::MAX - 2, u32::MAX - 1, 2, 3]);
+        let mut p = execute(live, 0, None);
+        assert_eq!(t.map(&mut p), Ok(live));
+        assert_eq!(
+            get_u32(&p, STMT_ID_AT),
+            Some(1),
+            "the live statement kept its id"
+        );
     }
 
     #[test]
