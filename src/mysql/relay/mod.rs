@@ -28,7 +28,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::{Control, ControlRx};
+use super::control::{Control, ControlRx};
 use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
