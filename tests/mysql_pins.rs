@@ -22,6 +22,8 @@ use switchyard_server::entry::{ConnStart, Entry};
 use switchyard_server::mysql::backend::Backend;
 use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
 use switchyard_testkit::MariaDb;
+
+mod support;
 use tokio::net::TcpListener;
 
 const USER: &str = "app";
@@ -98,15 +100,6 @@ async fn proxy(backends: &[String]) -> Proxy {
         }
     });
     Proxy { addr, router }
-}
-
-/// How many redirects were held back or refused for `reason`, from the process's metrics.
-fn refused(reason: &str) -> f64 {
-    let text = switchyard_server::metrics::install().render();
-    let series = format!("switchyard_migrations_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn addr(db: &MariaDb) -> String {
@@ -218,14 +211,14 @@ async fn a_failed_multi_statement_that_opened_a_transaction_stays_until_commit()
         matches!(r, Err(mysql_async::Error::Server(ref e)) if e.code == 1146),
         "{r:?}"
     );
-    let waits_before = refused("in_transaction");
+    let waits_before = support::migrations_refused("in_transaction");
     let from = force_redirect(&p, before).await;
     assert!(
         stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved inside the transaction"
     );
     assert!(
-        refused("in_transaction") > waits_before,
+        support::migrations_refused("in_transaction") > waits_before,
         "the wait is counted by reason"
     );
     c.query_drop("COMMIT").await.unwrap();
@@ -283,7 +276,7 @@ async fn a_user_lock_taken_by_a_binary_execute_keeps_the_session() {
         .unwrap()
         .unwrap();
     assert_eq!(got, 1);
-    let refusals = refused("user_lock");
+    let refusals = support::migrations_refused("user_lock");
     let from = force_redirect(&p, before).await;
     assert!(
         stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
@@ -291,7 +284,7 @@ async fn a_user_lock_taken_by_a_binary_execute_keeps_the_session() {
     );
     assert!(!lock_free(server_on(before), "pin_binary"), "lock released");
     assert!(
-        refused("user_lock") > refusals,
+        support::migrations_refused("user_lock") > refusals,
         "the refusal is counted by reason"
     );
     // released: the next redirect finds it free and moves
@@ -337,14 +330,14 @@ async fn a_user_lock_taken_inside_a_procedure_pins_the_session_until_a_reset() {
     c.query_drop("CALL app1.take_lock('pin_proc')")
         .await
         .unwrap();
-    let refusals = refused("unknown_state");
+    let refusals = support::migrations_refused("unknown_state");
     let from = force_redirect(&p, before).await;
     assert!(
         stays_on(&p, &mut c, before, Duration::from_millis(600)).await,
         "the session moved away from its lock"
     );
     assert!(!lock_free(server_on(before), "pin_proc"), "lock released");
-    assert!(refused("unknown_state") > refusals);
+    assert!(support::migrations_refused("unknown_state") > refusals);
     c.reset().await.unwrap();
     assert!(
         leaves(&p, &mut c, before, Duration::from_secs(5)).await,

@@ -153,6 +153,14 @@ impl Relay {
                 self.hold(to, Pin::UserLock);
                 Ok(())
             }
+            Err(MoveError::State(StateError::TooLarge)) => {
+                self.hold(to, Pin::SnapshotTooLarge);
+                Ok(())
+            }
+            Err(MoveError::Timeout) => {
+                self.hold(to, Pin::MoveTimeout);
+                Ok(())
+            }
             // already reported when the deadline passed
             Err(MoveError::Late(Late::Recovered)) => {
                 info!(conn_id = self.id, backend = %self.backend.addr, "old backend answered late; the session stays");
@@ -219,6 +227,7 @@ impl Relay {
                 drop(target);
                 // the router is told now; the session waits for the old backend a while
                 // longer, since the snapshot must never stop halfway through its answers
+                pinned(self.id, to, Pin::MoveTimeout, Some(SNAPSHOT_LATE));
                 refused(&self.link, self.id, &from, to, SNAPSHOT_LATE);
                 let late = match tokio::time::timeout(limit, &mut snapshot).await {
                     Err(_) => Late::Frozen,

@@ -615,7 +615,7 @@ mod tests {
             SYSVARS_SQL,
             USERVARS_SQL,
             &digest,
-            &lock_check_sql(&["job".into()]),
+            &check_sql(&["job".into()]),
             &Snapshot::login_defaults().digest_sql,
         ] {
             assert!(sql.ends_with(NO_LIMIT), "{sql}");

@@ -126,7 +126,11 @@ mod tests {
     fn every_statement_with_effects_contains_an_effect_word() {
         // the guard of the long-text check: a new effect must add its word to EFFECT_WORDS
         for sql in WITH_EFFECTS {
-            let e = analyze(sql.as_bytes()).effects;
+            let e: Vec<_> = analyze(sql.as_bytes())
+                .parts
+                .into_iter()
+                .flat_map(|p| p.effects)
+                .collect();
             assert!(!e.is_empty(), "{sql} has no effect");
             assert!(may_have_effects(sql.as_bytes()), "{sql}");
             let mut w = EffectWatch::after(b"SELECT 1; ");

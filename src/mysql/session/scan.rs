@@ -101,6 +101,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// How many statements the scan found: the results a query that succeeds returns.
+    pub fn statements(&self) -> usize {
+        self.parts.len()
+    }
+
     /// Whether any statement is opaque.
     pub fn opaque(&self) -> bool {
         self.parts.iter().any(|p| p.kind == Kind::Opaque)
@@ -877,7 +882,7 @@ mod tests {
             sql.extend_from_slice(b", ('a;b')");
         }
         let p = analyze(&sql);
-        assert!(p.effects.is_empty());
+        assert!(p.parts.iter().all(|p| p.effects.is_empty()));
         assert!(
             p.changes,
             "an unscanned text may have changed carried state"
@@ -885,7 +890,7 @@ mod tests {
         assert!(!p.unknown_effects);
         sql.extend_from_slice(b"; CREATE TEMPORARY TABLE tt (a int)");
         let p = analyze(&sql);
-        assert!(p.effects.is_empty());
+        assert!(p.parts.iter().all(|p| p.effects.is_empty()));
         assert!(p.unknown_effects);
     }
 

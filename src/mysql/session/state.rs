@@ -713,14 +713,12 @@ mod tests {
         if !error {
             s.set_status(status_after);
         }
-        s.after_query(p, error);
+        s.after_query(p, Outcome { error, results: 0 });
     }
 
     const IDLE: u16 = status::AUTOCOMMIT;
     const IN_TRANS: u16 = status::AUTOCOMMIT | status::IN_TRANS;
-    const ONE_SHOT: Option<Blocker> = Some(Blocker::Wait(
-        "SET TRANSACTION waits for the next transaction",
-    ));
+    const ONE_SHOT: Option<Pin> = Some(Pin::OneShotTransaction);
 
     #[test]
     fn a_one_shot_set_transaction_waits_until_a_transaction_settles_it() {
@@ -739,7 +737,7 @@ mod tests {
             assert_eq!(s.blocker(), ONE_SHOT, "{sql}");
         }
         query(&mut s, "START TRANSACTION", false, IN_TRANS);
-        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
+        assert_eq!(s.blocker(), Some(Pin::InTransaction));
         query(&mut s, "COMMIT", false, IDLE);
         assert_eq!(s.blocker(), None);
         // scoped forms change a carried variable instead
@@ -793,7 +791,7 @@ mod tests {
             true,
             IDLE,
         );
-        assert_eq!(s.lost, None);
+        assert_eq!(s.unknown_because(), None);
     }
 
     #[test]
@@ -821,13 +819,14 @@ mod tests {
         let mut s = Session::new();
         query(&mut s, &long(""), false, IDLE);
         assert_eq!(s.blocker(), None);
-        assert!(s.changed(), "unscanned: carried state is read in full");
+        assert!(!s.exact(), "unscanned: carried state is read in full");
         query(
             &mut s,
             &long("; CREATE TEMPORARY TABLE tt (a int)"),
             false,
             IDLE,
         );
-        assert_eq!(s.blocker(), Some(Blocker::Refuse(UNSCANNED)));
+        assert_eq!(s.blocker(), Some(Pin::UnknownState));
+        assert_eq!(s.unknown_because(), Some(UNSCANNED));
     }
 }
