@@ -708,12 +708,16 @@ mod tests {
         assert_eq!(p[1..], 8u32.to_le_bytes());
     }
 
+    /// Runs `sql` as the server would: every statement succeeds, or the last one fails after
+    /// the ones before it ran.
     fn query(s: &mut Session, sql: &str, error: bool, status_after: u16) {
         let p = s.before_query(sql.as_bytes());
+        let ran = u32::try_from(p.statements()).unwrap();
         if !error {
             s.set_status(status_after);
         }
-        s.after_query(p, Outcome { error, results: 0 });
+        let results = if error { ran - 1 } else { ran };
+        s.after_query(p, Outcome { error, results });
     }
 
     const IDLE: u16 = status::AUTOCOMMIT;
@@ -775,12 +779,19 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_multi_statement_query_assumes_a_one_shot_ran_and_keeps_waiting() {
+    fn a_failed_multi_statement_query_applies_only_the_statements_before_the_failure() {
         let mut s = Session::new();
         query(&mut s, "SET TRANSACTION READ ONLY; SELECT nope", true, IDLE);
-        assert_eq!(s.blocker(), ONE_SHOT);
+        assert_eq!(s.blocker(), ONE_SHOT, "the one-shot ran before the failure");
+        query(&mut s, "SELECT nope; COMMIT", true, IDLE);
+        assert_eq!(
+            s.blocker(),
+            ONE_SHOT,
+            "a COMMIT that failed settled nothing"
+        );
         query(&mut s, "COMMIT; SELECT nope", true, IDLE);
-        assert_eq!(s.blocker(), ONE_SHOT, "unsure whether COMMIT ran");
+        assert_eq!(s.blocker(), None, "COMMIT before the failure settled it");
+        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
         query(&mut s, "SET TRANSACTION READ ONLY; BEGIN", false, IN_TRANS);
         query(&mut s, "COMMIT", false, IDLE);
         assert_eq!(s.blocker(), None);
