@@ -181,6 +181,7 @@ fn run_sessions(env: &mut Env, s: &Settings) -> Vec<Found> {
         if last_progress.elapsed() >= Duration::from_secs(10) || i + 1 == s.sessions {
             last_progress = Instant::now();
             let st = env.stats;
+            assert_verdicts_seen(&st, env);
             eprintln!(
                 "differential: {}/{} sessions, {} divergent; moves {} moved, {} refused, {} waited, \
                  {} unsettled; {:.1?}",
@@ -198,8 +199,24 @@ fn run_sessions(env: &mut Env, s: &Settings) -> Vec<Found> {
     found
 }
 
+/// Most forced redirects must get a verdict the tester can see (moved, refused, or the log line
+/// of a redirect kept for a safe point). If many do not, the tester waits out its deadline
+/// before every command and compares sessions that never moved: a renamed log line once made
+/// the 100-session run take over an hour.
+fn assert_verdicts_seen(st: &run::MoveStats, env: &Env) {
+    let seen = st.moved + st.refused + st.waited;
+    assert!(
+        st.unsettled <= 20 || st.unsettled * 10 <= seen,
+        "{} forced redirects got no verdict the tester can see (against {seen} that did): does \
+         the proxy still log run::WAITS_MARK?\n{}",
+        st.unsettled,
+        tail(&env.service_log())
+    );
+}
+
 fn report(found: &[Found], s: &Settings, env: &Env) {
     let st = env.stats;
+    assert_verdicts_seen(&st, env);
     assert!(
         st.moved > 0,
         "no forced redirect moved a session: the tester compared nothing \

@@ -12,7 +12,7 @@
 use switchyard::wire::{caps, cmd, code, put_packet, sqlstate, HandshakeError, NativeSecret};
 use switchyard::BackendInst;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{backend_err, pinned, refused, BackendError, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
@@ -120,6 +120,8 @@ impl Relay {
                 self.waiting = Some(pin);
                 pinned(self.id, &to, pin, detail);
             }
+            // logged at every look: the differential tester waits for this line
+            debug!(conn_id = self.id, to = %to.addr(), reason = pin.label(), "redirect waits for a safe point");
             self.pending = Some(to);
             return;
         }
