@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard::wire::{caps, cmd, put_packet, HandshakeError, NativeSecret};
 use switchyard::BackendInst;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{backend_err, pinned, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
@@ -96,6 +96,7 @@ impl Relay {
                 self.waiting = Some(pin);
                 pinned(self.id, &to, pin, detail);
             }
+            debug!(conn_id = self.id, to = %to.addr(), reason = pin.label(), "redirect waits for a safe point");
             self.pending = Some(to);
             return;
         }

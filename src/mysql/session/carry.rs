@@ -109,13 +109,17 @@ pub fn restorable(name: &str) -> bool {
     !NOT_RESTORED.contains(&name) && !name.starts_with(PROXY_OWNED_PREFIX)
 }
 
+/// The session's changed system variables. Every query the proxy reads rows from has an explicit
+/// `LIMIT`: it overrides the session's `sql_select_limit`, which would otherwise cut the answer.
 const SYSVARS_SQL: &str = "SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
      FROM information_schema.SYSTEM_VARIABLES WHERE VARIABLE_SCOPE = 'SESSION' \
      AND (NOT (SESSION_VALUE <=> GLOBAL_VALUE) OR VARIABLE_NAME IN \
-     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION'))";
+     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION')) \
+     LIMIT 18446744073709551615";
 
+/// The session's user variables (with an explicit `LIMIT`, as [`SYSVARS_SQL`]).
 const USERVARS_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
-     VARIABLE_VALUE FROM information_schema.USER_VARIABLES";
+     VARIABLE_VALUE FROM information_schema.USER_VARIABLES LIMIT 18446744073709551615";
 
 fn text(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())

@@ -16,6 +16,7 @@ mod lex;
 pub mod pin;
 pub mod scan;
 pub mod state;
+mod statement;
 pub mod stmts;
 
 pub use carry::{restore, snapshot, Restored, Snapshot, StateError, SysVar, UserVar};
