@@ -73,7 +73,8 @@ pub struct Part {
 /// Effects of one client query, waiting for its response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
-    /// Its statements, in order.
+    /// Its statements, in order; empty for one statement the fast path decided (no effects,
+    /// nothing hidden), so the common query allocates nothing.
     pub(super) parts: Vec<Part>,
     /// Some statement may change carried state (session or user variables, schema).
     pub(super) changes: bool,
@@ -88,6 +89,17 @@ impl Pending {
     /// Whether any statement is opaque.
     pub fn opaque(&self) -> bool {
         self.parts.iter().any(|p| p.kind == Kind::Opaque)
+    }
+
+    /// True when running it changes nothing the proxy follows (the common `SELECT`).
+    pub fn inert(&self) -> bool {
+        !self.changes
+            && !self.uservars
+            && !self.tracking
+            && self
+                .parts
+                .iter()
+                .all(|p| p.kind == Kind::Plain && p.effects.is_empty())
     }
 }
 
@@ -272,7 +284,7 @@ fn fast_path(sql: &[u8], tracking: bool) -> Option<Pending> {
     }
     let changes = statement_changes(Some(first), sql);
     Some(Pending {
-        parts: vec![Part::default()],
+        parts: Vec::new(),
         changes,
         uservars: changes,
         tracking,

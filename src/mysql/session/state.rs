@@ -293,7 +293,7 @@ impl Session {
 
     /// A binary statement `id` was executed: what its text does, applied as for a query.
     pub fn stmt_ran(&mut self, id: u32, error: bool) {
-        let Some(runs) = self.stmts.runs(id).cloned() else {
+        let Some(runs) = self.stmts.runs(id).filter(|r| !r.inert()).cloned() else {
             return;
         };
         let outcome = Outcome {
