@@ -18,6 +18,7 @@ pub mod long_text;
 pub mod pin;
 pub mod scan;
 pub mod state;
+mod statement;
 pub mod stmts;
 
 pub use carry::{restore, snapshot, Restored, Snapshot, StateError, SysVar, UserVar};

@@ -119,12 +119,10 @@ impl Session {
         }
     }
 
-    /// Why the session cannot move now, if it cannot. Named locks are not here: they are
-    /// checked with the server at the move.
+    /// Why the session cannot move now, if it cannot: what ends on its own first (a close at a
+    /// safe point waits for it), then what refuses. Named locks are not here: they are checked
+    /// with the server at the move.
     pub fn blocker(&self) -> Option<Pin> {
-        if self.unknown.is_some() {
-            return Some(Pin::UnknownState);
-        }
         if self.xa {
             return Some(Pin::Xa);
         }
@@ -136,6 +134,9 @@ impl Session {
         }
         if self.stmts.iter().any(|(_, s)| s.long_data) {
             return Some(Pin::LongData);
+        }
+        if self.unknown.is_some() {
+            return Some(Pin::UnknownState);
         }
         if !self.temp_tables.is_empty() {
             return Some(Pin::TemporaryTable);
@@ -356,7 +357,7 @@ impl Session {
 
     /// A binary statement `id` was executed: what its text does, applied as for a query.
     pub fn stmt_ran(&mut self, id: u32, error: bool) {
-        let Some(runs) = self.stmts.runs(id).cloned() else {
+        let Some(runs) = self.stmts.runs(id).filter(|r| !r.inert()).cloned() else {
             return;
         };
         let outcome = Outcome {
@@ -644,10 +645,13 @@ mod tests {
             s.reset();
             assert_eq!(s.blocker(), None);
         }
-        // a CALL that failed may have done things before failing
+        // a CALL that failed may have done things before failing; a transaction it opened is
+        // named first, since a close at a safe point waits for it
         let mut s = Session::new();
         run(&mut s, "CALL p()", failed_after(0));
         assert_eq!(s.blocker(), Some(Pin::UnknownState));
+        s.verified(true);
+        assert_eq!(s.blocker(), Some(Pin::InTransaction));
     }
 
     #[test]
