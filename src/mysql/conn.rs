@@ -137,6 +137,8 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         cfg,
         ctrl,
         pending: None,
+        waiting: None,
+        client_tracks: false,
         closing: false,
         turn: Turn::Server(0),
     };

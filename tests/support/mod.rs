@@ -400,3 +400,14 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// How many redirects this test process held back or refused for `reason`
+/// (`switchyard_migrations_refused_total{reason}`), for tests that run the proxy's actors in
+/// process.
+pub fn migrations_refused(reason: &str) -> f64 {
+    let text = switchyard_server::metrics::install().render();
+    let series = format!("switchyard_migrations_refused_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0.0)
+}
