@@ -126,6 +126,29 @@ impl std::fmt::Debug for MysqlSecret {
     }
 }
 
+/// The admin API's bearer token (`admin.token`). Its `Debug` hides it, so a logged config never
+/// shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// A token (for tests and embedding; the service reads it from `admin.token`).
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token as sent after `Bearer `.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,6 +171,8 @@ pub struct Config {
     pub half_close_timeout: Duration,
     /// Where the admin HTTP API listens.
     pub admin_listen: SocketAddr,
+    /// The bearer token every admin POST must carry (`admin.token`); `None` when unset.
+    pub admin_token: Option<AdminToken>,
     /// Where backends come from.
     pub discovery: Discovery,
     /// Health checking, with the probe chosen by `protocol`.
@@ -240,12 +265,16 @@ impl Default for RawProxy {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    token: String,
+    allow_insecure: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6080".into(),
+            token: String::new(),
+            allow_insecure: false,
         }
     }
 }
@@ -401,6 +430,7 @@ impl RawConfig {
                 format!("same address as proxy.listen ({admin_listen})"),
             ));
         }
+        let admin_token = admin_token(&self.admin, admin_listen)?;
         let (discovery, weights) = self.backends.validate()?;
 
         let h = self.health_check;
@@ -475,6 +505,7 @@ impl RawConfig {
             max_connections: self.proxy.max_connections,
             half_close_timeout: self.proxy.half_close_timeout,
             admin_listen,
+            admin_token,
             discovery,
             health,
             router,
@@ -487,6 +518,32 @@ impl RawConfig {
             shutdown_timeout: self.shutdown_timeout,
         })
     }
+}
+
+/// `admin.token`, checked: a token with spaces or control characters could not be sent in a
+/// header, and an admin API reachable from other hosts without one is refused unless the operator
+/// says `admin.allow_insecure: true` (anyone who reaches it could drain every backend).
+fn admin_token(admin: &RawAdmin, listen: SocketAddr) -> Result<Option<AdminToken>, ConfigError> {
+    let token = admin.token.as_str();
+    if token
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(ConfigError::new(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent as an HTTP header)",
+        ));
+    }
+    if token.is_empty() && !listen.ip().is_loopback() && !admin.allow_insecure {
+        return Err(ConfigError::new(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other hosts and admin.token is not set; \
+                 set admin.token, listen on 127.0.0.1, or set admin.allow_insecure: true"
+            ),
+        ));
+    }
+    Ok((!token.is_empty()).then(|| AdminToken(token.to_string())))
 }
 
 pub(super) fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
@@ -532,230 +589,4 @@ pub(super) fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(super) fn load(yaml: &str) -> Result<Config, ConfigError> {
-        load_env(yaml, vec![])
-    }
-
-    pub(super) fn load_env(yaml: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-config-test-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let env = env
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let r = Config::load_with_env(&path, Some(env));
-        let _ = std::fs::remove_dir_all(&dir);
-        r
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        N.fetch_add(1, Ordering::Relaxed)
-    }
-
-    const MINIMAL: &str = "backends:\n  static: [127.0.0.1:4000, db1.local:4001]\n";
-
-    #[test]
-    fn a_minimal_file_takes_the_documented_defaults() {
-        let c = load(MINIMAL).expect("valid");
-        assert_eq!(c.proxy_listen, "127.0.0.1:6000".parse().unwrap());
-        assert_eq!(c.admin_listen, "127.0.0.1:6080".parse().unwrap());
-        assert_eq!(c.protocol, Protocol::Tcp);
-        assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert_eq!(c.login_timeout, Duration::from_secs(10));
-        assert_eq!(c.max_connections, 0);
-        assert_eq!(c.half_close_timeout, Duration::from_secs(30));
-        assert_eq!(c.health.probe, Probe::Tcp);
-        assert_eq!(c.health.interval, Duration::from_secs(3));
-        assert_eq!(c.router, RouterConfig::default());
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(15));
-        assert_eq!(
-            c.discovery,
-            Discovery::Static(vec!["127.0.0.1:4000".into(), "db1.local:4001".into()])
-        );
-    }
-
-    #[test]
-    fn durations_read_as_humans_write_them() {
-        let c = load(
-            "backends: { static: [127.0.0.1:1] }\nhealth_check: { interval: 10ms, dial_timeout: 1m }\nshutdown_timeout: 3s\n",
-        )
-        .expect("valid");
-        assert_eq!(c.health.interval, Duration::from_millis(10));
-        assert_eq!(c.health.dial_timeout, Duration::from_secs(60));
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
-    }
-
-    #[test]
-    fn the_proxy_connect_timeout_is_its_own_key_and_must_be_positive() {
-        let c = load(
-            "proxy: { connect_timeout: 750ms }\nbackends: { static: [127.0.0.1:1] }\nhealth_check: { dial_timeout: 5s }\n",
-        )
-        .expect("valid");
-        assert_eq!(c.connect_timeout, Duration::from_millis(750));
-        assert_eq!(c.health.dial_timeout, Duration::from_secs(5));
-        let e = load("proxy: { connect_timeout: 0s }\nbackends: { static: [127.0.0.1:1] }\n")
-            .unwrap_err();
-        assert_eq!(e.key, "proxy.connect_timeout", "{e}");
-        let e = load("proxy: { connect_timeout: soon }\nbackends: { static: [127.0.0.1:1] }\n")
-            .unwrap_err();
-        assert_eq!(e.key, "proxy.connect_timeout", "{e}");
-    }
-
-    #[test]
-    fn the_front_door_keys_are_read_and_their_timeouts_must_be_positive() {
-        let c = load(
-            "proxy: { login_timeout: 1500ms, max_connections: 300, half_close_timeout: 2m }\nbackends: { static: [127.0.0.1:1] }\n",
-        )
-        .expect("valid");
-        assert_eq!(c.login_timeout, Duration::from_millis(1500));
-        assert_eq!(c.max_connections, 300);
-        assert_eq!(c.half_close_timeout, Duration::from_secs(120));
-        for key in ["login_timeout", "half_close_timeout"] {
-            let e = load(&format!(
-                "proxy: {{ {key}: 0s }}\nbackends: {{ static: [127.0.0.1:1] }}\n"
-            ))
-            .unwrap_err();
-            assert_eq!(e.key, format!("proxy.{key}"), "{e}");
-        }
-        let e = load("proxy: { max_connections: -1 }\nbackends: { static: [127.0.0.1:1] }\n")
-            .unwrap_err();
-        assert_eq!(e.key, "proxy.max_connections", "{e}");
-    }
-
-    #[test]
-    fn the_mysql_move_timeout_defaults_to_five_seconds_and_must_be_positive() {
-        assert_eq!(
-            load(MINIMAL).unwrap().mysql_move_timeout,
-            Duration::from_secs(5)
-        );
-        let c = load("backends: { static: [127.0.0.1:1] }\nmysql: { move_timeout: 750ms }\n")
-            .expect("valid");
-        assert_eq!(c.mysql_move_timeout, Duration::from_millis(750));
-        let e =
-            load("backends: { static: [127.0.0.1:1] }\nmysql: { move_timeout: 0s }\n").unwrap_err();
-        assert_eq!(e.key, "mysql.move_timeout", "{e}");
-    }
-
-    #[test]
-    fn an_unknown_key_is_an_error_naming_it() {
-        let e = load("backends: { static: [127.0.0.1:1] }\nhealth_check: { intervl: 3s }\n")
-            .unwrap_err();
-        assert!(e.key.contains("health_check"), "{e}");
-        assert!(e.to_string().contains("intervl"), "{e}");
-    }
-
-    #[test]
-    fn a_wrong_type_names_the_key() {
-        let e = load("backends: { static: [127.0.0.1:1] }\nhealth_check: { max_retries: lots }\n")
-            .unwrap_err();
-        assert_eq!(e.key, "health_check.max_retries", "{e}");
-        let e =
-            load("backends: { static: [127.0.0.1:1] }\nbalance: { rebalance_interval: soon }\n")
-                .unwrap_err();
-        assert_eq!(e.key, "balance.rebalance_interval", "{e}");
-    }
-
-    #[test]
-    fn bad_addresses_name_the_key() {
-        let e =
-            load("proxy: { listen: nowhere }\nbackends: { static: [127.0.0.1:1] }\n").unwrap_err();
-        assert_eq!(e.key, "proxy.listen");
-        let e = load("backends: { static: [127.0.0.1:1, 'bad host:99999'] }\n").unwrap_err();
-        assert_eq!(e.key, "backends.static[1]");
-    }
-
-    #[test]
-    fn backends_must_be_given_one_way() {
-        assert_eq!(
-            load("proxy: { protocol: tcp }\n").unwrap_err().key,
-            "backends"
-        );
-        let e = load(
-            "backends: { static: [127.0.0.1:1], etcd: { endpoints: [http://127.0.0.1:2379] } }\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.key, "backends");
-        let c = load("backends: { etcd: { endpoints: [http://127.0.0.1:2379] } }\n").unwrap();
-        assert_eq!(
-            c.discovery,
-            Discovery::Etcd(vec!["http://127.0.0.1:2379".into()], EtcdConfig::default())
-        );
-        let c = load(
-            "backends: { etcd: { endpoints: [http://127.0.0.1:2379], request_timeout: 500ms, rounds: 5 } }\n",
-        )
-        .unwrap();
-        let Discovery::Etcd(_, etcd) = c.discovery else {
-            panic!("etcd discovery");
-        };
-        assert_eq!(etcd.request_timeout, Duration::from_millis(500));
-        assert_eq!(
-            (etcd.rounds, etcd.backoff),
-            (5, EtcdConfig::default().backoff)
-        );
-        let e = load("backends: { etcd: { endpoints: [http://127.0.0.1:2379], rounds: 0 } }\n")
-            .unwrap_err();
-        assert_eq!(e.key, "backends.etcd.rounds");
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let c = load_env(
-            MINIMAL,
-            vec![
-                ("SWITCHYARD__HEALTH_CHECK__INTERVAL", "250ms"),
-                ("SWITCHYARD__PROXY__LISTEN", "127.0.0.1:7000"),
-                ("SWITCHYARD__BACKENDS__STATIC", "127.0.0.1:1,127.0.0.1:2"),
-            ],
-        )
-        .expect("valid");
-        assert_eq!(c.health.interval, Duration::from_millis(250));
-        assert_eq!(c.proxy_listen, "127.0.0.1:7000".parse().unwrap());
-        assert_eq!(
-            c.discovery,
-            Discovery::Static(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()])
-        );
-    }
-
-    #[test]
-    fn mysql_users_take_a_password_or_a_hash() {
-        let c = load(
-            "proxy: { protocol: mysql }\nbackends: { static: [127.0.0.1:1] }\nmysql:\n  users:\n    - { name: app, password: pw }\n    - { name: ro, password_hash: \"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\" }\n",
-        )
-        .expect("valid");
-        assert_eq!(c.health.probe, Probe::Mysql);
-        assert_eq!(c.mysql_users.len(), 2);
-        assert_eq!(
-            c.mysql_users[1].secret,
-            MysqlSecret::Hash([
-                0x24, 0x70, 0xC0, 0xC0, 0x6D, 0xEE, 0x42, 0xFD, 0x16, 0x18, 0xBB, 0x99, 0x00, 0x5A,
-                0xDC, 0xA2, 0xEC, 0x9D, 0x1E, 0x19
-            ])
-        );
-        let e = load(
-            "backends: { static: [127.0.0.1:1] }\nmysql: { users: [ { name: x, password_hash: \"abc\" } ] }\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.key, "mysql.users[0].password_hash");
-    }
-
-    #[test]
-    fn a_missing_file_is_reported_with_its_path() {
-        let e = Config::load_with_env(Path::new("/nonexistent/switchyard.yaml"), Some(vec![]))
-            .unwrap_err();
-        assert!(
-            e.to_string().contains("/nonexistent/switchyard.yaml"),
-            "{e}"
-        );
-    }
-}
+mod tests;

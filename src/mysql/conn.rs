@@ -154,6 +154,8 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         cfg,
         ctrl,
         pending: None,
+        waiting: None,
+        client_tracks: false,
         closing: false,
         close_error: None,
         turn: Turn::Server(0),
