@@ -12,6 +12,7 @@ use switchyard_server::demo::{self, DemoOptions};
 use switchyard_server::service;
 
 fn main() -> ExitCode {
+    return_large_blocks_to_the_system();
     // clap exits 2 on a bad command line and 0 after --help / --version.
     let cli = Cli::parse();
     match cli.command {
@@ -48,3 +49,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Blocks of 1 MiB and more (the buffers of a long packet) are `mmap`ed and unmapped when freed,
+/// so their memory goes back to the system at once. By default glibc raises this threshold to the
+/// largest block freed so far (up to 32 MiB) and keeps up to twice that per arena: after 4 MiB
+/// rows, about 16 MiB stayed resident with two workers, although every buffer had been freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_blocks_to_the_system() {
+    const MMAP_THRESHOLD: std::ffi::c_int = 1 << 20;
+    // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_blocks_to_the_system() {}

@@ -534,3 +534,90 @@ async fn a_query_over_16_mib_with_a_temporary_table_at_its_end_keeps_the_session
     assert_eq!(v, 3);
     c.disconnect().await.unwrap();
 }
+
+/// Differential tester (`select_limit`): with `sql_select_limit = 2` in force the proxy's own
+/// snapshot of `information_schema` came back with 2 rows, so a move carried only part of the
+/// state; `max_join_size` refused that read outright; and the restore must quote a string with
+/// a quote and a backslash so it survives `NO_BACKSLASH_ESCAPES`.
+#[actix_rt::test]
+async fn a_move_carries_all_state_whatever_the_session_limits_and_sql_mode() {
+    let Some((a, b)) = servers() else { return };
+    let p = proxy(&[addr(a), addr(b)]).await;
+    let mut c = connect(&p).await;
+    c.query_drop(
+        "SET @u1 = 1, @u2 = 2, @u3 = 3, @u4 = 'it''s', \
+         SESSION div_precision_increment = 2, SESSION group_concat_max_len = 77, \
+         SESSION time_zone = '+03:00'",
+    )
+    .await
+    .unwrap();
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES,NO_BACKSLASH_ESCAPES'")
+        .await
+        .unwrap();
+    c.query_drop("SET @s = 'it''s a \\ backslash'")
+        .await
+        .unwrap();
+    c.query_drop("SET sql_select_limit = 2, max_join_size = 1000")
+        .await
+        .unwrap();
+    let before = port(&mut c).await;
+    let after = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_ne!(before, after, "the session should have moved");
+    let row: (i64, i64, i64, String, String) = c
+        .query_first("SELECT @u1, @u2, @u3, @u4, @s")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row, (1, 2, 3, "it's".into(), "it's a \\ backslash".into()));
+    let vars: (u64, u64, String, String, u64, u64, u64) = c
+        .query_first(
+            "SELECT @@div_precision_increment, @@group_concat_max_len, @@time_zone, \
+             @@sql_mode, @@sql_select_limit, @@max_join_size, @@sql_big_selects",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        vars,
+        (
+            2,
+            77,
+            "+03:00".into(),
+            "ANSI_QUOTES,NO_BACKSLASH_ESCAPES".into(),
+            2,
+            1000,
+            0
+        )
+    );
+    c.disconnect().await.unwrap();
+}
+
+/// Differential tester (`session_results`): `LAST_INSERT_ID()` is session state that lasts
+/// across statements; a move lost it (the new session said 0).
+#[actix_rt::test]
+async fn last_insert_id_is_carried_by_a_move() {
+    let Some((a, b)) = servers() else { return };
+    let p = proxy(&[addr(a), addr(b)]).await;
+    let mut c = connect(&p).await;
+    c.query_drop("SELECT LAST_INSERT_ID(77)").await.unwrap();
+    let before = port(&mut c).await;
+    let after = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_ne!(before, after, "the session should have moved");
+    let id: u64 = c
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, 77);
+    // and back, on the snapshot's fast path (no carried state changed since the move)
+    c.query_drop("SELECT LAST_INSERT_ID(78)").await.unwrap();
+    let back = drain_and_move(&p, &mut c, Duration::from_secs(5)).await;
+    assert_eq!(back, before);
+    let id: u64 = c
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, 78);
+    c.disconnect().await.unwrap();
+}

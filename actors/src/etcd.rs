@@ -116,7 +116,7 @@ impl EtcdFetcher {
     }
 
     /// One range request to one endpoint.
-    async fn range(&self, endpoint: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    async fn range(&self, endpoint: &str) -> Result<KeyValues, String> {
         let client = self.client.as_ref().map_err(Clone::clone)?;
         let body = serde_json::json!({
             "key": B64.encode(TOPOLOGY_PREFIX),
@@ -157,25 +157,7 @@ impl EtcdFetcher {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim()
             ));
         }
-        let parsed: RangeResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{url}: not an etcd range response: {e}"))?;
-        if parsed.header.is_none() {
-            // An empty object from something that is not etcd must not read as "no backends".
-            return Err(format!("{url}: not an etcd range response: no header"));
-        }
-        parsed
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                let key = B64
-                    .decode(&kv.key)
-                    .map_err(|e| format!("{url}: key is not base64: {e}"))?;
-                let value = B64
-                    .decode(&kv.value)
-                    .map_err(|e| format!("{url}: value is not base64: {e}"))?;
-                Ok((key, value))
-            })
-            .collect()
+        decode_range(&bytes).map_err(|e| format!("{url}: {e}"))
     }
 
     /// Turns the raw key-values into backends, skipping (and warning once about) bad entries.
@@ -241,6 +223,54 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     // All 0xff (or empty): etcd reads "\0" as "to the end of the keyspace".
     vec![0]
+}
+
+/// Raw keys and values, as read from etcd.
+type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The key-values of a range response body (keys and values base64-decoded). The body comes
+/// from the network, so every failure is an `Err`, never a panic.
+fn decode_range(body: &[u8]) -> Result<KeyValues, String> {
+    let parsed: RangeResponse =
+        serde_json::from_slice(body).map_err(|e| format!("not an etcd range response: {e}"))?;
+    if parsed.header.is_none() {
+        // An empty object from something that is not etcd must not read as "no backends".
+        return Err("not an etcd range response: no header".to_string());
+    }
+    parsed
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let key = B64
+                .decode(&kv.key)
+                .map_err(|e| format!("key is not base64: {e}"))?;
+            let value = B64
+                .decode(&kv.value)
+                .map_err(|e| format!("value is not base64: {e}"))?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// What a fetch makes of a range response `body`: the backends, or why the body was refused.
+///
+/// Not part of the API: the entry point of the `etcd_decode` fuzz target and of its corpus
+/// replay test (`fuzz/`), so both run exactly the decoding a fetch runs on a peer's bytes.
+#[doc(hidden)]
+pub fn fuzz_decode_range(body: &[u8]) -> Result<HashMap<String, BackendInfo>, String> {
+    let (backends, _skipped) = parse_topology(decode_range(body)?);
+    Ok(backends)
+}
+
+/// What a fetch makes of one TiDB `info` value: its `(ip, status_port)`, or the JSON error.
+///
+/// Not part of the API: the `etcd_decode` fuzz target feeds it values directly, so the fuzzer
+/// need not find base64 inside JSON to reach the `info` parser.
+#[doc(hidden)]
+pub fn fuzz_parse_info(value: &[u8]) -> Result<(String, u16), String> {
+    parse_info(value)
+        .map(|i| (i.ip, i.status_port))
+        .map_err(|e| e.to_string())
 }
 
 /// The part of a range response the fetcher reads. etcd omits `kvs` when nothing matches.

@@ -110,6 +110,8 @@ pub use connect::{
 pub use default_check::DefaultHealthCheck;
 pub use discovery::{BackendFetcher, StaticFetcher};
 pub use error::{FetchError, InvariantError, ObserveError, RouteError, RouterError};
+#[doc(hidden)]
+pub use etcd::{fuzz_decode_range, fuzz_parse_info};
 pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};

@@ -10,9 +10,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use switchyard::wire::{
-    self, caps, cmd, flush, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
+    self, caps, cmd, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
     parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Greeting,
-    HandshakeError, NativeSecret, PacketError, PacketReader, Response, NATIVE_PASSWORD,
+    HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response, NATIVE_PASSWORD,
 };
 
 use super::tracker::{Kind, Next, PrepareOk, Tracker};
@@ -22,8 +22,6 @@ pub const LOGIN_MAX_PAYLOAD: usize = 64 * 1024;
 /// Largest packet of an answer to the proxy's own queries that is not a row (OK, ERR, column
 /// count and definitions, EOF): such packets are small; a longer one breaks the exchange.
 const MAX_META_PACKET: usize = 1 << 20;
-/// Room for the few small commands the proxy queues on its own.
-const OUT_BUF: usize = 16 * 1024;
 
 /// A connected backend: address, reader, writer and the capabilities of the session on it.
 pub struct Backend {
@@ -33,8 +31,9 @@ pub struct Backend {
     pub reader: PacketReader<OwnedReadHalf>,
     /// Bytes to the server.
     pub writer: OwnedWriteHalf,
-    /// Reusable output buffer.
-    pub out: Vec<u8>,
+    /// Bytes to send; holds a pooled buffer only while bytes are queued (or a long command is
+    /// on its way).
+    pub out: OutBuf,
     /// The session negotiated `CLIENT_DEPRECATE_EOF` (set by whoever completes the login).
     pub deprecate_eof: bool,
 }
@@ -84,14 +83,14 @@ impl Backend {
             addr,
             reader: PacketReader::new(r),
             writer: w,
-            out: Vec::with_capacity(OUT_BUF),
+            out: OutBuf::new(),
             deprecate_eof: false,
         }
     }
 
     /// Sends the buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        flush(&mut self.writer, &mut self.out).await
+        self.out.flush_to(&mut self.writer).await
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the

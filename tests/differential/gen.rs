@@ -64,9 +64,13 @@ pub enum Feature {
     UnknownStatementId,
     /// Observation 6: a one-shot `SET TRANSACTION ISOLATION LEVEL` before `BEGIN` is lost.
     OneShotIsolation,
-    /// Documented as not carried (docs/mysql.md): `LAST_INSERT_ID()`, `ROW_COUNT()`,
-    /// `FOUND_ROWS()` and `SHOW WARNINGS` read after a move see the new session's values.
+    /// Documented as not carried (docs/mysql.md): `ROW_COUNT()`, `FOUND_ROWS()` and `SHOW
+    /// WARNINGS` describe the statement before the move; read after one they see the new
+    /// session's values. Off for good: no move can carry them.
     SessionResults,
+    /// `LAST_INSERT_ID()` read in a later statement than the insert: real session state, which
+    /// a move carries.
+    LastInsertId,
     /// Found by this tester: after `SET NAMES utf8mb4 COLLATE utf8mb4_bin` the server labels
     /// string results with collation 46 (the collation rides on `character_set_results`); a
     /// move restores `collation_connection` only, and results come back labelled 45.
@@ -89,13 +93,14 @@ pub enum Feature {
 
 impl Feature {
     /// Every switch, in a stable order.
-    pub const ALL: [Feature; 10] = [
+    pub const ALL: [Feature; 11] = [
         Feature::FailedMultiStatementTransaction,
         Feature::HiddenUserLock,
         Feature::SetOption,
         Feature::UnknownStatementId,
         Feature::OneShotIsolation,
         Feature::SessionResults,
+        Feature::LastInsertId,
         Feature::NamesCollate,
         Feature::SelectLimit,
         Feature::SavepointOutsideTransaction,
@@ -111,6 +116,7 @@ impl Feature {
             Feature::UnknownStatementId => "unknown_statement_id",
             Feature::OneShotIsolation => "one_shot_isolation",
             Feature::SessionResults => "session_results",
+            Feature::LastInsertId => "last_insert_id",
             Feature::NamesCollate => "names_collate",
             Feature::SelectLimit => "select_limit",
             Feature::SavepointOutsideTransaction => "savepoint_outside_transaction",
@@ -601,11 +607,12 @@ impl Gen<'_> {
             }
             _ => self.q(format!("INSERT INTO dt.t (k, v) VALUES ({k}, 'sr')")),
         }
-        if self.on(Feature::SessionResults) {
-            match self.rng.below(4) {
-                0 => self.q("SELECT LAST_INSERT_ID()"),
-                1 => self.q("SELECT ROW_COUNT()"),
-                2 => {
+        if self.on(Feature::LastInsertId) && self.rng.chance(50) {
+            self.q("SELECT LAST_INSERT_ID()");
+        } else if self.on(Feature::SessionResults) {
+            match self.rng.below(3) {
+                0 => self.q("SELECT ROW_COUNT()"),
+                1 => {
                     self.q("SELECT SQL_CALC_FOUND_ROWS id FROM dt.t ORDER BY id LIMIT 1");
                     self.q("SELECT FOUND_ROWS()");
                 }

@@ -3,10 +3,18 @@
 //!
 //! The reader is cancel-safe: bytes are only ever read into its own buffer, so a `select!` that
 //! drops a pending [`PacketReader::fill`] loses nothing. Frames are split off that buffer without
-//! copying, so relaying a packet costs one copy into the writer's buffer and no allocation.
+//! copying, so relaying a packet costs one copy into the writer's buffer and no allocation. The
+//! buffer comes from a per-thread pool ([`super::pool`]) and goes back whenever the reader waits
+//! with nothing buffered, so an idle connection holds none and a grown one is freed.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::pool::ReadSpace;
 
 /// Largest payload of one physical packet; a packet this long is continued by the next one.
 pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
@@ -16,8 +24,6 @@ pub const HEADER: usize = 4;
 const SEQ_AT: usize = 3;
 /// Bytes of the length field.
 const LEN_BYTES: usize = 3;
-/// The reader's buffer: room for the many small packets of a typical exchange.
-const READ_BUF: usize = 16 * 1024;
 /// Below this much free room the reader grows its buffer before reading.
 const MIN_READ_ROOM: usize = 4096;
 
@@ -121,19 +127,22 @@ impl Frame {
     }
 }
 
-/// Reads physical packets from a byte stream into a reusable buffer.
+/// Reads physical packets from a byte stream into a buffer it holds only while bytes are in
+/// hand (see the module docs).
 pub struct PacketReader<R> {
     inner: R,
-    buf: BytesMut,
+    /// Empty and unallocated while the reader waits with nothing buffered.
+    buf: ReadSpace,
     max_payload: usize,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
-    /// A reader accepting physical payloads up to [`MAX_PAYLOAD`].
+    /// A reader accepting physical payloads up to [`MAX_PAYLOAD`]. It allocates nothing until
+    /// the first bytes arrive.
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(READ_BUF),
+            buf: ReadSpace::default(),
             max_payload: MAX_PAYLOAD,
         }
     }
@@ -160,7 +169,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             return Ok(None);
         }
         Ok(Some(Frame {
-            raw: self.buf.split_to(HEADER + len),
+            raw: self.buf.bytes_mut().split_to(HEADER + len),
         }))
     }
 
@@ -169,13 +178,26 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         !self.buf.is_empty()
     }
 
+    /// Bytes of memory the reader's buffer offers now (0 while it waits with nothing buffered).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// One read attempt; while the stream has nothing, an empty buffer is given back.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.buf.make_room(MIN_READ_ROOM);
+        let r = pin!(self.inner.read_buf(self.buf.bytes_mut())).poll(cx);
+        if r.is_pending() {
+            self.buf.release();
+        }
+        r
+    }
+
     /// Reads more bytes into the buffer. Cancel-safe.
     pub async fn fill(&mut self) -> Result<(), PacketError> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
-            self.buf.reserve(READ_BUF);
-        }
-        let n = self.inner.read_buf(&mut self.buf).await?;
+        let n = std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
         if n == 0 {
+            self.buf.release();
             if self.buf.is_empty() {
                 return Err(PacketError::Closed);
             }
@@ -231,7 +253,9 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 
     /// Takes the bytes buffered but not yet returned as packets (for a switch to raw relaying).
     pub fn take_buffered(&mut self) -> BytesMut {
-        self.buf.split()
+        let rest = self.buf.bytes_mut().split();
+        self.buf.release();
+        rest
     }
 
     /// The underlying stream.
@@ -272,7 +296,9 @@ pub async fn flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &mut Vec<u8>) -> std
 
 #[cfg(test)]
 mod tests {
+    use super::super::pool::{buffers_held, BUF_SIZE};
     use super::*;
+    use futures::FutureExt;
 
     #[tokio::test]
     async fn a_packet_split_across_reads_is_reassembled() {
@@ -355,6 +381,94 @@ mod tests {
             r.logical(0, 100).await,
             Err(PacketError::Truncated { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_data_holds_no_buffer_and_reuses_the_pooled_one() {
+        let (mut peer, stream) = tokio::io::duplex(1024);
+        let mut r = PacketReader::new(stream);
+        assert!(r.frame().now_or_never().is_none());
+        assert_eq!(
+            (r.capacity(), buffers_held()),
+            (0, 0),
+            "nothing before any byte"
+        );
+        let mut wire = Vec::new();
+        put_packet(&mut wire, 0, b"\x03SELECT 1");
+        peer.write_all(&wire).await.unwrap();
+        let f = r.frame().await.unwrap();
+        let at = f.raw().as_ptr();
+        assert_eq!(buffers_held(), 1);
+        drop(f);
+        assert!(r.frame().now_or_never().is_none());
+        assert_eq!(
+            (r.capacity(), buffers_held()),
+            (0, 0),
+            "given back while waiting"
+        );
+        peer.write_all(&wire).await.unwrap();
+        let f = r.frame().await.unwrap();
+        assert_eq!(f.payload(), b"\x03SELECT 1");
+        assert_eq!(
+            f.raw().as_ptr(),
+            at,
+            "the next packet lands in the same pooled buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_long_packet_is_freed_once_the_reader_waits() {
+        let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+        let mut r = PacketReader::new(stream);
+        let mut wire = Vec::new();
+        put_packet(&mut wire, 0, &vec![7u8; 4 << 20]);
+        let writer = tokio::spawn(async move {
+            peer.write_all(&wire).await.unwrap();
+            peer
+        });
+        let f = r.frame().await.unwrap();
+        assert_eq!(f.payload().len(), 4 << 20);
+        drop(f);
+        let mut peer = writer.await.unwrap();
+        assert!(r.frame().now_or_never().is_none());
+        assert_eq!((r.capacity(), buffers_held()), (0, 0));
+        let mut wire = Vec::new();
+        put_packet(&mut wire, 1, b"small");
+        peer.write_all(&wire).await.unwrap();
+        assert_eq!(r.frame().await.unwrap().payload(), b"small");
+        assert!(
+            r.capacity() < BUF_SIZE,
+            "the next packet is read into a buffer of the usual size, not the grown one ({})",
+            r.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_packet_straddling_the_buffer_end_moves_to_its_front_instead_of_growing_it() {
+        let mut wire = Vec::new();
+        for i in 0..400u32 {
+            put_packet(&mut wire, i as u8, &[i as u8; 100]);
+        }
+        let (mut peer, stream) = tokio::io::duplex(wire.len());
+        peer.write_all(&wire).await.unwrap();
+        let mut r = PacketReader::new(stream);
+        let first = r.frame().await.unwrap();
+        let at = first.raw().as_ptr();
+        drop(first);
+        for i in 1..400u32 {
+            let f = r.frame().await.unwrap();
+            assert_eq!(f.payload(), &[i as u8; 100][..]);
+            assert!(r.capacity() <= BUF_SIZE, "grew to {}", r.capacity());
+        }
+        assert!(r.frame().now_or_never().is_none());
+        put_packet(&mut wire, 0, b"next");
+        peer.write_all(&wire[wire.len() - 8..]).await.unwrap();
+        let f = r.frame().await.unwrap();
+        assert_eq!(
+            f.raw().as_ptr(),
+            at,
+            "the same buffer served the whole stream"
+        );
     }
 
     #[test]

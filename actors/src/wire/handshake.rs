@@ -197,8 +197,10 @@ impl Greeting {
     /// Reads a v10 greeting.
     pub fn parse(p: &[u8]) -> Result<Self, HandshakeError> {
         let short = HandshakeError::Greeting;
-        let version = String::from_utf8_lossy(server_version(p)?).into_owned();
-        let mut pos = 1 + version.len() + 1;
+        // offsets count the raw bytes: a lossy conversion would grow an invalid byte to three
+        let raw_version = server_version(p)?;
+        let version = String::from_utf8_lossy(raw_version).into_owned();
+        let mut pos = 1 + raw_version.len() + 1;
         let mut pos_after = |n: usize| {
             let at = pos;
             pos += n;
@@ -220,7 +222,7 @@ impl Greeting {
         let caps = u32::from(lo) | u32::from(hi) << 16;
         let salt_len = usize::from(*p.get(pos_after(1)).ok_or(short("short"))?);
         pos_after(GREETING_RESERVED);
-        let ext_caps = (caps & caps::MYSQL == 0).then_some(pos_after(EXT_CAPS_LEN));
+        let ext_caps = (caps & caps::MYSQL == 0).then(|| pos_after(EXT_CAPS_LEN));
         if ext_caps.is_none() {
             pos_after(EXT_CAPS_LEN);
         }

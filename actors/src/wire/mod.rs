@@ -13,6 +13,7 @@ mod fields;
 mod frame;
 pub mod handshake;
 mod packets;
+mod pool;
 
 pub use constants::{caps, charset, cmd, code, marker, sqlstate, status};
 pub use fields::{
@@ -28,3 +29,4 @@ pub use packets::{
     eof_payload, err_payload, is_terminator, more_results, ok_payload, parse_err, parse_ok,
     terminator_status, ErrInfo, OkInfo,
 };
+pub use pool::{buffers_held, OutBuf};

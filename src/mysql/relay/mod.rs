@@ -19,16 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::wire::{
-    err_payload, flush, marker, parse_err, put_packet, Frame, HandshakeError, NativeSecret,
+    err_payload, marker, parse_err, put_packet, Frame, HandshakeError, NativeSecret, OutBuf,
     PacketError, PacketReader, Response,
 };
 use switchyard::{BackendInst, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::Control;
+use super::conn::{Control, ControlRx};
 use super::session::Session;
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
@@ -108,17 +107,18 @@ pub(super) struct Login {
     secret: Option<NativeSecret>,
 }
 
-/// The client's socket: packets in, a reusable buffer out. Both halves count what crosses them
-/// into `bytes_in_total` / `bytes_out_total`.
+/// The client's socket: packets in, a pooled buffer out (neither holds memory while the session
+/// is idle). Both halves count what crosses them into `bytes_in_total` / `bytes_out_total`.
 pub(super) struct ClientSide {
     pub(super) reader: PacketReader<Counted<OwnedReadHalf>>,
     pub(super) writer: Counted<OwnedWriteHalf>,
-    pub(super) out: Vec<u8>,
+    pub(super) out: OutBuf,
 }
 
 impl ClientSide {
     async fn flush(&mut self) -> Result<(), End> {
-        flush(&mut self.writer, &mut self.out)
+        self.out
+            .flush_to(&mut self.writer)
             .await
             .map_err(|e| client_err(e.into()))
     }
@@ -153,7 +153,7 @@ pub(super) struct Relay {
     pub(super) login: Option<Login>,
     pub(super) link: Registration,
     pub(super) cfg: Arc<MysqlConfig>,
-    pub(super) ctrl: mpsc::UnboundedReceiver<Control>,
+    pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.
     pub(super) pending: Option<BackendInst>,
     /// Close at the next safe point.
@@ -186,6 +186,9 @@ impl Relay {
             if let Err(e) = self.at_safe_point().await {
                 return e;
             }
+            // between commands: a buffer that grew for a long response goes back
+            self.client.out.release();
+            self.backend.out.release();
             let r = tokio::select! {
                 c = self.ctrl.recv() => {
                     self.on_control(c);

@@ -75,7 +75,8 @@ impl Relay {
             return Ok(());
         };
         match self.movable(to, blocker) {
-            Some((to, secret)) => self.move_to(to, secret).await,
+            // boxed: a move's futures are large and rare; inline they would size every session
+            Some((to, secret)) => Box::pin(self.move_to(to, secret)).await,
             None => Ok(()),
         }
     }

@@ -6,6 +6,9 @@
 //! variables (`information_schema.USER_VARIABLES`) and the current schema are read from the old
 //! backend, written to the target, and a digest query must then read the same on both. The
 //! queries are MariaDB's (10.2+); on a MySQL backend the snapshot fails and the session stays.
+//! Every query here is shaped to be immune to the client's session settings: an explicit `LIMIT`
+//! (`sql_select_limit`), `sql_big_selects` (`max_join_size`), backquoted names and hex or
+//! `''`-doubled literals (`ANSI_QUOTES`, `NO_BACKSLASH_ESCAPES`).
 
 use std::fmt::Write as _;
 
@@ -79,7 +82,7 @@ pub struct Snapshot {
     pub uservars: Vec<UserVar>,
     /// The digest query.
     pub digest_sql: String,
-    /// Its one row on the old backend: schema, then variable values.
+    /// Its one row on the old backend: schema, then variable values, then `LAST_INSERT_ID()`.
     pub digest: Vec<Option<Vec<u8>>>,
 }
 
@@ -91,14 +94,29 @@ const NOT_RESTORED: &[&str] = &[
     "error_count",
 ];
 
-const SYSVARS_SQL: &str = "SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
+/// An explicit `LIMIT` on every `SELECT` the proxy runs on a client's session: it overrides the
+/// session's `sql_select_limit`, which would otherwise cut the proxy's answers short.
+const NO_LIMIT: &str = " LIMIT 18446744073709551615";
+
+/// The session's `max_join_size` could refuse a read of `information_schema` (error 1104), so
+/// the read runs with `sql_big_selects` on; its session value is then read by the digest
+/// instead (see [`BIG_SELECTS`]).
+const SYSVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
+     SELECT LOWER(VARIABLE_NAME), VARIABLE_TYPE, SESSION_VALUE \
      FROM information_schema.SYSTEM_VARIABLES WHERE VARIABLE_SCOPE = 'SESSION' \
      AND (NOT (SESSION_VALUE <=> GLOBAL_VALUE) OR VARIABLE_NAME IN \
-     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION'))";
+     ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION',\
+     'SQL_BIG_SELECTS')) LIMIT 18446744073709551615";
+
+/// The variable [`SYSVARS_SQL`] overrides while it reads: always carried, its value taken from
+/// the digest (which reads it unaltered).
+const BIG_SELECTS: &str = "sql_big_selects";
 
 /// String values are not read here: the digest reads them as hex, which restores them exactly.
-const USERVARS_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
-     IF(VARIABLE_TYPE = 'VARCHAR', NULL, VARIABLE_VALUE) FROM information_schema.USER_VARIABLES";
+const USERVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
+     SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
+     IF(VARIABLE_TYPE = 'VARCHAR', NULL, VARIABLE_VALUE) FROM information_schema.USER_VARIABLES \
+     LIMIT 18446744073709551615";
 
 fn text(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
@@ -171,6 +189,7 @@ fn lock_check_sql(names: &[String]) -> String {
         quote_str(&mut sql, n);
         sql.push_str(") <=> CONNECTION_ID()");
     }
+    sql.push_str(NO_LIMIT);
     sql
 }
 
@@ -227,6 +246,17 @@ pub async fn snapshot(
             .await
             .map_err(step("digest"))?,
     );
+    let mut sysvars = sysvars;
+    for (i, v) in sysvars.iter_mut().enumerate() {
+        if v.name == BIG_SELECTS {
+            // the digest reads it as 0/1; the variable is set as OFF/ON
+            v.value = match digest.get(1 + i) {
+                Some(Some(b)) if b.as_slice() == b"0" => Some("OFF".into()),
+                Some(Some(b)) if b.as_slice() == b"1" => Some("ON".into()),
+                _ => None,
+            };
+        }
+    }
     Ok(Snapshot {
         sysvars,
         uservars,
@@ -309,6 +339,8 @@ fn digest_sql(sysvars: &[SysVar], uservars: &[UserVar]) -> String {
             quote_ident(&mut sql, &u.name);
         }
     }
+    sql.push_str(", LAST_INSERT_ID()");
+    sql.push_str(NO_LIMIT);
     sql
 }
 
@@ -384,6 +416,19 @@ pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
     Some(sql)
 }
 
+/// `SELECT LAST_INSERT_ID(n)` restoring the session's last insert id, the digest's last column
+/// (`None` when it is 0, as on a fresh session, or not a plain number).
+pub fn last_insert_id_sql(snap: &Snapshot) -> Option<String> {
+    let id = snap.digest.last()?.as_deref()?;
+    if id.is_empty() || !id.iter().all(u8::is_ascii_digit) || id == b"0" {
+        return None;
+    }
+    Some(format!(
+        "SELECT LAST_INSERT_ID({}){NO_LIMIT}",
+        String::from_utf8_lossy(id)
+    ))
+}
+
 /// Writes the snapshot, the SQL prepared statements and the binary ones to the target, and
 /// checks the digest — all in one round trip (the commands are pipelined; the target is thrown
 /// away on any failure, so nothing is read past the first one). Returns the binary statements'
@@ -405,11 +450,16 @@ pub async fn restore(
     if let Some(Some(db)) = snap.digest.first() {
         steps.push(("schema", b.send_command(cmd::INIT_DB, db)));
     }
+    // user variables before session variables: their SET then runs under the target's login
+    // sql_mode, not the client's (its literals are quoted to survive either anyway)
+    if let Some(sql) = uservars_sql(snap) {
+        steps.push(("user variables", b.send_query(&sql)));
+    }
     if let Some(sql) = sysvars_sql(&snap.sysvars) {
         steps.push(("session variables", b.send_query(&sql)));
     }
-    if let Some(sql) = uservars_sql(snap) {
-        steps.push(("user variables", b.send_query(&sql)));
+    if let Some(sql) = last_insert_id_sql(snap) {
+        steps.push(("last insert id", b.send_query(&sql)));
     }
     for text in s.sql_prepared() {
         steps.push(("SQL prepared statement", b.send_command(cmd::QUERY, text)));
@@ -448,6 +498,68 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_select_the_proxy_runs_has_an_explicit_limit_against_sql_select_limit() {
+        let sysvars = vec![SysVar {
+            name: "sql_select_limit".into(),
+            ty: "BIGINT UNSIGNED".into(),
+            value: Some("2".into()),
+        }];
+        let uservars = vec![UserVar {
+            name: "a".into(),
+            ty: "INT".into(),
+            charset: None,
+            value: Some("1".into()),
+        }];
+        let digest = digest_sql(&sysvars, &uservars);
+        assert_eq!(
+            digest,
+            "SELECT DATABASE(), @@session.`sql_select_limit`, @`a`, LAST_INSERT_ID() \
+             LIMIT 18446744073709551615"
+        );
+        for sql in [
+            SYSVARS_SQL,
+            USERVARS_SQL,
+            &digest,
+            &lock_check_sql(&["job".into()]),
+            &Snapshot::login_defaults().digest_sql,
+        ] {
+            assert!(sql.ends_with(NO_LIMIT), "{sql}");
+        }
+        // max_join_size must not refuse the reads of information_schema
+        assert!(SYSVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
+        assert!(USERVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
+        assert!(SYSVARS_SQL.contains("'SQL_BIG_SELECTS'"));
+    }
+
+    #[test]
+    fn the_last_insert_id_is_restored_from_the_digests_last_column() {
+        let mut snap = Snapshot::login_defaults();
+        snap.digest = vec![Some(b"app".to_vec()), Some(b"42".to_vec())];
+        assert_eq!(
+            last_insert_id_sql(&snap).as_deref(),
+            Some("SELECT LAST_INSERT_ID(42) LIMIT 18446744073709551615")
+        );
+        snap.digest = vec![None, Some(b"0".to_vec())];
+        assert_eq!(last_insert_id_sql(&snap), None, "a fresh session has 0");
+        snap.digest = vec![None, Some(b"1; DROP".to_vec())];
+        assert_eq!(last_insert_id_sql(&snap), None, "only a plain number");
+    }
+
+    #[test]
+    fn a_string_with_a_quote_and_a_backslash_is_written_as_hex() {
+        let vars = vec![SysVar {
+            name: "init_connect".into(),
+            ty: "VARCHAR".into(),
+            value: Some("it's \\".into()),
+        }];
+        // hex survives NO_BACKSLASH_ESCAPES and ANSI_QUOTES alike
+        assert_eq!(
+            sysvars_sql(&vars).unwrap(),
+            "SET SESSION `init_connect` = CONVERT(X'69742773205C' USING utf8mb4)"
+        );
+    }
 
     #[test]
     fn restore_statements_quote_by_type() {
