@@ -512,19 +512,48 @@ pub mod tracker {
 /// Target 3: the statement scan, on arbitrary bytes as `COM_QUERY` text, and the session
 /// bookkeeping that applies its effects once the response is known.
 pub mod scan {
-    use switchyard_server::mysql::session::{analyze, Session};
+    use switchyard_server::mysql::session::{analyze, Outcome, Session};
 
     /// Runs one input.
     pub fn run(sql: &[u8]) {
         let mut s = Session::new();
         let pending = s.before_query(sql);
-        s.after_query(pending, false);
+        let statements = u32::try_from(pending_len(sql)).unwrap_or(u32::MAX);
+        s.after_query(
+            pending,
+            Outcome {
+                error: false,
+                results: statements,
+            },
+        );
         let _ = s.blocker();
-        // the same text failing (as the last statement of a multi-statement query may)
-        s.after_query(analyze(sql), true);
+        // the same text failing at each of its first statements (a multi-statement query runs
+        // those before the failing one), and with a server that ran fewer than the scan found
+        for results in [0, 1, statements / 2] {
+            s.after_query(
+                analyze(sql),
+                Outcome {
+                    error: true,
+                    results,
+                },
+            );
+            let _ = s.blocker();
+        }
+        s.after_query(
+            analyze(sql),
+            Outcome {
+                error: false,
+                results: 0,
+            },
+        );
         let _ = s.blocker();
         // and as the text of a prepared statement
         s.add_stmt(1, sql.to_vec(), 0, 0);
+    }
+
+    /// How many statements the scan found in `sql`.
+    fn pending_len(sql: &[u8]) -> usize {
+        analyze(sql).statements()
     }
 }
 

@@ -122,6 +122,29 @@ impl std::fmt::Debug for MysqlSecret {
     }
 }
 
+/// The admin API's bearer token (`admin.token`). Its `Debug` hides it, so a logged config never
+/// shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// A token (for tests and embedding; the service reads it from `admin.token`).
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token as sent after `Bearer `.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -144,6 +167,8 @@ pub struct Config {
     pub half_close_timeout: Duration,
     /// Where the admin HTTP API listens.
     pub admin_listen: SocketAddr,
+    /// The bearer token every admin POST must carry (`admin.token`); `None` when unset.
+    pub admin_token: Option<AdminToken>,
     /// Where backends come from.
     pub discovery: Discovery,
     /// Health checking, with the probe chosen by `protocol`.
@@ -231,12 +256,16 @@ impl Default for RawProxy {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    token: String,
+    allow_insecure: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6080".into(),
+            token: String::new(),
+            allow_insecure: false,
         }
     }
 }
@@ -435,6 +464,7 @@ impl RawConfig {
                 format!("same address as proxy.listen ({admin_listen})"),
             ));
         }
+        let admin_token = admin_token(&self.admin, admin_listen)?;
         let discovery = match (self.backends.static_, self.backends.etcd) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -590,6 +620,7 @@ impl RawConfig {
             max_connections: self.proxy.max_connections,
             half_close_timeout: self.proxy.half_close_timeout,
             admin_listen,
+            admin_token,
             discovery,
             health,
             router,
@@ -600,6 +631,32 @@ impl RawConfig {
             shutdown_timeout: self.shutdown_timeout,
         })
     }
+}
+
+/// `admin.token`, checked: a token with spaces or control characters could not be sent in a
+/// header, and an admin API reachable from other hosts without one is refused unless the operator
+/// says `admin.allow_insecure: true` (anyone who reaches it could drain every backend).
+fn admin_token(admin: &RawAdmin, listen: SocketAddr) -> Result<Option<AdminToken>, ConfigError> {
+    let token = admin.token.as_str();
+    if token
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(ConfigError::new(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent as an HTTP header)",
+        ));
+    }
+    if token.is_empty() && !listen.ip().is_loopback() && !admin.allow_insecure {
+        return Err(ConfigError::new(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other hosts and admin.token is not set; \
+                 set admin.token, listen on 127.0.0.1, or set admin.allow_insecure: true"
+            ),
+        ));
+    }
+    Ok((!token.is_empty()).then(|| AdminToken(token.to_string())))
 }
 
 fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
@@ -870,5 +927,55 @@ mod tests {
             e.to_string().contains("/nonexistent/switchyard.yaml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_admin_api_on_loopback_needs_no_token() {
+        let c = load(MINIMAL).expect("valid");
+        assert_eq!(c.admin_token, None);
+        let c = load("admin: { listen: \"[::1]:6080\" }\nbackends: { static: [127.0.0.1:1] }\n")
+            .expect("valid");
+        assert_eq!(c.admin_token, None);
+    }
+
+    #[test]
+    fn an_admin_api_reachable_from_other_hosts_without_a_token_is_refused() {
+        let e = load("admin: { listen: 0.0.0.0:6080 }\nbackends: { static: [127.0.0.1:1] }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "admin.listen");
+        assert!(e.msg.contains("admin.token"), "{e}");
+        assert!(e.msg.contains("allow_insecure"), "{e}");
+
+        let c = load(
+            "admin: { listen: 0.0.0.0:6080, allow_insecure: true }\nbackends: { static: [127.0.0.1:1] }\n",
+        )
+        .expect("the operator accepted the risk");
+        assert_eq!(c.admin_token, None);
+        let c = load(
+            "admin: { listen: 0.0.0.0:6080, token: s3cret }\nbackends: { static: [127.0.0.1:1] }\n",
+        )
+        .expect("a token protects it");
+        assert_eq!(c.admin_token, Some(AdminToken::new("s3cret")));
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_and_never_shows_in_debug_output() {
+        let c = load_env(
+            "admin: { listen: 0.0.0.0:6080 }\nbackends: { static: [127.0.0.1:1] }\n",
+            vec![("SWITCHYARD__ADMIN__TOKEN", "from-env")],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.admin_token.as_ref().map(AdminToken::as_str),
+            Some("from-env")
+        );
+        assert!(!format!("{c:?}").contains("from-env"));
+    }
+
+    #[test]
+    fn an_admin_token_that_cannot_travel_in_a_header_is_refused() {
+        let e = load("admin: { token: \"two words\" }\nbackends: { static: [127.0.0.1:1] }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "admin.token");
     }
 }

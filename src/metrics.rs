@@ -93,6 +93,11 @@ fn describe() {
         "switchyard_migrations_total",
         "Connection moves, by result."
     );
+    describe_counter!(
+        "switchyard_migrations_refused_total",
+        "Redirects a session could not follow when they reached it, by reason: refused, or held \
+         until the state (a transaction) ends. Counted once per redirect."
+    );
     describe_histogram!(
         "switchyard_migration_duration_seconds",
         Unit::Seconds,
@@ -162,6 +167,13 @@ pub fn migration(succeeded: bool, took: Duration) {
     metrics::counter!("switchyard_migrations_total", "result" => result).increment(1);
     metrics::histogram!("switchyard_migration_duration_seconds", "result" => result)
         .record(took.as_secs_f64());
+}
+
+/// Counts a redirect a MySQL session could not follow, by why (see
+/// [`crate::mysql::session::Pin`]).
+pub fn migration_refused(reason: crate::mysql::session::Pin) {
+    metrics::counter!("switchyard_migrations_refused_total", "reason" => reason.label())
+        .increment(1);
 }
 
 /// Sets the per-backend gauges from the router's view; `gone` are backends shown before that the

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::{
-    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
+    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, RefreshBackends, ScoreRouter,
+    StaticFetcher, StopObserver,
 };
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -125,6 +126,21 @@ pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
     }
 }
 
+/// SIGHUP (`systemctl reload`, the unit's `ExecReload`) must never take its default action,
+/// which ends the process: it runs a discovery and health-check cycle instead, the one thing a
+/// reload can pick up today.
+fn reload_on_hangup(router: Addr<ScoreRouter>) -> Result<(), ServiceError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+    actix_rt::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: refreshing backends");
+            router.do_send(RefreshBackends);
+        }
+    });
+    Ok(())
+}
+
 async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
     let router = match &cfg.discovery {
@@ -143,7 +159,8 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
             source,
         })?;
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone());
+    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone())
+        .with_token(cfg.admin_token.clone());
     let admin_server =
         admin::serve(cfg.admin_listen, admin_state).map_err(|source| ServiceError::Bind {
             key: "admin.listen",
@@ -171,6 +188,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     info!(proxy = %cfg.proxy_listen, admin = %cfg.admin_listen, protocol = ?cfg.protocol,
           workers = workers.len(), "switchyard serving");
 
+    reload_on_hangup(router.clone())?;
     let mut signals = Box::pin(shutdown::wait_for_signal());
     let outcome = tokio::select! {
         sig = &mut signals => sig.map_err(ServiceError::Signals).map(|s| {

@@ -23,6 +23,8 @@ use switchyard_server::entry::{ConnStart, Entry};
 use switchyard_server::mysql::backend::Backend;
 use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
 use switchyard_testkit::MariaDb;
+
+mod support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -426,6 +428,7 @@ async fn frozen_mid_move(a: &MariaDb, b: &MariaDb) -> (Proxy, Conn, Freezer) {
 #[actix_rt::test]
 async fn a_frozen_old_backend_fails_the_move_in_time_and_keeps_the_session_when_it_recovers() {
     let Some((a, b)) = servers() else { return };
+    let refusals = support::migrations_refused("move_timeout");
     let (p, mut c, f) = frozen_mid_move(a, b).await;
     let started = tokio::time::Instant::now();
     let query = tokio::spawn(async move {
@@ -445,6 +448,10 @@ async fn a_frozen_old_backend_fails_the_move_in_time_and_keeps_the_session_when_
         "the move must have failed at its timeout: the session stays where it was"
     );
     assert_eq!(keep, "me");
+    assert!(
+        support::migrations_refused("move_timeout") > refusals,
+        "the refusal is counted by its reason"
+    );
     set_drained(&p, &f.addr.to_string(), false).await;
     c.disconnect().await.unwrap();
 }
@@ -493,8 +500,13 @@ async fn a_session_whose_snapshot_is_over_the_cap_stays_with_its_state() {
         .await
         .unwrap();
     let before = port(&mut c).await;
+    let refusals = support::migrations_refused("snapshot_too_large");
     let after = drain_and_move(&p, &mut c, Duration::from_millis(800)).await;
     assert_eq!(before, after, "a snapshot over the cap must not move");
+    assert!(
+        support::migrations_refused("snapshot_too_large") > refusals,
+        "the refusal is counted by its reason"
+    );
     let (len, small): (u64, i64) = c
         .query_first("SELECT LENGTH(@big), @small")
         .await

@@ -123,3 +123,58 @@ fn sigterm_closes_idle_sessions_at_once_and_a_transaction_after_its_commit() {
         "the commit landed"
     );
 }
+
+/// A `CALL` that opened a transaction and then failed leaves the proxy without a status packet
+/// saying so: before closing the session at SIGTERM the proxy asks the server, and keeps the
+/// session until its COMMIT (issue 9, observation 2).
+#[test]
+fn sigterm_keeps_a_session_whose_failed_call_opened_a_transaction_until_its_commit() {
+    let Some(db) = MariaDb::start() else { return };
+    db.sql(&format!(
+        "CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+         GRANT ALL ON *.* TO '{USER}'@'%'; \
+         CREATE DATABASE app1; CREATE TABLE app1.t (id INT PRIMARY KEY);"
+    ));
+    db.sql(
+        "DELIMITER //
+         CREATE PROCEDURE app1.fail_in_trx() BEGIN
+           START TRANSACTION; INSERT INTO app1.t VALUES (7); SELECT * FROM app1.missing;
+         END//
+         DELIMITER ;",
+    );
+    let mut svc = Service::start_with(|proxy, admin| mysql_config(proxy, admin, db.addr()));
+    wait_until("the backend is healthy", Duration::from_secs(10), || {
+        svc.backends().iter().any(|b| b["status"] == "healthy")
+    });
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let _in_rt = rt.enter();
+    let mut c = rt.block_on(connect(&svc));
+    let failed = rt.block_on(c.query_drop("CALL app1.fail_in_trx()"));
+    assert!(failed.is_err(), "the procedure fails after its INSERT");
+
+    svc.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        svc.child.try_wait().expect("try_wait").is_none(),
+        "exited with a transaction open\n{}",
+        svc.log()
+    );
+    rt.block_on(c.query_drop("COMMIT"))
+        .expect("COMMIT succeeds during shutdown");
+    assert!(
+        rt.block_on(closed_within(&mut c, Duration::from_secs(5))),
+        "the session should be closed after its COMMIT\n{}",
+        svc.log()
+    );
+    assert_eq!(
+        svc.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        svc.log()
+    );
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM app1.t").trim(),
+        "1",
+        "the commit landed"
+    );
+}

@@ -36,6 +36,9 @@ pub struct Backend {
     pub out: OutBuf,
     /// The session negotiated `CLIENT_DEPRECATE_EOF` (set by whoever completes the login).
     pub deprecate_eof: bool,
+    /// The proxy negotiated `CLIENT_SESSION_TRACK` with the server (whatever the client asked):
+    /// OK packets may carry session-state information.
+    pub session_track: bool,
 }
 
 /// Why a query the proxy sent failed.
@@ -85,6 +88,7 @@ impl Backend {
             writer: w,
             out: OutBuf::new(),
             deprecate_eof: false,
+            session_track: false,
         }
     }
 
@@ -94,7 +98,9 @@ impl Backend {
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the
-    /// capabilities negotiated by the original login, which the target must match.
+    /// capabilities negotiated by the original login, which the target must match. Asks for
+    /// `CLIENT_SESSION_TRACK` when `client` does and the server offers it (see
+    /// [`Backend::session_track`]).
     pub async fn login(
         &mut self,
         client: &Response,
@@ -110,6 +116,7 @@ impl Backend {
             return Err(HandshakeError::Capabilities(missing));
         }
         let resp = client.build_native(server_caps, secret, &greeting.salt);
+        let session_track = client.caps & server_caps & caps::SESSION_TRACK != 0;
         let mut seq = put_packet(&mut self.out, 1, &resp);
         self.flush().await.map_err(PacketError::from)?;
         loop {
@@ -131,6 +138,7 @@ impl Backend {
         }
         self.reader.set_max_payload(wire::MAX_PAYLOAD);
         self.deprecate_eof = session_caps & caps::DEPRECATE_EOF != 0;
+        self.session_track = session_track;
         Ok(())
     }
 

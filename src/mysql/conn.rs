@@ -3,23 +3,20 @@
 //! Inbound: [`Redirect`] from the router and [`CloseAtSafePoint`] from the service (drain,
 //! shutdown). Outbound: exactly one of `RedirectSucceeded` / `RedirectFailed` / `ConnClosed` per
 //! redirect, through the connection's [`Registration`] (whose `Drop` reports `ConnClosed`). The
-//! actor only forwards control to the relay task over a [`control`] link; the task owns both sockets and
+//! actor only forwards control to the relay task over a control link (`super::control`); the task owns both sockets and
 //! all session state, relays one command at a time, and acts on control only at a safe point —
 //! between commands — so a move never splits a response and a client command that arrives
 //! during a move simply waits in its socket.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::wire::{code, sqlstate, OutBuf, PacketReader};
-use switchyard::{BackendInst, Redirect};
-use tokio::sync::Notify;
+use switchyard::Redirect;
 use tracing::{debug, info, warn};
 
 use super::backend::Backend;
+use super::control::{control, Control, ControlRx, ControlTx};
 use super::relay::{ClientSide, End, Relay, Turn};
 use super::session::Session;
 use super::tracker::Tracker;
@@ -30,73 +27,6 @@ use crate::entry::{ConnStart, Counted};
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
 pub struct CloseAtSafePoint;
-
-/// Control from the actor to its relay task.
-#[derive(Debug)]
-pub(super) enum Control {
-    /// Move to this backend at the next safe point.
-    Redirect(BackendInst),
-    /// Close at the next safe point.
-    Close,
-}
-
-/// The link from the actor to its relay task. The task runs inside the actor's context (same
-/// thread, same tokio task), so a shared queue and a `Notify` do what a channel would, in about
-/// a tenth of the memory of a tokio `mpsc` channel (whose first block of slots is allocated up
-/// front, in every idle session).
-#[derive(Default)]
-struct Link {
-    queue: RefCell<VecDeque<Control>>,
-    /// The actor is gone.
-    closed: Cell<bool>,
-    wake: Notify,
-}
-
-/// A control link: the actor's end and the relay task's end.
-pub(super) fn control() -> (ControlTx, ControlRx) {
-    let link = Rc::new(Link::default());
-    (ControlTx(link.clone()), ControlRx(link))
-}
-
-/// The actor's end of the [`control`] link; dropping it closes the link.
-pub(super) struct ControlTx(Rc<Link>);
-
-impl ControlTx {
-    /// Queues `c` for the relay task, which takes it at its next safe point (dropped when the
-    /// task has ended: its `ConnClosed` already answered for the connection).
-    pub(super) fn send(&self, c: Control) {
-        if Rc::strong_count(&self.0) > 1 {
-            self.0.queue.borrow_mut().push_back(c);
-            self.0.wake.notify_one();
-        }
-    }
-}
-
-impl Drop for ControlTx {
-    fn drop(&mut self) {
-        self.0.closed.set(true);
-        self.0.wake.notify_one();
-    }
-}
-
-/// The relay task's end of the [`control`] link.
-pub(super) struct ControlRx(Rc<Link>);
-
-impl ControlRx {
-    /// The next control message; `None` once the actor is gone. Cancel-safe: a message is only
-    /// taken when this returns it.
-    pub(super) async fn recv(&mut self) -> Option<Control> {
-        loop {
-            if let Some(c) = self.0.queue.borrow_mut().pop_front() {
-                return Some(c);
-            }
-            if self.0.closed.get() {
-                return None;
-            }
-            self.0.wake.notified().await;
-        }
-    }
-}
 
 struct Start {
     conn: ConnStart,
@@ -207,6 +137,8 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         cfg,
         ctrl,
         pending: None,
+        waiting: None,
+        client_tracks: false,
         closing: false,
         turn: Turn::Server(0),
     };

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod conn;
+mod control;
 mod relay;
 pub mod session;
 pub mod sessions;

@@ -119,6 +119,20 @@ enum State {
     Done,
 }
 
+/// What the last server packet was, as far as its status flags go: the relay reads session-state
+/// information from OK packets and hides the flag that announces it from clients that did not
+/// ask for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Not a packet with status flags (a row, a column definition, an ERR, …).
+    None,
+    /// An OK packet, or the OK that ends rows under `CLIENT_DEPRECATE_EOF`: status flags, then
+    /// maybe session-state information.
+    Ok,
+    /// A 4.1 EOF packet: status flags at a fixed place, no room for session state.
+    Eof,
+}
+
 /// Follows one command's response, packet by packet.
 #[derive(Debug)]
 pub struct Tracker {
@@ -140,6 +154,11 @@ pub struct Tracker {
     pub prepared: Option<PrepareOk>,
     /// Set when an auth exchange ended in OK.
     pub auth_ok: bool,
+    /// What the last server packet was (see [`Carrier`]).
+    pub carrier: Carrier,
+    /// Results completed in this response (an OK, or a result set's last row): in a
+    /// multi-statement query that failed, the statements before the failing one.
+    pub results: u32,
 }
 
 impl Tracker {
@@ -156,6 +175,8 @@ impl Tracker {
             error: false,
             prepared: None,
             auth_ok: false,
+            carrier: Carrier::None,
+            results: 0,
         }
     }
 
@@ -177,6 +198,8 @@ impl Tracker {
         self.error = false;
         self.prepared = None;
         self.auth_ok = false;
+        self.carrier = Carrier::None;
+        self.results = 0;
         self.next_seq = last_seq.wrapping_add(1);
         self.state = match kind {
             Kind::Query | Kind::Execute => State::ResultStart,
@@ -213,6 +236,7 @@ impl Tracker {
 
     fn end_result(&mut self, st: u16) {
         self.status = st;
+        self.results = self.results.saturating_add(1);
         self.state = if st & status::MORE_RESULTS != 0 {
             State::ResultStart
         } else {
@@ -223,6 +247,7 @@ impl Tracker {
     /// Feeds the next server packet (its sequence id already checked).
     pub fn on_server(&mut self, f: &Frame) -> Result<Next, TrackError> {
         let p = f.payload();
+        self.carrier = Carrier::None;
         if self.continuing {
             self.continuing = f.continued();
             return Ok(self.next());
@@ -234,6 +259,7 @@ impl Tracker {
             State::ResultStart | State::InfileResult => match head {
                 Some(marker::OK) if !f.continued() => {
                     let ok = parse_ok(p).ok_or(TrackError("short OK"))?;
+                    self.carrier = Carrier::Ok;
                     self.end_result(ok.status);
                 }
                 Some(marker::ERR) => self.fail(),
@@ -269,6 +295,7 @@ impl Tracker {
                 Some(marker::EOF) => {
                     let st = terminator_status(p, false).ok_or(TrackError("short EOF"))?;
                     self.status = st;
+                    self.carrier = Carrier::Eof;
                     if self.kind == Kind::Execute && st & status::CURSOR_EXISTS != 0 {
                         self.state = State::Done;
                     } else {
@@ -284,6 +311,7 @@ impl Tracker {
                 } else if is_terminator(p, deprecate) {
                     let st =
                         terminator_status(p, deprecate).ok_or(TrackError("short terminator"))?;
+                    self.carrier = if deprecate { Carrier::Ok } else { Carrier::Eof };
                     if self.state == State::FetchRows {
                         self.status = st;
                         self.state = State::Done;
@@ -313,6 +341,7 @@ impl Tracker {
                 if head != Some(marker::EOF) {
                     return Err(TrackError("expected EOF after parameter definitions"));
                 }
+                self.carrier = Carrier::Eof;
                 self.after_cols(cols, false);
             }
             State::PrepareCols(left) => self.after_cols(left - 1, true),
@@ -320,13 +349,16 @@ impl Tracker {
                 if head != Some(marker::EOF) {
                     return Err(TrackError("expected EOF after column definitions"));
                 }
+                self.carrier = Carrier::Eof;
                 self.state = State::Done;
             }
             State::One => self.state = State::Done,
             State::Simple => match head {
                 Some(marker::OK) | Some(marker::EOF) => {
-                    if let Some(st) = terminator_status(p, head == Some(marker::OK) || deprecate) {
+                    let ok_layout = head == Some(marker::OK) || deprecate;
+                    if let Some(st) = terminator_status(p, ok_layout) {
                         self.status = st;
+                        self.carrier = if ok_layout { Carrier::Ok } else { Carrier::Eof };
                     }
                     self.state = State::Done;
                 }
@@ -337,6 +369,7 @@ impl Tracker {
                 Some(marker::OK) => {
                     if let Some(ok) = parse_ok(p) {
                         self.status = ok.status;
+                        self.carrier = Carrier::Ok;
                     }
                     self.auth_ok = true;
                     self.state = State::Done;

@@ -30,7 +30,7 @@ const UNKNOWN_ID: u32 = 0x7777;
 const QUIET_WITHIN: Duration = Duration::from_secs(20);
 /// How long a forced move may take to settle before the tester goes on without knowing.
 const SETTLE_WITHIN: Duration = Duration::from_secs(3);
-/// The debug log line of a redirect kept until a safe point (src/mysql/conn.rs).
+/// The debug log line of a redirect kept until a safe point (`Relay::hold`, src/mysql/relay/moves.rs).
 const WAITS_MARK: &str = "redirect waits for a safe point";
 
 /// Creates the schema, procedures and users once per cluster and sets the globals that make

@@ -61,6 +61,26 @@ pub mod status {
     pub const LAST_ROW_SENT: u16 = 0x0080;
     /// A read-only transaction is open.
     pub const IN_TRANS_READONLY: u16 = 0x2000;
+    /// The OK packet carries session-state information (`CLIENT_SESSION_TRACK`); in an EOF
+    /// packet, that some is waiting for the next OK.
+    pub const SESSION_STATE_CHANGED: u16 = 0x4000;
+}
+
+/// Kinds of entries in an OK packet's session-state information (`SESSION_TRACK_*`).
+pub mod track {
+    /// A system variable and its new value.
+    pub const SYSTEM_VARIABLES: u8 = 0;
+    /// The new current schema.
+    pub const SCHEMA: u8 = 1;
+    /// Some session state changed (`session_track_state_change`).
+    pub const STATE_CHANGE: u8 = 2;
+    /// GTIDs.
+    pub const GTIDS: u8 = 3;
+    /// Transaction characteristics, as SQL.
+    pub const TRANSACTION_CHARACTERISTICS: u8 = 4;
+    /// Transaction state: eight characters, the first `T` (explicit) or `I` (implicit) while a
+    /// transaction is open.
+    pub const TRANSACTION_STATE: u8 = 5;
 }
 
 /// First payload bytes that say what a packet is.

@@ -14,8 +14,9 @@ mod frame;
 pub mod handshake;
 mod packets;
 mod pool;
+mod track;
 
-pub use constants::{caps, charset, cmd, code, marker, sqlstate, status};
+pub use constants::{caps, charset, cmd, code, marker, sqlstate, status, track as track_kind};
 pub use fields::{
     get_arr, get_cstr, get_cstr_strict, get_lenenc, get_lenenc_str, get_u16, get_u32, put_lenenc,
     put_lenenc_str, LENENC_NULL,
@@ -30,3 +31,7 @@ pub use packets::{
     terminator_status, ErrInfo, OkInfo,
 };
 pub use pool::{buffers_held, OutBuf};
+pub use track::{
+    clear_eof_state_flag, eof_status, has_session_state, session_state, state_changes,
+    strip_session_state, StateChange, StateChanges,
+};

@@ -11,7 +11,7 @@ use tracing::debug;
 use super::{backend_err, client_err, End, Relay};
 use crate::mysql::session::long_text::EffectWatch;
 use crate::mysql::session::stmts::UnknownStmt;
-use crate::mysql::session::{stmts, Pending};
+use crate::mysql::session::{stmts, Outcome, Pending};
 use crate::mysql::tracker::{Kind, Next};
 use crate::mysql::Credential;
 
@@ -106,7 +106,10 @@ impl Relay {
             _ => None,
         };
         self.relay_response(kind, last, prepare_sql).await?;
-        self.after(kind, hook, &first);
+        if self.after(kind, hook, &first) {
+            // the reset took the proxy's session-tracking settings with it
+            self.enable_tracking().await?;
+        }
         Ok(())
     }
 
@@ -197,11 +200,9 @@ impl Relay {
                 self.session.mark_changed();
                 Hook::ChangeUser
             }
-            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), …
-            _ => {
-                self.session.mark_changed();
-                Hook::Nothing
-            }
+            // INIT_DB, CREATE_DB / DROP_DB (of the current schema), …: the schema is read
+            // afresh at every move
+            _ => Hook::Nothing,
         }
     }
 
@@ -225,9 +226,6 @@ impl Relay {
             .bind_stmt_types(id, first.payload(), first.continued());
         if let Some(payload) = rewritten {
             *first = Frame::new(0, &payload);
-        }
-        if self.session.stmt_changes(id) {
-            self.session.mark_changed();
         }
         Ok(id)
     }
@@ -292,21 +290,37 @@ impl Relay {
         Ok(f)
     }
 
-    /// The session's hook after a command: what the response says.
-    fn after(&mut self, kind: Kind, hook: Hook, first: &Frame) {
+    /// The session's hook after a command: what the response says. True when the server reset
+    /// the session.
+    fn after(&mut self, kind: Kind, hook: Hook, first: &Frame) -> bool {
         let (error, flags) = (self.tracker.error, self.tracker.status);
-        if !error || kind == Kind::Auth {
-            self.session.set_status(flags);
+        // the flags of the last OK or EOF the server sent, in this response or before it (an
+        // intermediate OK of a multi-statement query that then failed counts)
+        self.session.set_status(flags);
+        if matches!(kind, Kind::Query | Kind::Execute) {
+            self.session.statement_ended(error);
         }
         match hook {
-            Hook::Query(pending) => self.session.after_query(pending, error),
-            Hook::Execute(id) => self.session.stmt_executed(id, error, flags),
+            Hook::Query(pending) => {
+                let outcome = Outcome {
+                    error,
+                    results: self.tracker.results,
+                };
+                self.session.after_query(pending, outcome);
+            }
+            Hook::Execute(id) => {
+                self.session.stmt_executed(id, error, flags);
+                self.session.stmt_ran(id, error);
+            }
             Hook::Fetch(id) => self.session.stmt_fetched(id, error, flags),
             Hook::ResetStmt(id) => self.session.reset_stmt(id),
             Hook::LongData(id) => self.session.stmt_long_data(id),
             Hook::CloseStmt(id) => self.session.close_stmt(id),
-            Hook::ResetConnection if !error => self.session.reset(),
-            Hook::ChangeUser => self.after_change_user(first),
+            Hook::ResetConnection if !error => {
+                self.session.reset();
+                return true;
+            }
+            Hook::ChangeUser => return self.after_change_user(first),
             Hook::Prepare(_) if error => self.session.prepare_failed(),
             Hook::SetOption(Some(option)) if !error => self.session.set_option(option),
             Hook::ResetConnection
@@ -315,17 +329,18 @@ impl Relay {
             | Hook::UnknownStmt(_)
             | Hook::Nothing => {}
         }
+        false
     }
 
     /// `COM_CHANGE_USER` let the client in as another user: the session starts over, and can
-    /// move only if that user has a usable entry in `mysql.users`.
-    fn after_change_user(&mut self, first: &Frame) {
+    /// move only if that user has a usable entry in `mysql.users`. True when it did.
+    fn after_change_user(&mut self, first: &Frame) -> bool {
         if !self.tracker.auth_ok {
-            return;
+            return false;
         }
         self.session.reset();
         let Some(login) = self.login.as_mut() else {
-            return;
+            return true;
         };
         let mut pos = 1;
         let user = String::from_utf8_lossy(get_cstr(first.payload(), &mut pos)).into_owned();
@@ -337,6 +352,7 @@ impl Relay {
             debug!(conn_id = self.id, user = %user, "changed user cannot move (no cleartext-derived secret)");
         }
         login.response.user = user;
+        true
     }
 
     /// Relays the response to a command whose last packet carried `last`. A prepare's OK gets
@@ -355,6 +371,7 @@ impl Relay {
                     let mut f = self.backend_frame().await?;
                     self.tracker.check_seq(&f).map_err(backend_err)?;
                     next = self.tracker.on_server(&f).map_err(backend_err)?;
+                    self.status_packet(&mut f);
                     if let Some(ok) = self.tracker.prepared {
                         if f.first() == marker::OK && !f.continued() {
                             if let Some(sql) = prepare_sql.take() {
@@ -393,9 +410,10 @@ impl Relay {
         self.backend.flush().await.map_err(backend_err)?;
         tokio::select! {
             f = self.backend.reader.frame() => {
-                let f = f.map_err(backend_err)?;
+                let mut f = f.map_err(backend_err)?;
                 self.tracker.check_seq(&f).map_err(backend_err)?;
                 let next = self.tracker.on_server(&f).map_err(backend_err)?;
+                self.status_packet(&mut f);
                 self.client.out.extend_from_slice(f.raw());
                 Ok(next)
             }

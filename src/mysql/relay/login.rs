@@ -1,15 +1,16 @@
 //! The first login, passed through: the first backend authenticates the client itself.
 //!
 //! The proxy forwards the greeting (with the capabilities it cannot follow hidden — TLS among
-//! them, since frontend TLS is not offered in this version), the client's handshake response and
-//! any auth-switch exchange, and reads only what a later login needs: user, capabilities,
-//! character set, and — for users configured with only a `password_hash` — the
+//! them, since frontend TLS is not offered in this version), the client's handshake response
+//! (asking for `CLIENT_SESSION_TRACK` on the proxy's behalf when the server offers it:
+//! capability flags are not covered by any auth scramble) and any auth-switch exchange. It
+//! reads only what a later login needs: user, capabilities, character set, and — for users configured with only a `password_hash` — the
 //! `mysql_native_password` scramble, from which `SHA1(password)` is recovered and checked against
 //! the hash. The cleartext password is never seen, kept or logged.
 
 use switchyard::wire::{
-    caps, code, marker, parse_auth_switch, sqlstate, Frame, Greeting, HandshakeError, NativeSecret,
-    PacketError, Response, MAX_PAYLOAD, NATIVE_PASSWORD,
+    caps, code, marker, parse_auth_switch, sqlstate, strip_session_state, Frame, Greeting,
+    HandshakeError, NativeSecret, PacketError, Response, MAX_PAYLOAD, NATIVE_PASSWORD,
 };
 use tracing::{debug, info, warn};
 
@@ -41,7 +42,7 @@ impl Relay {
     pub(super) async fn login(&mut self) -> Result<(), End> {
         self.set_max_payload(LOGIN_MAX_PAYLOAD);
         let greeting = self.pass_greeting().await?;
-        let response = self.pass_response().await?;
+        let response = self.pass_response(&greeting).await?;
         let auth = self.pass_auth(&greeting, &response).await?;
         self.set_max_payload(MAX_PAYLOAD);
         if !auth.ok {
@@ -90,9 +91,10 @@ impl Relay {
         greeting.map_err(backend_err)
     }
 
-    /// The client's handshake response, sanitized, to the backend. A TLS request or a malformed
-    /// response is answered by the proxy and ends the session.
-    async fn pass_response(&mut self) -> Result<Response, End> {
+    /// The client's handshake response, sanitized and asking for `CLIENT_SESSION_TRACK` when the
+    /// server offers it, to the backend. A TLS request or a malformed response is answered by
+    /// the proxy and ends the session.
+    async fn pass_response(&mut self, greeting: &Greeting) -> Result<Response, End> {
         let mut r = self
             .client
             .reader
@@ -127,6 +129,14 @@ impl Relay {
                 })));
             }
         };
+        self.client_tracks = response.caps & caps::SESSION_TRACK != 0;
+        self.backend.session_track = greeting.caps & caps::SESSION_TRACK != 0;
+        if self.backend.session_track && !self.client_tracks {
+            if let Some(b) = r.payload_mut().get_mut(..4) {
+                let forwarded = response.caps | caps::SESSION_TRACK;
+                b.copy_from_slice(&forwarded.to_le_bytes());
+            }
+        }
         self.backend.out.extend_from_slice(r.raw());
         self.backend.flush().await.map_err(backend_err)?;
         self.turn = Turn::Server(AFTER_RESPONSE_SEQ);
@@ -146,9 +156,14 @@ impl Relay {
         loop {
             tokio::select! {
                 f = self.backend.reader.frame() => {
-                    let f = f.map_err(backend_err)?;
+                    let mut f = f.map_err(backend_err)?;
                     check_seq(&f, &mut seq).map_err(backend_err)?;
                     self.turn = Turn::after_server(&f, seq);
+                    if f.first() == marker::OK && self.backend.session_track && !self.client_tracks {
+                        if let Some(plain) = strip_session_state(f.payload()) {
+                            f = Frame::new(f.seq(), &plain);
+                        }
+                    }
                     self.client.out.extend_from_slice(f.raw());
                     self.client.flush().await?;
                     if let Some(ok) = server_auth_packet(&f, &mut auth) {

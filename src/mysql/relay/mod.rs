@@ -12,6 +12,7 @@ mod abandon;
 mod command;
 mod login;
 mod moves;
+mod track;
 
 pub(super) use abandon::Turn;
 
@@ -24,11 +25,11 @@ use switchyard::wire::{
 };
 use switchyard::{BackendInst, Registration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
-use super::conn::{Control, ControlRx};
-use super::session::Session;
+use super::control::{Control, ControlRx};
+use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
 use crate::entry::Counted;
@@ -70,6 +71,10 @@ pub(super) enum BackendError {
     /// The old backend failed while the proxy read the session's state for a move.
     #[error(transparent)]
     Snapshot(#[from] QueryError),
+    /// The backend failed one of the proxy's own queries (session tracking, a transaction
+    /// check).
+    #[error("proxy query: {0}")]
+    Proxy(#[source] QueryError),
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
@@ -84,6 +89,13 @@ fn refused(link: &Registration, id: u64, from: &str, to: &BackendInst, reason: &
     crate::metrics::migration(false, Duration::ZERO);
     info!(conn_id = id, from, to = %to.addr(), reason, "redirect refused");
     link.redirect_failed(to.addr());
+}
+
+/// Counts and logs one redirect a session cannot follow now, and why: the one place reasons are
+/// counted (`switchyard_migrations_refused_total{reason}`). `detail` says more for the log.
+pub(super) fn pinned(conn_id: u64, to: &BackendInst, pin: Pin, detail: Option<&str>) {
+    crate::metrics::migration_refused(pin);
+    debug!(conn_id, to = %to.addr(), reason = pin.label(), waits = pin.waits(), detail, "session cannot move now");
 }
 
 /// A client-side read error: a close between packets is the client leaving, anything else a
@@ -156,6 +168,11 @@ pub(super) struct Relay {
     pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.
     pub(super) pending: Option<BackendInst>,
+    /// Why the pending redirect waits, once counted (each redirect counts a reason once).
+    pub(super) waiting: Option<Pin>,
+    /// The client asked for `CLIENT_SESSION_TRACK`: it gets the server's session-state
+    /// information unchanged; otherwise the proxy removes it.
+    pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
     /// Whose packet the backend's login waits for (`Done` once logged in).
@@ -180,6 +197,9 @@ impl Relay {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.client.writer).await;
                 self.finish_abandoned_login().await;
             }
+            return e;
+        }
+        if let Err(e) = self.enable_tracking().await {
             return e;
         }
         loop {
@@ -209,6 +229,7 @@ impl Relay {
     fn on_control(&mut self, c: Option<Control>) {
         match c {
             Some(Control::Redirect(to)) => {
+                self.waiting = None;
                 if let Some(old) = self.pending.replace(to) {
                     self.failed(&old, "superseded by a newer redirect");
                 }
@@ -258,7 +279,8 @@ impl Relay {
                 _ = &mut down => return Err(backend_err(BackendError::ClosedInRawRelay)),
                 c = self.ctrl.recv() => match c {
                     Some(Control::Redirect(to)) => {
-                        info!(conn_id = self.id, to = %to.addr(), "redirect refused: raw relay");
+                        pinned(self.id, &to, crate::mysql::session::Pin::RawRelay, None);
+                        crate::metrics::migration(false, Duration::ZERO);
                         self.link.redirect_failed(to.addr());
                     }
                     Some(Control::Close) => return Err(End::Drained),

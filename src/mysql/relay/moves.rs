@@ -9,14 +9,14 @@
 //! only if it answers within one more `move_timeout`: its answers must be read to their end
 //! before anything else can be relayed on it.
 
-use switchyard::wire::{cmd, code, put_packet, sqlstate, HandshakeError, NativeSecret};
+use switchyard::wire::{caps, cmd, code, put_packet, sqlstate, HandshakeError, NativeSecret};
 use switchyard::BackendInst;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{backend_err, refused, BackendError, End, Relay};
+use super::{backend_err, pinned, refused, BackendError, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
-use crate::mysql::session::{self, Blocker, StateError};
+use crate::mysql::session::{self, Pin, StateError};
 
 /// Sequence id of the error that closes a session between commands: the answer to the command
 /// the client sends (or already sent) next.
@@ -67,6 +67,10 @@ impl Relay {
     /// Between two commands: closes a draining session, or moves to a pending redirect's
     /// target when the session allows it.
     pub(super) async fn at_safe_point(&mut self) -> Result<(), End> {
+        if self.closing && self.session.trx_unverified() {
+            // closing now would roll back a transaction a failed command may have begun
+            self.verify_transaction().await?;
+        }
         let blocker = self.session.blocker();
         if self.closing && !self.session.closing_waits() {
             return Err(End::Drained);
@@ -82,33 +86,48 @@ impl Relay {
     }
 
     /// The redirect's target and the secret to log in there with, when the session can move
-    /// now. Otherwise the redirect waits (a transaction) or is refused, and `None`.
+    /// now. Otherwise the redirect waits or is refused ([`Relay::hold`]), and `None`.
     fn movable(
         &mut self,
         to: BackendInst,
-        blocker: Option<Blocker>,
+        blocker: Option<Pin>,
     ) -> Option<(BackendInst, NativeSecret)> {
-        match blocker {
-            Some(Blocker::Wait(why)) => {
-                debug!(conn_id = self.id, to = %to.addr(), why, "redirect waits for a safe point");
-                self.pending = Some(to);
-                return None;
-            }
-            Some(Blocker::Refuse(why)) => {
-                self.failed(&to, why);
-                return None;
-            }
-            None => {}
+        if let Some(pin) = blocker {
+            self.hold(to, pin);
+            return None;
         }
-        let Some(login) = self.login.as_ref() else {
-            self.failed(&to, "not logged in");
-            return None;
+        let secret = match self.login.as_ref().map(|l| l.secret) {
+            None => Err(Pin::NotLoggedIn),
+            Some(None) => Err(Pin::UnknownUser),
+            Some(Some(secret)) => Ok(secret),
         };
-        let Some(secret) = login.secret else {
-            self.failed(&to, "user has no usable entry in mysql.users");
-            return None;
-        };
-        Some((to, secret))
+        match secret {
+            Ok(secret) => Some((to, secret)),
+            Err(pin) => {
+                self.hold(to, pin);
+                None
+            }
+        }
+    }
+
+    /// A redirect the session cannot follow now because of `pin`: kept for the next safe point
+    /// when the state ends on its own (a transaction), refused otherwise (the router retries
+    /// after its back-off). Each redirect counts its reason once.
+    fn hold(&mut self, to: BackendInst, pin: Pin) {
+        let detail = self.session.unknown_because();
+        if pin.waits() {
+            if self.waiting != Some(pin) {
+                self.waiting = Some(pin);
+                pinned(self.id, &to, pin, detail);
+            }
+            // logged at every look: the differential tester waits for this line
+            debug!(conn_id = self.id, to = %to.addr(), reason = pin.label(), "redirect waits for a safe point");
+            self.pending = Some(to);
+            return;
+        }
+        self.waiting = None;
+        pinned(self.id, &to, pin, detail);
+        self.failed(&to, pin.label());
     }
 
     /// Moves to `to` and reports the outcome to the router.
@@ -116,6 +135,7 @@ impl Relay {
         let started = Instant::now();
         match self.migrate(&to, secret).await {
             Ok(target) => {
+                self.waiting = None;
                 let old = std::mem::replace(&mut self.backend, target);
                 crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
@@ -126,6 +146,22 @@ impl Relay {
             Err(MoveError::OldBackend(e)) => {
                 self.failed(&to, "old backend failed during snapshot");
                 Err(backend_err(e))
+            }
+            Err(MoveError::State(StateError::InTransaction)) => {
+                self.hold(to, Pin::InTransaction);
+                Ok(())
+            }
+            Err(MoveError::State(StateError::LockHeld)) => {
+                self.hold(to, Pin::UserLock);
+                Ok(())
+            }
+            Err(MoveError::State(StateError::TooLarge)) => {
+                self.hold(to, Pin::SnapshotTooLarge);
+                Ok(())
+            }
+            Err(MoveError::Timeout) => {
+                self.hold(to, Pin::MoveTimeout);
+                Ok(())
             }
             // already reported when the deadline passed
             Err(MoveError::Late(Late::Recovered)) => {
@@ -166,7 +202,9 @@ impl Relay {
         secret: NativeSecret,
     ) -> Result<Backend, MoveError> {
         let login = self.login.as_ref().ok_or(MoveError::NotLoggedIn)?;
-        let (response, negotiated) = (login.response.clone(), login.negotiated);
+        let (mut response, negotiated) = (login.response.clone(), login.negotiated);
+        // the proxy's own session tracking, whatever the client asked
+        response.caps |= caps::SESSION_TRACK;
         let limit = self.cfg.move_timeout;
         let deadline = Instant::now() + limit;
         let connect_timeout = self.cfg.connect_timeout;
@@ -191,6 +229,7 @@ impl Relay {
                 drop(target);
                 // the router is told now; the session waits for the old backend a while
                 // longer, since the snapshot must never stop halfway through its answers
+                pinned(self.id, to, Pin::MoveTimeout, Some(SNAPSHOT_LATE));
                 refused(&self.link, self.id, &from, to, SNAPSHOT_LATE);
                 let late = match tokio::time::timeout(limit, &mut snapshot).await {
                     Err(_) => Late::Frozen,
@@ -206,13 +245,13 @@ impl Relay {
         let snap = snap.map_err(snapshot_error)?;
         let mut target = target?;
         let session = &self.session;
-        let ids = within(deadline, async {
+        let restored = within(deadline, async {
             session::restore(&mut target, session, &snap, negotiated)
                 .await
                 .map_err(MoveError::State)
         })
         .await?;
-        self.session.moved(snap, &ids);
+        self.session.moved(snap, &restored.ids, restored.tracking);
         Ok(target)
     }
 }

@@ -7,7 +7,7 @@
 //! comments skipped), and a [`EffectWatch`] over the rest of a query longer than one packet,
 //! which sees it packet by packet and so cannot follow quotes (it searches everything).
 
-use super::scan::{is_word, Lexer};
+use super::lex::{is_word, Lexer};
 
 /// The words (any case) at least one of which every statement with an
 /// [`Effect`](super::Effect) that adds tracked state contains — checked by a test against
@@ -126,7 +126,11 @@ mod tests {
     fn every_statement_with_effects_contains_an_effect_word() {
         // the guard of the long-text check: a new effect must add its word to EFFECT_WORDS
         for sql in WITH_EFFECTS {
-            let e = analyze(sql.as_bytes()).effects;
+            let e: Vec<_> = analyze(sql.as_bytes())
+                .parts
+                .into_iter()
+                .flat_map(|p| p.effects)
+                .collect();
             assert!(!e.is_empty(), "{sql} has no effect");
             assert!(may_have_effects(sql.as_bytes()), "{sql}");
             let mut w = EffectWatch::after(b"SELECT 1; ");

@@ -1,16 +1,19 @@
-//! The tracked state of one session, and the [`Blocker`]s it derives: a plain struct with
-//! methods, fed by the relay before and after each command, so it is tested without sockets.
+//! The tracked state of one session, and the [`Pin`]s it derives: a plain struct with methods,
+//! fed by the relay before and after each command, so it is tested without sockets.
 //!
 //! Only this file changes the state: the relay calls a hook per command (`before_query`,
-//! `after_query`, the statement-table methods), the move asks [`Session::blocker`] and, once
-//! carried, calls [`Session::moved`].
+//! `after_query`, the statement-table methods) and per status packet (`set_status`,
+//! `server_reports`), the move asks [`Session::blocker`] and, once carried, calls
+//! [`Session::moved`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard::wire::status;
+use switchyard::wire::{status, StateChange};
 
-use super::carry::Snapshot;
-use super::scan::{analyze, Effect, Pending};
+use super::known::{Known, Plan};
+use super::pin::Pin;
+use super::scan::{analyze, analyze_prepared, Effect, Kind, Pending};
+use super::snapshot::Snapshot;
 use super::stmts::{Stmt, Stmts, UnknownStmt};
 
 /// `COM_SET_OPTION` values (`enum_mysql_set_option`): multi-statements on or off.
@@ -21,40 +24,52 @@ pub const MULTI_STATEMENTS_OFF: u16 = 1;
 /// Why a session whose query was too long to scan cannot move (see `scan::SCAN_MAX`).
 const UNSCANNED: &str = "query too long to scan may have changed untracked state";
 
-/// Why a session cannot move now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Blocker {
-    /// Short-lived (a transaction): keep the redirect and move when it ends.
-    Wait(&'static str),
-    /// Held until the client releases it (temporary table, lock, …): refuse this redirect.
-    Refuse(&'static str),
+/// What a response said, for the hooks after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// It ended in ERR.
+    pub error: bool,
+    /// Results completed before its end: in a multi-statement query, the statements that ran.
+    pub results: u32,
+}
+
+/// A SQL-level prepared statement (`PREPARE name FROM '…'`).
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The whole `PREPARE` statement, re-run on a move's target.
+    statement: Vec<u8>,
+    /// What `EXECUTE name` does (`None`: a text the scan cannot read).
+    runs: Option<Pending>,
 }
 
 /// What the proxy knows of one session beyond what the server reports.
 #[derive(Debug)]
 pub struct Session {
-    /// Server status flags after the last response.
+    /// Server status flags after the last OK or EOF.
     status: u16,
+    /// The server's transaction-state tracker says a transaction is open.
+    trx_open: bool,
+    /// The last statement-running command ended in ERR: whether it left a transaction open is
+    /// unknown until the next status packet or a check with the server.
+    trx_unverified: bool,
     temp_tables: BTreeSet<String>,
     named_locks: BTreeSet<String>,
     unknown_lock: bool,
     table_locks: bool,
+    backup_lock: bool,
+    role: bool,
     handlers: BTreeSet<String>,
     xa: bool,
-    /// SQL-level prepared statements: lower-cased name → the `PREPARE` statement text.
-    sql_prepared: BTreeMap<String, Vec<u8>>,
+    /// SQL-level prepared statements by lower-cased name.
+    sql_prepared: BTreeMap<String, Prepared>,
     /// SQL-level prepared statements whose text the proxy cannot know (`FROM @var`).
     sql_prepared_unknown: BTreeSet<String>,
     /// Binary prepared statements by client id.
     stmts: Stmts,
-    /// Set when the proxy lost track of something for good.
-    lost: Option<&'static str>,
-    /// The state the last move carried (`None`: the login's defaults). Valid while `changed`
-    /// is false: then a move re-applies it instead of reading the session from the server.
-    carried: Option<Snapshot>,
-    /// The session may have changed carried state (variables, schema) since its login or its
-    /// last move: a move must read the whole state from the server.
-    changed: bool,
+    /// Set when something ran that the proxy cannot see into; cleared only by a reset.
+    unknown: Option<&'static str>,
+    /// The carried state and what changed since.
+    known: Known,
     /// The last `COM_SET_OPTION` the server accepted (multi-statements on or off), re-sent to a
     /// move's target, whose login repeats the client's original capabilities. It lives in the
     /// connection's capabilities, so a reset or a change of user keeps it.
@@ -84,58 +99,72 @@ impl Session {
     pub fn new() -> Self {
         Self {
             status: status::AUTOCOMMIT,
+            trx_open: false,
+            trx_unverified: false,
             temp_tables: BTreeSet::new(),
             named_locks: BTreeSet::new(),
             unknown_lock: false,
             table_locks: false,
+            backup_lock: false,
+            role: false,
             handlers: BTreeSet::new(),
             xa: false,
             sql_prepared: BTreeMap::new(),
             sql_prepared_unknown: BTreeSet::new(),
             stmts: Stmts::default(),
-            lost: None,
-            carried: None,
-            changed: false,
+            unknown: None,
+            known: Known::default(),
             set_option: None,
             tx_once: false,
         }
     }
 
-    /// Why the session cannot move now, if it cannot.
-    pub fn blocker(&self) -> Option<Blocker> {
-        if let Some(r) = self.lost {
-            return Some(Blocker::Refuse(r));
+    /// Why the session cannot move now, if it cannot: what ends on its own first (a close at a
+    /// safe point waits for it), then what refuses. Named locks are not here: they are checked
+    /// with the server at the move.
+    pub fn blocker(&self) -> Option<Pin> {
+        if self.xa {
+            return Some(Pin::Xa);
         }
-        if self.in_transaction() || self.xa {
-            return Some(Blocker::Wait("transaction open"));
+        if self.in_transaction() {
+            return Some(Pin::InTransaction);
         }
         if self.tx_once {
-            return Some(Blocker::Wait(
-                "SET TRANSACTION waits for the next transaction",
-            ));
+            return Some(Pin::OneShotTransaction);
         }
         if self.stmts.iter().any(|(_, s)| s.long_data) {
-            return Some(Blocker::Wait("statement long data pending"));
+            return Some(Pin::LongData);
+        }
+        if self.unknown.is_some() {
+            return Some(Pin::UnknownState);
         }
         if !self.temp_tables.is_empty() {
-            return Some(Blocker::Refuse("temporary tables"));
+            return Some(Pin::TemporaryTable);
         }
-        if self.table_locks {
-            return Some(Blocker::Refuse("LOCK TABLES held"));
+        if self.table_locks || self.backup_lock {
+            return Some(Pin::TableLock);
         }
         if self.unknown_lock {
-            return Some(Blocker::Refuse("GET_LOCK with a computed name"));
+            return Some(Pin::UserLock);
         }
         if !self.handlers.is_empty() {
-            return Some(Blocker::Refuse("HANDLER open"));
+            return Some(Pin::Handler);
         }
         if !self.sql_prepared_unknown.is_empty() {
-            return Some(Blocker::Refuse("PREPARE FROM a user variable"));
+            return Some(Pin::PreparedFromVariable);
         }
         if self.stmts.iter().any(|(_, s)| s.cursor) {
-            return Some(Blocker::Refuse("cursor open"));
+            return Some(Pin::OpenCursor);
+        }
+        if self.role {
+            return Some(Pin::Role);
         }
         None
+    }
+
+    /// What made the state unknown, for logs.
+    pub fn unknown_because(&self) -> Option<&'static str> {
+        self.unknown
     }
 
     /// Whether closing the session at a safe point (drain, shutdown) must wait: the client is
@@ -155,8 +184,9 @@ impl Session {
         }
     }
 
+    /// A transaction is open, as the status flags or the server's transaction tracker say.
     fn in_transaction(&self) -> bool {
-        self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0
+        self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.trx_open
     }
 
     /// `COM_SET_OPTION` with `option` succeeded.
@@ -171,9 +201,57 @@ impl Session {
         self.set_option
     }
 
-    /// The proxy lost track of something for good: the session can never move.
+    /// The proxy lost track of something (a statement it cannot see into, a text too long to
+    /// follow): the session stays until a reset clears everything.
     pub fn lose(&mut self, why: &'static str) {
-        self.lost = Some(why);
+        self.unknown.get_or_insert(why);
+    }
+
+    /// Whether the transaction state must be checked with the server before the session moves
+    /// or closes (see [`Session::verified`]).
+    pub fn trx_unverified(&self) -> bool {
+        self.trx_unverified
+    }
+
+    /// The server answered whether a transaction is open. The check ran the proxy's own query,
+    /// whose answer may have carried reports the session never saw: read everything at the next
+    /// move.
+    pub fn verified(&mut self, in_transaction: bool) {
+        self.trx_unverified = false;
+        if in_transaction {
+            self.status |= status::IN_TRANS;
+        }
+        self.known.mark_unknown();
+    }
+
+    /// Session-state information from an OK packet (the server tracks the session for the
+    /// proxy): changed variables, transaction state.
+    pub fn server_reports<'a>(&mut self, changes: impl Iterator<Item = StateChange<'a>>) {
+        for c in changes {
+            match c {
+                StateChange::SystemVariable { name, .. } => self.known.sysvar_changed(name),
+                StateChange::TransactionState(st) => {
+                    self.trx_open = matches!(st.first(), Some(b'T' | b'I'));
+                }
+                StateChange::Malformed => self.known.mark_unknown(),
+                StateChange::Schema(_) | StateChange::StateChanged | StateChange::Other(_) => {}
+            }
+        }
+    }
+
+    /// Whether reports may be waiting in the server (see [`Known::set_reports_pending`]).
+    pub fn reports_pending(&mut self, pending: bool) {
+        self.known.set_reports_pending(pending);
+    }
+
+    /// The proxy turned the server's session tracking on for this session (or could not).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.known.set_tracking(on);
+    }
+
+    /// Whether the server tracks this session for the proxy.
+    pub fn tracking(&self) -> bool {
+        self.known.tracking()
     }
 
     /// Named `GET_LOCK` locks the session may hold (checked against the server before a move).
@@ -188,78 +266,121 @@ impl Session {
 
     /// SQL-level prepared statements to re-create on a target.
     pub fn sql_prepared(&self) -> impl Iterator<Item = &[u8]> {
-        self.sql_prepared.values().map(Vec::as_slice)
+        self.sql_prepared.values().map(|p| p.statement.as_slice())
     }
 
-    /// Scans a `COM_QUERY` text for effects on untracked state.
+    /// Scans a `COM_QUERY` text for what it does.
     pub fn before_query(&self, sql: &[u8]) -> Pending {
         analyze(sql)
     }
 
-    /// True when the session may have changed carried state since its login or last move.
-    pub fn changed(&self) -> bool {
-        self.changed
+    /// What the next move must read from the old backend, and what it already knows.
+    pub fn plan(&self) -> Plan {
+        self.known.plan()
     }
 
-    /// Something (a command, a failed move) may have changed carried state: the next move reads
-    /// the whole state from the server.
+    /// True when the next move reads nothing from `information_schema`.
+    pub fn exact(&self) -> bool {
+        self.known.exact()
+    }
+
+    /// Something (a command the proxy does not follow, a failed move) may have changed carried
+    /// state: the next move reads it all from the server.
     pub fn mark_changed(&mut self) {
-        self.changed = true;
+        self.known.mark_unknown();
     }
 
-    /// The state to re-apply on a move when nothing changed since the last one (the login's
-    /// defaults before any move); `None` when the state must be read from the server.
-    pub fn unchanged_state(&self) -> Option<Snapshot> {
-        (!self.changed).then(|| {
-            self.carried
-                .clone()
-                .unwrap_or_else(Snapshot::login_defaults)
-        })
-    }
-
-    /// A move carried `snap` to the new backend, where the binary statements were re-prepared
-    /// under new ids (`ids`: client id → backend id): the session is in that state there.
-    pub fn moved(&mut self, snap: Snapshot, ids: &[(u32, u32)]) {
-        self.carried = Some(snap);
-        self.changed = false;
+    /// A move carried `snap` to a new backend (tracking the session for the proxy when
+    /// `tracking`), where the binary statements were re-prepared under new ids (`ids`: client id
+    /// → backend id).
+    pub fn moved(&mut self, snap: Snapshot, ids: &[(u32, u32)], tracking: bool) {
+        self.known.moved(snap, tracking);
+        self.trx_open = false;
+        self.trx_unverified = false;
         self.stmts.moved(ids);
     }
 
-    /// Applies a query's effects once its response is complete.
-    pub fn after_query(&mut self, pending: Pending, error: bool) {
+    /// A statement-running command (`COM_QUERY`, `COM_STMT_EXECUTE`) ended: after an ERR the
+    /// server may hold unseen reports and the transaction state is unverified.
+    pub fn statement_ended(&mut self, error: bool) {
+        self.trx_unverified = error;
+        if error {
+            self.known.set_reports_pending(true);
+        }
+    }
+
+    /// Applies a query's effects once its response is complete: those of the statements that
+    /// ran, as `outcome` tells (in a multi-statement query that failed, the statements before the
+    /// failing one ran, the failing one failed, and none after it ran).
+    pub fn after_query(&mut self, pending: Pending, outcome: Outcome) {
         // also on error: a multi-statement query may have run its first statements
-        self.changed |= pending.changes;
+        self.known
+            .after_query(pending.changes, pending.uservars, pending.tracking);
         if pending.unknown_effects {
-            self.lost = Some(UNSCANNED);
+            self.lose(UNSCANNED);
         }
-        if pending.effects.is_empty() {
-            return;
-        }
-        // a failed multi-statement query ran an unknown prefix of its statements
-        let unsure = error && pending.statements > 1;
-        if unsure && pending.effects.iter().any(|e| !e.safe_when_unsure()) {
-            self.lost = Some("error inside a multi-statement query with session effects");
-            return;
-        }
-        for e in pending.effects {
-            self.apply(e, error, unsure);
+        let results = usize::try_from(outcome.results).unwrap_or(usize::MAX);
+        let total = pending.parts.len();
+        for (i, part) in pending.parts.into_iter().enumerate() {
+            let failed = outcome.error && i == results;
+            if i >= results && !failed {
+                if !outcome.error && (part.kind != Kind::Plain || !part.effects.is_empty()) {
+                    // the server ran fewer statements than the scan found: its split was wrong
+                    self.lose("a multi-statement query the scan split differently");
+                }
+                return;
+            }
+            match part.kind {
+                Kind::Definition => {
+                    // this statement and the rest of the query may be a routine's body, which
+                    // does not run now; but when the server ran more, statements followed it
+                    if !failed && results > i + 1 && i + 1 < total {
+                        self.lose("statements after a routine definition in one query");
+                    }
+                    return;
+                }
+                Kind::Opaque => {
+                    self.lose("a statement the proxy cannot see into (CALL, compound, EXECUTE)");
+                    return;
+                }
+                Kind::Plain => {
+                    for e in part.effects {
+                        self.apply(e, failed);
+                    }
+                }
+            }
         }
         if self.in_transaction() {
             self.tx_once = false;
         }
     }
 
-    fn apply(&mut self, e: Effect, error: bool, unsure: bool) {
+    /// A binary statement `id` was executed: what its text does, applied as for a query.
+    pub fn stmt_ran(&mut self, id: u32, error: bool) {
+        let Some(runs) = self.stmts.runs(id).filter(|r| !r.inert()).cloned() else {
+            return;
+        };
+        let outcome = Outcome {
+            error,
+            results: u32::from(!error),
+        };
+        self.after_query(runs, outcome);
+    }
+
+    fn apply(&mut self, e: Effect, error: bool) {
         match (e, error) {
-            // unsure whether it ran: assume it did, and wait for the next transaction
-            (Effect::TxOnce, _) if !error || unsure => self.tx_once = true,
-            // unsure whether it ran: keep waiting
-            (Effect::TxBoundary, false) => self.tx_once = false,
             (Effect::Prepare(name, _), true) | (Effect::Deallocate(name), _) => {
                 // a failed PREPARE deallocates a statement of the same name
                 self.sql_prepared.remove(&name);
                 self.sql_prepared_unknown.remove(&name);
             }
+            (Effect::Execute(name), error) => self.execute(&name, error),
+            // a lock may be taken before a later part of the statement fails; it is checked at
+            // the move anyway
+            (Effect::GetLock(Some(n)), _) => {
+                self.named_locks.insert(n);
+            }
+            (Effect::GetLock(None), _) => self.unknown_lock = true,
             (_, true) => {}
             (Effect::CreateTemp(t), false) => {
                 self.temp_tables.insert(t);
@@ -271,17 +392,16 @@ impl Session {
             }
             (Effect::LockTables, false) => self.table_locks = true,
             (Effect::UnlockTables, false) => self.table_locks = false,
-            (Effect::GetLock(Some(n)), false) => {
-                self.named_locks.insert(n);
-            }
-            (Effect::GetLock(None), false) => self.unknown_lock = true,
+            (Effect::BackupLock(on), false) => self.backup_lock = on,
+            (Effect::SetRole(on), false) => self.role = on,
             (Effect::ReleaseAllLocks, false) => {
                 self.named_locks.clear();
                 self.unknown_lock = false;
             }
-            (Effect::Prepare(name, Some(text)), false) => {
+            (Effect::Prepare(name, Some(statement)), false) => {
                 self.sql_prepared_unknown.remove(&name);
-                self.sql_prepared.insert(name, text);
+                let runs = analyze_prepared(&statement);
+                self.sql_prepared.insert(name, Prepared { statement, runs });
             }
             (Effect::Prepare(name, None), false) => {
                 self.sql_prepared.remove(&name);
@@ -295,23 +415,46 @@ impl Session {
             }
             (Effect::XaStart, false) => self.xa = true,
             (Effect::XaEnd, false) => self.xa = false,
-            (Effect::TxOnce, false) => {}
+            (Effect::TxOnce, false) => self.tx_once = true,
+            (Effect::TxBoundary, false) => self.tx_once = false,
+        }
+    }
+
+    /// `EXECUTE name`: what the statement prepared under that name does.
+    fn execute(&mut self, name: &str, error: bool) {
+        let runs = self.sql_prepared.get(name).map(|p| p.runs.clone());
+        match runs {
+            Some(Some(runs)) if !runs.opaque() => {
+                for part in runs.parts {
+                    if part.kind != Kind::Plain {
+                        self.lose("EXECUTE of a statement the proxy cannot see into");
+                    }
+                    for e in part.effects {
+                        self.apply(e, error);
+                    }
+                }
+            }
+            // unknown text, or a name the proxy never saw prepared: if it ran, anything may
+            // have happened
+            _ if !error => self.lose("EXECUTE of a statement the proxy cannot see into"),
+            _ => {}
         }
     }
 
     /// The server reset the session (`COM_CHANGE_USER`, `COM_RESET_CONNECTION`): everything the
-    /// proxy tracked is gone with it.
+    /// proxy tracked is gone with it, and the server's tracking with the proxy's settings.
     pub fn reset(&mut self) {
         let mut stmts = std::mem::take(&mut self.stmts);
         stmts.clear();
         let set_option = self.set_option;
+        let mut known = std::mem::take(&mut self.known);
+        known.reset();
         *self = Session::new();
         // statement ids keep counting: an id of the old session never names a new statement
         self.stmts = stmts;
+        self.known = known;
+        self.known.set_tracking(false);
         self.set_option = set_option;
-        // the login defaults of the new user (and a character set the target login would not
-        // repeat): read the state from the server at the next move
-        self.changed = true;
     }
 
     // -- the statement table ------------------------------------------------------------------
@@ -331,11 +474,6 @@ impl Session {
     /// A `COM_STMT_PREPARE` failed.
     pub fn prepare_failed(&mut self) {
         self.stmts.prepare_failed();
-    }
-
-    /// Whether executing statement `id` may change carried state.
-    pub fn stmt_changes(&self, id: u32) -> bool {
-        self.stmts.changes(id)
     }
 
     /// Remembers the parameter types an execute binds; after a move, returns the execute's
@@ -376,202 +514,4 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use switchyard::wire::cmd;
-
-    #[test]
-    fn a_failed_query_that_may_change_state_still_marks_the_session() {
-        let mut s = Session::new();
-        assert!(!s.changed());
-        let p = s.before_query(b"SELECT 1");
-        s.after_query(p, false);
-        assert!(!s.changed());
-        let p = s.before_query(b"SET @a = 1; SELECT nope");
-        s.after_query(p, true);
-        assert!(s.changed());
-        s.moved(Snapshot::login_defaults(), &[]);
-        assert!(!s.changed());
-        s.reset();
-        assert!(s.changed());
-    }
-
-    #[test]
-    fn blockers_follow_the_tracked_state() {
-        let mut s = Session::new();
-        assert_eq!(s.blocker(), None);
-        s.set_status(status::AUTOCOMMIT | status::IN_TRANS);
-        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
-        s.set_status(status::AUTOCOMMIT);
-        let p = s.before_query(b"CREATE TEMPORARY TABLE t (a int)");
-        s.after_query(p, false);
-        assert_eq!(s.blocker(), Some(Blocker::Refuse("temporary tables")));
-        let p = s.before_query(b"DROP TABLE t");
-        s.after_query(p, false);
-        assert_eq!(s.blocker(), None);
-        let p = s.before_query(b"PREPARE p FROM 'bad sql'");
-        s.after_query(p, true);
-        assert_eq!(s.sql_prepared().count(), 0);
-        s.lose("because");
-        assert_eq!(s.blocker(), Some(Blocker::Refuse("because")));
-    }
-
-    #[test]
-    fn statement_ids_survive_a_reset_without_naming_old_statements() {
-        let mut s = Session::new();
-        let first = s.add_stmt(10, b"SELECT 1".to_vec(), 0, 1);
-        s.stmt_long_data(first);
-        assert_eq!(
-            s.blocker(),
-            Some(Blocker::Wait("statement long data pending"))
-        );
-        s.reset();
-        assert_eq!(s.blocker(), None);
-        assert_eq!(s.stmts().count(), 0);
-        let second = s.add_stmt(10, b"SELECT 1".to_vec(), 0, 1);
-        assert_ne!(first, second);
-        let mut close = [cmd::STMT_CLOSE, 0, 0, 0, 0];
-        close[1..].copy_from_slice(&first.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut close), Err(UnknownStmt(first)));
-    }
-
-    #[test]
-    fn an_unchanged_session_re_applies_what_the_last_move_carried() {
-        let mut s = Session::new();
-        assert!(s
-            .unchanged_state()
-            .is_some_and(|snap| snap.sysvars.is_empty()));
-        s.mark_changed();
-        assert!(s.unchanged_state().is_none());
-        let id = s.add_stmt(3, b"SELECT ?".to_vec(), 1, 1);
-        s.moved(Snapshot::login_defaults(), &[(id, 8)]);
-        assert!(s.unchanged_state().is_some());
-        let mut p = [cmd::STMT_CLOSE, 0, 0, 0, 0];
-        p[1..].copy_from_slice(&id.to_le_bytes());
-        assert_eq!(s.map_stmt(&mut p), Ok(id));
-        assert_eq!(p[1..], 8u32.to_le_bytes());
-    }
-
-    fn query(s: &mut Session, sql: &str, error: bool, status_after: u16) {
-        let p = s.before_query(sql.as_bytes());
-        if !error {
-            s.set_status(status_after);
-        }
-        s.after_query(p, error);
-    }
-
-    const IDLE: u16 = status::AUTOCOMMIT;
-    const IN_TRANS: u16 = status::AUTOCOMMIT | status::IN_TRANS;
-    const ONE_SHOT: Option<Blocker> = Some(Blocker::Wait(
-        "SET TRANSACTION waits for the next transaction",
-    ));
-
-    #[test]
-    fn a_one_shot_set_transaction_waits_until_a_transaction_settles_it() {
-        // issue 9.6: a move between `SET TRANSACTION READ ONLY` and `BEGIN` lost it
-        let mut s = Session::new();
-        query(
-            &mut s,
-            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-            false,
-            IDLE,
-        );
-        assert_eq!(s.blocker(), ONE_SHOT);
-        // statements that may leave it pending keep the wait
-        for sql in ["SELECT 1", "SET @a = 1", "SELECT * FROM t", "USE app"] {
-            query(&mut s, sql, false, IDLE);
-            assert_eq!(s.blocker(), ONE_SHOT, "{sql}");
-        }
-        query(&mut s, "START TRANSACTION", false, IN_TRANS);
-        assert_eq!(s.blocker(), Some(Blocker::Wait("transaction open")));
-        query(&mut s, "COMMIT", false, IDLE);
-        assert_eq!(s.blocker(), None);
-        // scoped forms change a carried variable instead
-        query(&mut s, "SET SESSION TRANSACTION READ ONLY", false, IDLE);
-        assert_eq!(s.blocker(), None);
-        // a failed one-shot did not happen; COMMIT and ROLLBACK settle one
-        query(&mut s, "SET TRANSACTION READ ONLY", true, IDLE);
-        assert_eq!(s.blocker(), None);
-        for end in ["COMMIT", "rollback", "BEGIN WORK"] {
-            query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
-            query(&mut s, end, false, IDLE);
-            assert_eq!(s.blocker(), None, "{end}");
-        }
-        // a transaction opened by autocommit=0 takes it
-        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
-        query(&mut s, "SELECT * FROM t", false, status::IN_TRANS);
-        query(&mut s, "COMMIT", false, 0);
-        assert_eq!(s.blocker(), None);
-    }
-
-    #[test]
-    fn closing_waits_for_a_transaction_or_long_data_but_not_for_a_one_shot() {
-        let mut s = Session::new();
-        query(&mut s, "SET TRANSACTION READ ONLY", false, IDLE);
-        assert_eq!(s.blocker(), ONE_SHOT);
-        assert!(!s.closing_waits());
-        query(&mut s, "BEGIN", false, IN_TRANS);
-        assert!(s.closing_waits());
-        query(&mut s, "COMMIT", false, IDLE);
-        let id = s.add_stmt(1, b"SELECT ?".to_vec(), 1, 1);
-        s.stmt_long_data(id);
-        assert!(s.closing_waits());
-        s.stmt_executed(id, false, IDLE);
-        assert!(!s.closing_waits());
-    }
-
-    #[test]
-    fn a_failed_multi_statement_query_assumes_a_one_shot_ran_and_keeps_waiting() {
-        let mut s = Session::new();
-        query(&mut s, "SET TRANSACTION READ ONLY; SELECT nope", true, IDLE);
-        assert_eq!(s.blocker(), ONE_SHOT);
-        query(&mut s, "COMMIT; SELECT nope", true, IDLE);
-        assert_eq!(s.blocker(), ONE_SHOT, "unsure whether COMMIT ran");
-        query(&mut s, "SET TRANSACTION READ ONLY; BEGIN", false, IN_TRANS);
-        query(&mut s, "COMMIT", false, IDLE);
-        assert_eq!(s.blocker(), None);
-        // and `BEGIN`/`COMMIT` alone in a failed multi-statement query never pin a session
-        query(
-            &mut s,
-            "BEGIN; INSERT INTO t VALUES (1); SELECT nope",
-            true,
-            IDLE,
-        );
-        assert_eq!(s.lost, None);
-    }
-
-    #[test]
-    fn set_option_is_kept_for_the_target_and_survives_a_reset() {
-        let mut s = Session::new();
-        assert_eq!(s.option_to_restore(), None);
-        s.set_option(MULTI_STATEMENTS_ON);
-        s.set_option(7);
-        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_ON));
-        s.reset();
-        s.set_option(MULTI_STATEMENTS_OFF);
-        s.reset();
-        assert_eq!(s.option_to_restore(), Some(MULTI_STATEMENTS_OFF));
-    }
-
-    #[test]
-    fn a_query_too_long_to_scan_pins_the_session_only_when_it_may_have_effects() {
-        let long = |tail: &str| {
-            let mut q = String::from("INSERT INTO t VALUES ('");
-            q.push_str(&"x".repeat(super::super::scan::SCAN_MAX));
-            q.push_str("')");
-            q.push_str(tail);
-            q
-        };
-        let mut s = Session::new();
-        query(&mut s, &long(""), false, IDLE);
-        assert_eq!(s.blocker(), None);
-        assert!(s.changed(), "unscanned: carried state is read in full");
-        query(
-            &mut s,
-            &long("; CREATE TEMPORARY TABLE tt (a int)"),
-            false,
-            IDLE,
-        );
-        assert_eq!(s.blocker(), Some(Blocker::Refuse(UNSCANNED)));
-    }
-}
+mod tests;

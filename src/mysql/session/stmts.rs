@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use switchyard::wire::{cmd, get_u32, status, MAX_PAYLOAD};
 
-use super::scan::analyze;
+use super::scan::{analyze, Pending};
 
 /// Where a `COM_STMT_*` command carries its statement id.
 const STMT_ID_AT: usize = 1;
@@ -68,8 +68,8 @@ pub struct Stmt {
     pub(super) cursor: bool,
     /// Long data was sent and not yet consumed by an execute.
     pub(super) long_data: bool,
-    /// Executing it may change carried state (the scan of its text says so).
-    changes: bool,
+    /// What executing it does, as the scan of its text says.
+    runs: Pending,
 }
 
 /// A `COM_STMT_*` command named a statement id the session does not have (never prepared,
@@ -131,7 +131,7 @@ impl Stmts {
                 needs_types: false,
                 cursor: false,
                 long_data: false,
-                changes: analyze(&sql).changes,
+                runs: analyze(&sql),
                 sql,
             },
         );
@@ -167,9 +167,10 @@ impl Stmts {
         self.last = None;
     }
 
-    /// Whether executing statement `id` may change carried state (an unknown id may).
-    pub fn changes(&self, id: u32) -> bool {
-        self.by_id.get(&id).is_none_or(|s| s.changes)
+    /// What executing statement `id` does, as the scan of its text says; `None` for an unknown
+    /// id.
+    pub fn runs(&self, id: u32) -> Option<&Pending> {
+        self.by_id.get(&id).map(|s| &s.runs)
     }
 
     /// Remembers the parameter types an execute of `id` binds; after a move, returns the
@@ -379,8 +380,8 @@ mod tests {
         t.executed(id, false, status::CURSOR_EXISTS);
         t.reset(id);
         assert!(t.iter().all(|(_, s)| !s.cursor));
-        assert!(!t.changes(id));
-        assert!(t.changes(id + 1));
+        assert!(t.runs(id).is_some_and(|r| !r.changes));
+        assert!(t.runs(id + 1).is_none());
         let mut p = execute(id, 0, None);
         p[EXECUTE_FLAGS_AT] = 1;
         assert!(wants_cursor(&p));
