@@ -184,6 +184,8 @@ pub(super) struct Relay {
     pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// What to tell the client in an ERR packet when it is closed there (a drain's timeout).
+    pub(super) close_error: Option<String>,
     /// Whose packet the backend's login waits for (`Done` once logged in).
     pub(super) turn: Turn,
 }
@@ -246,6 +248,10 @@ impl Relay {
                 }
             }
             Some(Control::Close) => self.closing = true,
+            Some(Control::CloseWithError(why)) => {
+                self.closing = true;
+                self.close_error = Some(why);
+            }
             None => {}
         }
     }
@@ -294,7 +300,8 @@ impl Relay {
                         crate::metrics::migration(false, Duration::ZERO);
                         self.link.redirect_failed(to.addr());
                     }
-                    Some(Control::Close) => return Err(End::Drained),
+                    // untracked bytes: no point is safe for an ERR, so close as is
+                    Some(Control::Close | Control::CloseWithError(_)) => return Err(End::Drained),
                     None => {}
                 },
             }
