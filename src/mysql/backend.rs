@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 
 use switchyard::wire::{
     self, caps, cmd, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
-    parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Greeting,
-    HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response, NATIVE_PASSWORD,
+    parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Frame,
+    Greeting, HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response,
+    NATIVE_PASSWORD,
 };
 
 use super::tracker::{Kind, Next, PrepareOk, Tracker};
@@ -95,6 +96,12 @@ impl Backend {
     /// Sends the buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush_to(&mut self.writer).await
+    }
+
+    /// Queues a relayed packet; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub async fn relay(&mut self, f: &Frame) -> std::io::Result<()> {
+        self.out.put_or_write(&mut self.writer, f.raw()).await
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the

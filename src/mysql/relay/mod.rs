@@ -135,6 +135,15 @@ impl ClientSide {
             .map_err(|e| client_err(e.into()))
     }
 
+    /// Queues `f` for the client; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub(super) async fn relay(&mut self, f: &Frame) -> Result<(), End> {
+        self.out
+            .put_or_write(&mut self.writer, f.raw())
+            .await
+            .map_err(|e| client_err(e.into()))
+    }
+
     /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
     /// write is not worth reporting.
     pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
@@ -208,8 +217,10 @@ impl Relay {
             if let Err(e) = self.at_safe_point().await {
                 return e;
             }
-            // between commands: a buffer that grew for a long response goes back
+            // between commands: buffers that grew for long packets are freed
+            self.client.reader.release();
             self.client.out.release();
+            self.backend.reader.release();
             self.backend.out.release();
             let r = tokio::select! {
                 c = self.ctrl.recv() => {
