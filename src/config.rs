@@ -6,6 +6,8 @@
 //! binary prints it on one line and exits 2. What the rest of the service sees is [`Config`],
 //! whose values are already checked (addresses parsed, ranges sane).
 
+mod door;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             msg: msg.into(),
@@ -186,6 +188,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long open connections may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
+    /// TLS and PROXY protocol towards clients and backends (`proxy.tls`,
+    /// `proxy.proxy_protocol[_from]`, `backends.tls`, `backends.send_proxy_protocol`).
+    pub door: crate::entry::Door,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +234,9 @@ struct RawProxy {
     max_connections: usize,
     #[serde(with = "humantime_serde")]
     half_close_timeout: Duration,
+    tls: Option<door::RawFrontTls>,
+    proxy_protocol: Option<door::ProxyProtocol>,
+    proxy_protocol_from: Vec<String>,
 }
 
 /// `proxy.connect_timeout` when absent.
@@ -248,6 +256,9 @@ impl Default for RawProxy {
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_connections: 0,
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+            tls: None,
+            proxy_protocol: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -276,6 +287,10 @@ struct RawBackends {
     #[serde(rename = "static")]
     static_: Option<Vec<String>>,
     etcd: Option<RawEtcd>,
+    #[serde(default)]
+    send_proxy_protocol: bool,
+    #[serde(default)]
+    tls: Option<door::RawBackendTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,7 +428,8 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("backends.static")
-            .with_list_parse_key("backends.etcd.endpoints");
+            .with_list_parse_key("backends.etcd.endpoints")
+            .with_list_parse_key("proxy.proxy_protocol_from");
         if let Some(vars) = env {
             environment = environment.source(Some(vars.into_iter().collect()));
         }
@@ -465,6 +481,14 @@ impl RawConfig {
             ));
         }
         let admin_token = admin_token(&self.admin, admin_listen)?;
+        let door = door::door(
+            self.proxy.protocol,
+            self.proxy.tls.as_ref(),
+            self.proxy.proxy_protocol,
+            &self.proxy.proxy_protocol_from,
+            self.backends.tls.as_ref(),
+            self.backends.send_proxy_protocol,
+        )?;
         let discovery = match (self.backends.static_, self.backends.etcd) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -629,6 +653,7 @@ impl RawConfig {
             log_level: self.log.level,
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,
+            door,
         })
     }
 }
