@@ -86,12 +86,9 @@ pub fn header_len(fixed: &[u8]) -> Result<usize, HeaderError> {
     if sig != SIGNATURE {
         return Err(HeaderError::NoSignature);
     }
-    let (Some(&ver_cmd), Some(&fam), Some(&hi), Some(&lo)) = (
-        fixed.get(12),
-        fixed.get(13),
-        fixed.get(14),
-        fixed.get(15),
-    ) else {
+    let (Some(&ver_cmd), Some(&fam), Some(&hi), Some(&lo)) =
+        (fixed.get(12), fixed.get(13), fixed.get(14), fixed.get(15))
+    else {
         return Err(HeaderError::Truncated {
             got: fixed.len(),
             want: FIXED_LEN,

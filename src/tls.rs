@@ -352,8 +352,8 @@ mod tests {
 
     #[test]
     fn unreadable_and_empty_files_are_named_in_the_error() {
-        let e = FrontTls::load(Path::new("/nonexistent/c.pem"), Path::new("/x"), false)
-            .unwrap_err();
+        let e =
+            FrontTls::load(Path::new("/nonexistent/c.pem"), Path::new("/x"), false).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/c.pem"), "{e}");
         let dir = std::env::temp_dir().join(format!("switchyard-tls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -103,8 +103,20 @@ impl StreamRead {
     }
 }
 
+/// A TLS peer that closes its socket without a `close_notify` alert has closed: most MySQL
+/// clients and drivers never send one. A cut inside a packet is still caught by the framing.
+fn eof_without_close_notify(r: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+    match r {
+        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+        r => r,
+    }
+}
+
 fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "stream taken for a TLS upgrade")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "stream taken for a TLS upgrade",
+    )
 }
 
 impl AsyncRead for Stream {
@@ -115,7 +127,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => eof_without_close_notify(Pin::new(s).poll_read(cx, buf)),
         }
     }
 }
@@ -155,7 +167,7 @@ impl AsyncRead for StreamRead {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             StreamRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            StreamRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            StreamRead::Tls(s) => eof_without_close_notify(Pin::new(s).poll_read(cx, buf)),
             StreamRead::Gone => Poll::Ready(Err(gone())),
         }
     }

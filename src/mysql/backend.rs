@@ -99,7 +99,9 @@ impl Backend {
     /// the login's TLS upgrade.
     pub async fn connect_like(addr: &str, timeout: Duration, link: &Link) -> std::io::Result<Self> {
         let mut tcp = crate::entry::connect_backend(addr, timeout).await?;
-        link.via.send_header(&mut tcp, link.client, link.local).await?;
+        link.via
+            .send_header(&mut tcp, link.client, link.local)
+            .await?;
         let mut b = Self::from_stream(addr.to_string(), tcp);
         b.link = link.clone();
         Ok(b)
@@ -139,7 +141,11 @@ impl Backend {
                 self.addr
             )));
         }
-        let seq = put_packet(&mut self.out, RESPONSE_SEQ, &ssl_request(caps, max_packet, charset));
+        let seq = put_packet(
+            &mut self.out,
+            RESPONSE_SEQ,
+            &ssl_request(caps, max_packet, charset),
+        );
         self.flush().await.map_err(PacketError::from)?;
         if self.reader.has_buffered() {
             return Err(HandshakeError::Unexpected);
