@@ -351,6 +351,47 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_does_not_belong_to_the_certificate_is_refused_and_a_failed_reload_keeps_the_old()
+    {
+        let dir = std::env::temp_dir().join(format!("switchyard-tls-pair-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let make = |name: &str| {
+            std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+                .args([
+                    "-subj",
+                    "/CN=unit",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(dir.join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.join(format!("{name}.pem")))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !(make("a") && make("b")) {
+            eprintln!("skipping: the openssl CLI is not installed");
+            return;
+        }
+        let (a_pem, a_key, b_key) = (dir.join("a.pem"), dir.join("a.key"), dir.join("b.key"));
+        let e = FrontTls::load(&a_pem, &b_key, false).unwrap_err();
+        assert!(matches!(e, TlsError::Mismatch(_)), "{e}");
+        let tls = FrontTls::load(&a_pem, &a_key, true).expect("a matching pair");
+        assert!(tls.required());
+        let before = tls.current.load_full();
+        std::fs::write(&a_pem, "garbage").unwrap();
+        assert!(tls.reload().is_err());
+        assert!(
+            Arc::ptr_eq(&before, &tls.current.load_full()),
+            "the old one stays"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unreadable_and_empty_files_are_named_in_the_error() {
         let e =
             FrontTls::load(Path::new("/nonexistent/c.pem"), Path::new("/x"), false).unwrap_err();
