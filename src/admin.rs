@@ -25,8 +25,8 @@ use history::{History, Totals};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use switchyard::{
-    GetBackends, GetDrained, GetObserved, RedirectConnections, RefreshBackends, RouterError,
-    ScoreRouter, SetDrained,
+    DrainThenClose, GetBackends, GetDrained, GetObserved, GetRouting, RedirectConnections,
+    RefreshBackends, RouterError, RoutingState, ScoreRouter, SetDrained,
 };
 
 /// One backend as `GET /backends` shows it.
@@ -44,6 +44,20 @@ pub struct BackendView {
     pub server_version: String,
     /// Whether an operator drained it.
     pub drained: bool,
+    /// Its configured or discovered weight (1 unless set).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The weight routes see now: below `weight` while it slow-starts.
+    #[serde(default = "one")]
+    pub effective_weight: f64,
+    /// The router is in panic mode (too few healthy backends): every known, non-drained
+    /// backend takes routes whatever its status. The same on every entry.
+    #[serde(default)]
+    pub panic: bool,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What the handlers share.
@@ -213,6 +227,15 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
     let snapshots = state.router.send(GetBackends).await.ok()?;
     let drained = state.router.send(GetDrained).await.ok()?;
     let observed = state.router.send(GetObserved).await.unwrap_or_default();
+    let routing: RoutingState = state.router.send(GetRouting).await.unwrap_or_default();
+    let weight = |addr: &str| {
+        routing
+            .backends
+            .iter()
+            .find(|w| w.addr == addr)
+            .map_or((1.0, 1.0), |w| (w.weight, w.effective_weight))
+    };
+    let panic = routing.panic;
     let known: HashSet<&str> = snapshots.iter().map(|b| b.addr.as_str()).collect();
     let mut unseen: Vec<(String, switchyard::BackendHealth)> = observed
         .into_iter()
@@ -223,6 +246,9 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
         .into_iter()
         .map(|(addr, health)| BackendView {
             drained: drained.contains(&addr),
+            weight: weight(&addr).0,
+            effective_weight: weight(&addr).1,
+            panic,
             status: health.status.to_string(),
             score: health.status.score(),
             addr,
@@ -235,6 +261,9 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
             .into_iter()
             .map(|b| BackendView {
                 drained: drained.contains(&b.addr),
+                weight: weight(&b.addr).0,
+                effective_weight: weight(&b.addr).1,
+                panic,
                 status: b.health.status.to_string(),
                 addr: b.addr,
                 score: b.score,
@@ -266,6 +295,9 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
             gone
         };
         crate::metrics::record_backends(&snapshots, &drained, &gone);
+    }
+    if let Ok(routing) = state.router.send(GetRouting).await {
+        crate::metrics::record_routing(&routing);
     }
     state.prometheus.run_upkeep();
     HttpResponse::Ok()
@@ -304,8 +336,47 @@ async fn set_drained(state: &AdminState, addr: String, drained: bool) -> HttpRes
     }
 }
 
-async fn drain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
-    set_drained(&state, path.into_inner(), true).await
+/// `?timeout=30s` on a drain: close what has not moved by then.
+#[derive(Debug, serde::Deserialize)]
+struct DrainQuery {
+    timeout: Option<String>,
+}
+
+async fn drain(
+    state: web::Data<AdminState>,
+    path: web::Path<String>,
+    query: web::Query<DrainQuery>,
+) -> HttpResponse {
+    let addr = path.into_inner();
+    let Some(timeout) = &query.timeout else {
+        return set_drained(&state, addr, true).await;
+    };
+    let timeout = match humantime_serde::re::humantime::parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout: {timeout:?} is not a duration such as 30s ({e})"),
+            )
+        }
+    };
+    let msg = DrainThenClose {
+        addr: addr.clone(),
+        timeout,
+    };
+    match state.router.send(msg).await {
+        Ok(Ok(())) => {
+            tracing::info!(backend = %addr, ?timeout, "operator drained; closing what has not moved by the timeout");
+            HttpResponse::Ok().json(serde_json::json!({
+                "addr": addr,
+                "drained": true,
+                "close_after_ms": timeout.as_millis() as u64,
+            }))
+        }
+        Ok(Err(e @ RouterError::UnknownBackend(_))) => error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => router_gone(),
+    }
 }
 
 async fn undrain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {

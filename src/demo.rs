@@ -215,6 +215,15 @@ impl Actor for DemoClient {
     }
 }
 
+/// The demo's clients are closed like `tcp` connections: at once.
+impl Handler<switchyard::CloseConnection> for DemoClient {
+    type Result = ();
+
+    fn handle(&mut self, _: switchyard::CloseConnection, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Redirect> for DemoClient {
     type Result = ();
 

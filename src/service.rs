@@ -71,14 +71,33 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
     actix::System::new().block_on(serve(cfg))
 }
 
-/// Starts a [`ScoreRouter`] under supervision with an observer using `fetcher` and the
-/// configured health check.
+/// Starts a [`ScoreRouter`] under supervision with an observer using `fetcher`, the
+/// configured health check and the configured routing controls (`balance.*`).
 pub fn start_router<F: BackendFetcher>(cfg: &Config, fetcher: F) -> Addr<ScoreRouter> {
     let (router_cfg, health) = (cfg.router.clone(), cfg.health.clone());
+    let policy = cfg.policy.clone();
     actix::Supervisor::start(move |ctx| {
         let check = DefaultHealthCheck::new(health.clone());
-        ScoreRouter::observed(router_cfg, fetcher, check, health, ctx)
+        ScoreRouter::observed(router_cfg, fetcher, check, health, ctx).with_policy(policy)
     })
+}
+
+/// The fetcher `backends` describes, with the configured weights.
+fn start_discovery(cfg: &Config) -> Addr<ScoreRouter> {
+    match &cfg.discovery {
+        Discovery::Static(addrs) => {
+            let weighted = addrs
+                .iter()
+                .map(|a| (a.clone(), cfg.weights.get(a).copied().unwrap_or(1.0)))
+                .collect();
+            start_router(cfg, StaticFetcher::with_weights(weighted))
+        }
+        Discovery::Etcd(endpoints, etcd) => start_router(
+            cfg,
+            EtcdFetcher::with_config(endpoints.clone(), etcd.clone())
+                .with_weights(cfg.weights.clone()),
+        ),
+    }
 }
 
 /// The start function for `cfg.protocol`, and (`protocol: mysql`) the session registry that
@@ -158,13 +177,7 @@ fn reload_on_hangup(
 
 async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
-    let router = match &cfg.discovery {
-        Discovery::Static(addrs) => start_router(&cfg, StaticFetcher::new(addrs.clone())),
-        Discovery::Etcd(endpoints, etcd) => start_router(
-            &cfg,
-            EtcdFetcher::with_config(endpoints.clone(), etcd.clone()),
-        ),
-    };
+    let router = start_discovery(&cfg);
 
     let listener = tokio::net::TcpListener::bind(cfg.proxy_listen)
         .await

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use actix::prelude::*;
-use switchyard::{ConnHandle, ConnectError, Connector, Redirect, Registration};
+use switchyard::{CloseConnection, ConnHandle, ConnectError, Connector, Redirect, Registration};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -162,17 +162,18 @@ impl ConnStart {
     }
 
     /// For an actor that starts routed: connects as [`ConnStart::connect`] (registering the
-    /// actor's address for `Redirect`s) while the actor handles no message, then runs
-    /// `on_routed`; when no backend is reachable, logs why and stops the actor.
+    /// actor's address for `Redirect`s and for `CloseConnection`, a drain's timeout) while the
+    /// actor handles no message, then runs `on_routed`; when no backend is reachable, logs why
+    /// and stops the actor.
     pub fn connect_then<A>(
         &self,
         ctx: &mut Context<A>,
         on_routed: impl FnOnce(&mut A, Routed, &mut Context<A>) + 'static,
     ) where
-        A: Actor<Context = Context<A>> + Handler<Redirect>,
+        A: Actor<Context = Context<A>> + Handler<Redirect> + Handler<CloseConnection>,
     {
         let (id, peer) = (self.id, self.peer);
-        let routed = self.connect(ctx.address().recipient());
+        let routed = self.connect(ctx.address().recipient(), Some(ctx.address().recipient()));
         ctx.wait(
             actix::fut::wrap_future::<_, A>(routed).map(move |r, act, ctx| match r {
                 Ok(routed) => {
@@ -188,17 +189,27 @@ impl ConnStart {
     }
 
     /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),
-    /// registering this connection with `redirect` as where the router sends `Redirect`s.
+    /// registering this connection with `redirect` as where the router sends `Redirect`s and
+    /// `close` (if any) as where a drain's timeout sends `CloseConnection`.
+    ///
+    /// When every backend is at `balance.max_conns_per_backend` the route waits in the
+    /// router's queue (`balance.queue_timeout`); the error then says so
+    /// ([`switchyard::RouteError::is_overload`]).
     ///
     /// The future owns what it needs, so an actor can run it with `ctx.wait`.
     pub fn connect(
         &self,
         redirect: Recipient<Redirect>,
+        close: Option<Recipient<CloseConnection>>,
     ) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
         let router = self.entry.router.clone();
         let timeout = self.entry.connect_timeout;
         let metrics = self.entry.metrics.clone();
         let handle = ConnHandle::new(self.id, redirect);
+        let handle = match close {
+            Some(close) => handle.with_close(close),
+            None => handle,
+        };
         let (via, client, local) = (self.entry.door.backend.clone(), self.peer, self.local);
         async move {
             let connected = Connector::new(&router, timeout)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchyard::wire::{
     self, caps, cmd, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
     parse_auth_switch, parse_err, parse_ok, put_packet, ssl_request, terminator_status, ErrInfo,
-    Greeting, HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response,
+    Frame, Greeting, HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response,
     NATIVE_PASSWORD,
 };
 
@@ -168,6 +168,12 @@ impl Backend {
     /// Sends the buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush_to(&mut self.writer).await
+    }
+
+    /// Queues a relayed packet; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub async fn relay(&mut self, f: &Frame) -> std::io::Result<()> {
+        self.out.put_or_write(&mut self.writer, f.raw()).await
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the

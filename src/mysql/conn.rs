@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::wire::{code, sqlstate, OutBuf, PacketReader};
-use switchyard::Redirect;
+use switchyard::{CloseConnection, ConnectError, Redirect};
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, Link};
@@ -70,7 +70,7 @@ impl Actor for MysqlConn {
             ctx.stop();
             return;
         };
-        let fut = run(*start, ctx.address().recipient(), rx);
+        let fut = run(*start, ctx.address(), rx);
         ctx.spawn(fut.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
@@ -90,6 +90,15 @@ impl Handler<Redirect> for MysqlConn {
     }
 }
 
+/// A drain's timeout passed: close at the next safe point (after the running command, outside
+/// a transaction), telling the client why.
+impl Handler<CloseConnection> for MysqlConn {
+    type Result = ();
+    fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) {
+        self.ctrl.send(Control::CloseWithError(msg.reason));
+    }
+}
+
 impl Handler<CloseAtSafePoint> for MysqlConn {
     type Result = ();
     fn handle(&mut self, _: CloseAtSafePoint, _: &mut Context<Self>) {
@@ -97,7 +106,7 @@ impl Handler<CloseAtSafePoint> for MysqlConn {
     }
 }
 
-async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
+async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
     let Start { mut conn, cfg } = start;
     // from (about) accept: routing and connecting count against the login's time too
     let login_deadline = tokio::time::Instant::now() + conn.login_timeout();
@@ -123,13 +132,21 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         writer: Counted::new(w, metrics.bytes_out.clone()),
         out: OutBuf::new(),
     };
-    let routed = match conn.connect(redirect).await {
+    let routed = match conn
+        .connect(me.clone().recipient(), Some(me.recipient()))
+        .await
+    {
         Ok(routed) => routed,
         Err(e) => {
             let msg = format!("switchyard: {e}");
-            client
-                .send_err(0, code::ER_UNKNOWN_ERROR, sqlstate::GENERAL, &msg)
-                .await;
+            let (code, state) = match &e {
+                // every backend full for queue_timeout: the server's own "too many connections"
+                ConnectError::Route { source, .. } if source.is_overload() => {
+                    (code::ER_CON_COUNT_ERROR, sqlstate::CONNECTION_REJECTED)
+                }
+                _ => (code::ER_UNKNOWN_ERROR, sqlstate::GENERAL),
+            };
+            client.send_err(0, code, state, &msg).await;
             info!(conn_id = id, client = %peer, reason = %e, "client closed: no backend");
             return;
         }
@@ -156,6 +173,7 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         waiting: None,
         client_tracks: false,
         closing: false,
+        close_error: None,
         turn: Turn::Server(0),
         seq_shift: 0,
     };

@@ -171,7 +171,7 @@ async fn one_way(
     moved: &AtomicBool,
 ) -> io::Result<()> {
     loop {
-        src.readable().await?;
+        read_ready(src).await?;
         let mut buf = take_buf();
         let flow = pump(src, dst, &mut buf, counter, moved).await;
         give_buf(buf);
@@ -251,12 +251,25 @@ fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
     }
 }
 
+/// Waits until `src` may have bytes. Through the socket's single read-waker slot rather than
+/// `readable()`, whose waiter list costs a node linked and unlinked (under a lock) per wait:
+/// about 4 % of the proxy's user-space instructions per query. The slot keeps one waker only,
+/// which is enough: a socket's read side is awaited by one direction of one task.
+async fn read_ready(src: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| src.poll_read_ready(cx)).await
+}
+
+/// Waits until `dst` has room; its write side is awaited only by the direction writing to it.
+async fn write_ready(dst: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await
+}
+
 async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_ready(dst).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

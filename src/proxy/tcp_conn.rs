@@ -3,7 +3,8 @@
 //! It starts like every connection ([`ConnStart`]: route, connect each backend at most once,
 //! register), then leaves the bytes to a copy loop ([`super::copy`]) and handles only control:
 //! [`Redirect`] (answered with `RedirectFailed` at once: a raw TCP stream has no safe point to
-//! move at) and its own end (its [`Registration`] reports `ConnClosed` when dropped).
+//! move at), `CloseConnection` (a drain's timeout: closed at once, a raw stream has no safer
+//! point) and its own end (its [`Registration`] reports `ConnClosed` when dropped).
 //!
 //! The copy loop is a task of its own, not a future in the actor's context: it wakes for every
 //! chunk, and inside the context each wake-up would also poll the actor's mailbox and every
@@ -12,9 +13,9 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use switchyard::{Redirect, Registration};
+use switchyard::{CloseConnection, Redirect, Registration};
 use tokio::task::AbortHandle;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::copy;
 use crate::entry::{ConnStart, NewConn, Stream};
@@ -149,5 +150,17 @@ impl Handler<Redirect> for TcpConn {
                 crate::metrics::migration(false, started.elapsed());
             }
         }
+    }
+}
+
+/// A drain's timeout passed: a raw stream has no safe point, so it closes now (stopping the
+/// actor aborts the copy task and drops the registration, which reports `ConnClosed`).
+impl Handler<CloseConnection> for TcpConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseConnection, ctx: &mut Context<Self>) {
+        let backend = self.registration.as_ref().map_or("", |r| r.backend());
+        info!(conn_id = self.id(), backend, reason = %msg.reason, "closing connection");
+        ctx.stop();
     }
 }

@@ -138,6 +138,15 @@ impl ClientSide {
             .map_err(|e| client_err(e.into()))
     }
 
+    /// Queues `f` for the client; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub(super) async fn relay(&mut self, f: &Frame) -> Result<(), End> {
+        self.out
+            .put_or_write(&mut self.writer, f.raw())
+            .await
+            .map_err(|e| client_err(e.into()))
+    }
+
     /// Sends an ERR packet with sequence id `seq`; the session is usually over, so a failed
     /// write is not worth reporting.
     pub(super) async fn send_err(&mut self, seq: u8, code: u16, state: &str, msg: &str) {
@@ -178,6 +187,8 @@ pub(super) struct Relay {
     pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// What to tell the client in an ERR packet when it is closed there (a drain's timeout).
+    pub(super) close_error: Option<String>,
     /// Whose packet the backend's login waits for (`Done` once logged in).
     pub(super) turn: Turn,
     /// How far the client's sequence ids in the login run ahead of the backend's (a TLS
@@ -212,8 +223,10 @@ impl Relay {
             if let Err(e) = self.at_safe_point().await {
                 return e;
             }
-            // between commands: a buffer that grew for a long response goes back
+            // between commands: buffers that grew for long packets are freed
+            self.client.reader.release();
             self.client.out.release();
+            self.backend.reader.release();
             self.backend.out.release();
             let r = tokio::select! {
                 c = self.ctrl.recv() => {
@@ -241,6 +254,10 @@ impl Relay {
                 }
             }
             Some(Control::Close) => self.closing = true,
+            Some(Control::CloseWithError(why)) => {
+                self.closing = true;
+                self.close_error = Some(why);
+            }
             None => {}
         }
     }
@@ -289,7 +306,8 @@ impl Relay {
                         crate::metrics::migration(false, Duration::ZERO);
                         self.link.redirect_failed(to.addr());
                     }
-                    Some(Control::Close) => return Err(End::Drained),
+                    // untracked bytes: no point is safe for an ERR, so close as is
+                    Some(Control::Close | Control::CloseWithError(_)) => return Err(End::Drained),
                     None => {}
                 },
             }
