@@ -148,7 +148,7 @@ struct Stats {
 
 type Shared = Rc<RefCell<Stats>>;
 
-type Line = BufReader<TcpStream>;
+type Line = BufReader<crate::entry::Stream>;
 
 /// One simulated client session: a request every 250 ms, until `ends_at`.
 struct DemoClient {
@@ -242,7 +242,7 @@ impl Handler<Redirect> for DemoClient {
             match r {
                 Ok(s) => {
                     let from = registration.backend().to_string();
-                    act.stream = Some(BufReader::new(s));
+                    act.stream = Some(BufReader::new(s.into()));
                     registration.redirect_succeeded(&to);
                     let mut st = act.stats.borrow_mut();
                     st.summary.moves += 1;

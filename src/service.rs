@@ -115,6 +115,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                     user => user.to_string(),
                 },
                 move_timeout: cfg.mysql_move_timeout,
+                front_tls: cfg.door.tls.clone(),
                 ..Default::default()
             });
             let registry = sessions.clone();
@@ -146,15 +147,29 @@ pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
 }
 
 /// SIGHUP (`systemctl reload`, the unit's `ExecReload`) must never take its default action,
-/// which ends the process: it runs a discovery and health-check cycle instead, the one thing a
-/// reload can pick up today.
-fn reload_on_hangup(router: Addr<ScoreRouter>) -> Result<(), ServiceError> {
+/// which ends the process: it runs a discovery and health-check cycle instead, and reloads the
+/// `proxy.tls` certificate and key (new clients get the new one; sessions keep theirs; a file
+/// that fails to load leaves the current certificate in place, with an error logged).
+fn reload_on_hangup(
+    router: Addr<ScoreRouter>,
+    tls: Option<crate::tls::FrontTls>,
+) -> Result<(), ServiceError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
     actix_rt::spawn(async move {
         while hangup.recv().await.is_some() {
             info!("SIGHUP: refreshing backends");
             router.do_send(RefreshBackends);
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => {
+                        info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the current one")
+                    }
+                }
+            }
         }
     });
     Ok(())
@@ -189,6 +204,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     entry.half_close_timeout = cfg.half_close_timeout;
     entry.max_connections = cfg.max_connections;
     entry.refusal = refusal(cfg.protocol);
+    entry.door = cfg.door.clone();
     let live = entry.live.clone();
     let (start, sessions) = start_conn(&cfg);
     let proxy = ProxyListener::new(
@@ -201,7 +217,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     info!(proxy = %cfg.proxy_listen, admin = %cfg.admin_listen, protocol = ?cfg.protocol,
           workers = workers.len(), "switchyard serving");
 
-    reload_on_hangup(router.clone())?;
+    reload_on_hangup(router.clone(), cfg.door.tls.clone())?;
     let mut signals = Box::pin(shutdown::wait_for_signal());
     let outcome = tokio::select! {
         sig = &mut signals => sig.map_err(ServiceError::Signals).map(|s| {

@@ -20,6 +20,12 @@ pub(super) struct RawBackends {
     #[serde(rename = "static")]
     static_: Option<Vec<RawStatic>>,
     etcd: Option<RawEtcd>,
+    /// `backends.send_proxy_protocol`.
+    #[serde(default)]
+    pub(super) send_proxy_protocol: bool,
+    /// `backends.tls`.
+    #[serde(default)]
+    pub(super) tls: Option<super::door::RawBackendTls>,
 }
 
 /// One `backends.static` entry.

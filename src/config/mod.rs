@@ -8,6 +8,7 @@
 
 mod backends;
 mod balance;
+mod door;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, msg: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             msg: msg.into(),
@@ -195,6 +196,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long open connections may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
+    /// TLS and PROXY protocol towards clients and backends (`proxy.tls`,
+    /// `proxy.proxy_protocol[_from]`, `backends.tls`, `backends.send_proxy_protocol`).
+    pub door: crate::entry::Door,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,6 +242,9 @@ struct RawProxy {
     max_connections: usize,
     #[serde(with = "humantime_serde")]
     half_close_timeout: Duration,
+    tls: Option<door::RawFrontTls>,
+    proxy_protocol: Option<door::ProxyProtocol>,
+    proxy_protocol_from: Vec<String>,
 }
 
 /// `proxy.connect_timeout` when absent.
@@ -257,6 +264,9 @@ impl Default for RawProxy {
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_connections: 0,
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+            tls: None,
+            proxy_protocol: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -379,7 +389,8 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("backends.static")
-            .with_list_parse_key("backends.etcd.endpoints");
+            .with_list_parse_key("backends.etcd.endpoints")
+            .with_list_parse_key("proxy.proxy_protocol_from");
         if let Some(vars) = env {
             environment = environment.source(Some(vars.into_iter().collect()));
         }
@@ -431,6 +442,14 @@ impl RawConfig {
             ));
         }
         let admin_token = admin_token(&self.admin, admin_listen)?;
+        let door = door::door(
+            self.proxy.protocol,
+            self.proxy.tls.as_ref(),
+            self.proxy.proxy_protocol,
+            &self.proxy.proxy_protocol_from,
+            self.backends.tls.as_ref(),
+            self.backends.send_proxy_protocol,
+        )?;
         let (discovery, weights) = self.backends.validate()?;
 
         let h = self.health_check;
@@ -516,6 +535,7 @@ impl RawConfig {
             log_level: self.log.level,
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,
+            door,
         })
     }
 }

@@ -271,3 +271,56 @@ fn an_admin_token_that_cannot_travel_in_a_header_is_refused() {
         load("admin: { token: \"two words\" }\nbackends: { static: [127.0.0.1:1] }\n").unwrap_err();
     assert_eq!(e.key, "admin.token");
 }
+
+#[test]
+fn tls_and_proxy_protocol_mistakes_name_their_key() {
+    let b = "backends: { static: [127.0.0.1:1] }\n";
+    let cases = [
+        (
+            "proxy: { tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n",
+            "proxy.tls.cert",
+        ),
+        (
+            "proxy: { tls: { cert: /nonexistent/c.pem } }\n",
+            "proxy.tls.key",
+        ),
+        (
+            "proxy: { proxy_protocol: v2 }\n",
+            "proxy.proxy_protocol_from",
+        ),
+        (
+            "proxy: { proxy_protocol: v1, proxy_protocol_from: [10.0.0.0/8] }\n",
+            "proxy.proxy_protocol",
+        ),
+        (
+            "proxy: { proxy_protocol: v2, proxy_protocol_from: [10.0.0.0/8, nowhere] }\n",
+            "proxy.proxy_protocol_from[1]",
+        ),
+        (
+            "proxy: { proxy_protocol_from: [10.0.0.0/8] }\n",
+            "proxy.proxy_protocol_from",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let e = load(&format!("{yaml}{b}")).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+    }
+    let e = load(
+        "backends: { static: [127.0.0.1:1], tls: { enable: true, ca: /nonexistent/ca.pem } }\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "backends.tls.ca", "{e}");
+    assert!(e.msg.contains("/nonexistent/ca.pem"), "{e}");
+    let c = load(
+        "proxy: { proxy_protocol: v2, proxy_protocol_from: [10.0.0.0/8] }\nbackends: { static: [127.0.0.1:1], send_proxy_protocol: true, tls: { enable: true, insecure_skip_verify: true } }\n",
+    )
+    .expect("valid");
+    assert!(c.door.proxy_protocol.is_some() && c.door.tls.is_none());
+    assert!(c.door.backend.send_proxy_protocol && c.door.backend.tls.is_some());
+    assert!(
+        c.door.backend.tls_at_connect,
+        "tcp mode: TLS from the first byte"
+    );
+    let c = load(MINIMAL).expect("valid");
+    assert!(c.door.is_open() && c.door.backend.tls.is_none());
+}

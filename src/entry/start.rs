@@ -14,22 +14,25 @@ use switchyard::{CloseConnection, ConnHandle, ConnectError, Connector, Redirect,
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{socket, Entry, LiveGuard, NewConn};
+use super::front::{DoorError, Passed};
+use super::{socket, Entry, LiveGuard, NewConn, Stream};
 use crate::metrics::ProxyMetrics;
 
 /// One connection's start: its client socket, its live-count guard, and how to reach a backend.
 pub struct ConnStart {
     id: u64,
     peer: Option<SocketAddr>,
-    client: Option<TcpStream>,
+    /// The address the client reached (this proxy's, or a balancer's from its PROXY header).
+    local: Option<SocketAddr>,
+    client: Option<Stream>,
     entry: Entry,
     _live: LiveGuard,
 }
 
 /// A backend connection, registered with the router.
 pub struct Routed {
-    /// The backend socket, tuned.
-    pub backend: TcpStream,
+    /// The backend socket, tuned (TLS when `backends.tls` starts at connect).
+    pub backend: Stream,
     /// The registration: reports moves, and `ConnClosed` when dropped.
     pub registration: Registration,
 }
@@ -50,7 +53,8 @@ impl ConnStart {
         Some(Self {
             id: conn.id,
             peer: Some(conn.peer),
-            client: Some(client),
+            local: client.local_addr().ok(),
+            client: Some(Stream::Plain(client)),
             entry: conn.entry,
             _live: conn.live,
         })
@@ -63,7 +67,8 @@ impl ConnStart {
         Self {
             id,
             peer: client.peer_addr().ok(),
-            client: Some(client),
+            local: client.local_addr().ok(),
+            client: Some(Stream::Plain(client)),
             entry: entry.clone(),
             _live: entry.live.enter(),
         }
@@ -74,6 +79,7 @@ impl ConnStart {
         Self {
             id,
             peer: None,
+            local: None,
             client: None,
             entry: entry.clone(),
             _live: entry.live.enter(),
@@ -85,9 +91,54 @@ impl ConnStart {
         self.id
     }
 
-    /// The client's address, for logs (`None` without a client socket).
+    /// The client's address, for logs (`None` without a client socket); once past the door,
+    /// the one its balancer's PROXY header names.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The address the client reached: this proxy's, or the one its balancer's header names.
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    /// The TLS and PROXY protocol settings this connection was accepted with.
+    pub fn door(&self) -> &super::Door {
+        &self.entry.door
+    }
+
+    /// Takes the client through the door ([`super::Door::pass`]: PROXY header, and TLS when
+    /// `tls_now`) within `proxy.login_timeout`. The future owns what it needs (so an actor can
+    /// run it with `ctx.wait`); hand its result to [`ConnStart::passed`].
+    pub fn pass_door(
+        &mut self,
+        tls_now: bool,
+    ) -> impl Future<Output = Result<Passed, DoorError>> + 'static {
+        let client = self.client.take();
+        let (door, peer, limit) = (self.entry.door.clone(), self.peer, self.entry.login_timeout);
+        async move {
+            match client {
+                Some(Stream::Plain(tcp)) => door.pass(tcp, peer, tls_now, limit).await,
+                Some(other) => Ok(Passed {
+                    client: other,
+                    peer,
+                    local: None,
+                }),
+                None => Err(DoorError::Io(std::io::ErrorKind::NotConnected.into())),
+            }
+        }
+    }
+
+    /// Takes back the client after [`ConnStart::pass_door`], with the address its header named.
+    pub fn passed(&mut self, passed: Passed) {
+        self.client = Some(passed.client);
+        self.peer = passed.peer.or(self.peer);
+        self.local = passed.local.or(self.local);
+    }
+
+    /// Logs and counts a client turned away at the door.
+    pub fn refused_at_door(&self, e: &DoorError) {
+        info!(conn_id = self.id, peer = ?self.peer, reason = %e, "client refused at the door");
     }
 
     /// How long a half-closed connection may stay silent (`proxy.half_close_timeout`).
@@ -106,7 +157,7 @@ impl ConnStart {
     }
 
     /// The client socket, once: the connection's data path owns it from here.
-    pub fn take_client(&mut self) -> Option<TcpStream> {
+    pub fn take_client(&mut self) -> Option<Stream> {
         self.client.take()
     }
 
@@ -159,10 +210,12 @@ impl ConnStart {
             Some(close) => handle.with_close(close),
             None => handle,
         };
+        let (via, client, local) = (self.entry.door.backend.clone(), self.peer, self.local);
         async move {
             let connected = Connector::new(&router, timeout)
-                .connect(handle, |inst| async move {
-                    TcpStream::connect(inst.addr()).await
+                .connect(handle, |inst| {
+                    let via = via.clone();
+                    async move { via.connect(inst.addr(), timeout, client, local).await }
                 })
                 .await;
             let failures = match &connected {
@@ -174,7 +227,6 @@ impl ConnStart {
             }
             match connected {
                 Ok(c) => {
-                    socket::tune(&c.conn);
                     metrics.routes.increment(1);
                     Ok(Routed {
                         backend: c.conn,

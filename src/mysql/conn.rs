@@ -15,7 +15,7 @@ use switchyard::wire::{code, sqlstate, OutBuf, PacketReader};
 use switchyard::{CloseConnection, ConnectError, Redirect};
 use tracing::{debug, info, warn};
 
-use super::backend::Backend;
+use super::backend::{Backend, Link};
 use super::control::{control, Control, ControlRx, ControlTx};
 use super::relay::{ClientSide, End, Relay, Turn};
 use super::session::Session;
@@ -111,6 +111,16 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
     // from (about) accept: routing and connecting count against the login's time too
     let login_deadline = tokio::time::Instant::now() + conn.login_timeout();
     let id = conn.id();
+    if conn.door().proxy_protocol.is_some() {
+        // the PROXY header before routing (TLS comes later, inside the MySQL login)
+        match conn.pass_door(false).await {
+            Ok(passed) => conn.passed(passed),
+            Err(e) => {
+                conn.refused_at_door(&e);
+                return;
+            }
+        }
+    }
     let Some(client) = conn.take_client() else {
         return;
     };
@@ -141,7 +151,13 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
             return;
         }
     };
-    let backend = Backend::from_stream(routed.registration.backend().to_string(), routed.backend);
+    let mut backend =
+        Backend::from_stream(routed.registration.backend().to_string(), routed.backend);
+    backend.link = Link {
+        via: conn.door().backend.clone(),
+        client: conn.peer(),
+        local: conn.local(),
+    };
     let mut relay = Relay {
         id,
         peer,
@@ -159,6 +175,7 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         closing: false,
         close_error: None,
         turn: Turn::Server(0),
+        seq_shift: 0,
     };
     let end = relay.serve(login_deadline).await;
     match &end {

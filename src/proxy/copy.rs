@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::future::Either;
 
 use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Size of one pooled buffer. A buffer is held only while a socket has data, so its size costs
@@ -70,6 +71,69 @@ pub async fn bidirectional(
             ended?;
             half_open(rest, &moved, half_close).await
         }
+    }
+}
+
+/// [`bidirectional`] for streams that are not bare sockets (TLS on either side), with the same
+/// half-close and half-close timeout behaviour. TLS keeps its own record buffers and offers no
+/// readiness of its plaintext, so each direction holds a [`STREAM_BUF`] buffer for the
+/// connection's life.
+pub async fn bidirectional_streams<A, B>(
+    a: A,
+    b: B,
+    a_to_b: &Counter,
+    b_to_a: &Counter,
+    half_close: Duration,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let moved = AtomicBool::new(false);
+    let there = std::pin::pin!(copy_stream(&mut ar, &mut bw, a_to_b, &moved));
+    let back = std::pin::pin!(copy_stream(&mut br, &mut aw, b_to_a, &moved));
+    match futures::future::select(there, back).await {
+        Either::Left((ended, rest)) => {
+            ended?;
+            half_open(rest, &moved, half_close).await
+        }
+        Either::Right((ended, rest)) => {
+            ended?;
+            half_open(rest, &moved, half_close).await
+        }
+    }
+}
+
+/// Buffer per direction of [`bidirectional_streams`]: one TLS record's plaintext.
+const STREAM_BUF: usize = 16 * 1024;
+
+/// Forwards `src → dst` until `src` ends, then shuts `dst`'s write side (a TLS close_notify,
+/// then FIN); sets `moved` whenever it forwards bytes.
+async fn copy_stream<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    counter: &Counter,
+    moved: &AtomicBool,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; STREAM_BUF];
+    loop {
+        let n = src.read(&mut buf).await?;
+        let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
+            return match dst.shutdown().await {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        };
+        moved.store(true, Ordering::Relaxed);
+        dst.write_all(data).await?;
+        dst.flush().await?;
+        counter.increment(n as u64);
     }
 }
 

@@ -14,12 +14,11 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use switchyard::{CloseConnection, Redirect, Registration};
-use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 use tracing::{debug, info};
 
 use super::copy;
-use crate::entry::{ConnStart, NewConn};
+use crate::entry::{ConnStart, NewConn, Stream};
 
 /// Whether a connection may move between backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +61,24 @@ impl Actor for TcpConn {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.start.connect_then(ctx, |act: &mut Self, routed, ctx| {
-            act.registration = Some(routed.registration);
-            act.forward(routed.backend, ctx);
-        });
+        if self.start.door().is_open() {
+            self.route(ctx);
+            return;
+        }
+        // PROXY header and TLS first: a client refused at the door costs no backend
+        let door = self.start.pass_door(true);
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(door).map(|r, act, ctx| match r {
+                Ok(passed) => {
+                    act.start.passed(passed);
+                    act.route(ctx);
+                }
+                Err(e) => {
+                    act.start.refused_at_door(&e);
+                    ctx.stop();
+                }
+            }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -76,7 +89,14 @@ impl Actor for TcpConn {
 }
 
 impl TcpConn {
-    fn forward(&mut self, backend: TcpStream, ctx: &mut Context<Self>) {
+    fn route(&mut self, ctx: &mut Context<Self>) {
+        self.start.connect_then(ctx, |act: &mut Self, routed, ctx| {
+            act.registration = Some(routed.registration);
+            act.forward(routed.backend, ctx);
+        });
+    }
+
+    fn forward(&mut self, backend: Stream, ctx: &mut Context<Self>) {
         let Some(client) = self.start.take_client() else {
             ctx.stop();
             return;
@@ -85,9 +105,19 @@ impl TcpConn {
         let (bytes_in, bytes_out) = (metrics.bytes_in.clone(), metrics.bytes_out.clone());
         let half_close = self.start.half_close_timeout();
         let copy = async move {
-            let r = copy::bidirectional(&client, &backend, &bytes_in, &bytes_out, half_close).await;
-            drop((client, backend));
-            r
+            match (client, backend) {
+                (Stream::Plain(client), Stream::Plain(backend)) => {
+                    let r =
+                        copy::bidirectional(&client, &backend, &bytes_in, &bytes_out, half_close)
+                            .await;
+                    drop((client, backend));
+                    r
+                }
+                (client, backend) => {
+                    copy::bidirectional_streams(client, backend, &bytes_in, &bytes_out, half_close)
+                        .await
+                }
+            }
         };
         let task = actix::spawn(copy);
         self.copy = Some(task.abort_handle());

@@ -43,7 +43,8 @@ pub mod caps {
     pub const QUERY_ATTRIBUTES: u32 = 1 << 27;
 
     /// Bits a proxy removes from the greeting and from the client's response: features whose
-    /// wire format it does not follow (TLS among them: frontend TLS is not offered).
+    /// wire format it does not follow, and TLS, which each side of the proxy negotiates on its
+    /// own (offered to clients only when `proxy.tls` is set).
     pub const HIDDEN: u32 = SSL | COMPRESS | OPTIONAL_RESULTSET_METADATA | ZSTD | QUERY_ATTRIBUTES;
 }
 

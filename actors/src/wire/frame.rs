@@ -102,6 +102,14 @@ impl Frame {
         self.raw.get(SEQ_AT).copied().unwrap_or(0)
     }
 
+    /// Sets the sequence id (a proxy renumbers a login's packets when only one side of it
+    /// had a TLS upgrade, which takes a sequence id).
+    pub fn set_seq(&mut self, seq: u8) {
+        if let Some(b) = self.raw.get_mut(SEQ_AT) {
+            *b = seq;
+        }
+    }
+
     /// Payload bytes.
     pub fn payload(&self) -> &[u8] {
         self.raw.get(HEADER..).unwrap_or_default()

@@ -24,7 +24,6 @@ use switchyard::wire::{
     PacketError, PacketReader, Response,
 };
 use switchyard::{BackendInst, Registration};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
@@ -32,7 +31,7 @@ use super::control::{Control, ControlRx};
 use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
-use crate::entry::Counted;
+use crate::entry::{Counted, StreamRead, StreamWrite};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +46,10 @@ pub(super) enum End {
     Backend(#[from] BackendError),
     #[error("login failed")]
     LoginFailed,
+    #[error("client TLS handshake: {0}")]
+    ClientTls(#[source] std::io::Error),
+    #[error("plain-text client refused: proxy.tls.required is set")]
+    TlsRequired,
     #[error("login did not finish within proxy.login_timeout")]
     LoginTimeout,
     #[error("closed at a safe point (drain or shutdown)")]
@@ -122,8 +125,8 @@ pub(super) struct Login {
 /// The client's socket: packets in, a pooled buffer out (neither holds memory while the session
 /// is idle). Both halves count what crosses them into `bytes_in_total` / `bytes_out_total`.
 pub(super) struct ClientSide {
-    pub(super) reader: PacketReader<Counted<OwnedReadHalf>>,
-    pub(super) writer: Counted<OwnedWriteHalf>,
+    pub(super) reader: PacketReader<Counted<StreamRead>>,
+    pub(super) writer: Counted<StreamWrite>,
     pub(super) out: OutBuf,
 }
 
@@ -188,6 +191,9 @@ pub(super) struct Relay {
     pub(super) close_error: Option<String>,
     /// Whose packet the backend's login waits for (`Done` once logged in).
     pub(super) turn: Turn,
+    /// How far the client's sequence ids in the login run ahead of the backend's (a TLS
+    /// upgrade on one side only takes one id there).
+    pub(super) seq_shift: u8,
 }
 
 impl Relay {

@@ -217,8 +217,9 @@ impl Relay {
         let deadline = Instant::now() + limit;
         let connect_timeout = self.cfg.connect_timeout;
         let addr = to.addr().to_string();
+        let link = self.backend.link.clone();
         let target = within(deadline, async {
-            let mut b = Backend::connect(&addr, connect_timeout)
+            let mut b = Backend::connect_like(&addr, connect_timeout, &link)
                 .await
                 .map_err(MoveError::Connect)?;
             b.login(&response, negotiated, &secret)
