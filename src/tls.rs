@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 
-use crate::entry::Stream;
+use crate::entry::stream::Stream;
 
 /// Why a certificate, key or CA file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ mod front;
 mod live;
 mod socket;
 mod start;
-mod stream;
+pub(crate) mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
