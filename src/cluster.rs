@@ -157,7 +157,8 @@ pub fn start(cfg: ClusterConfig, router: Addr<ScoreRouter>, admin: SocketAddr) -
     // One round per call and a request timeout well inside a publish interval: a dead etcd
     // costs each cycle one timeout, never a pile of retries behind a lease that runs out.
     let etcd = EtcdConfig {
-        request_timeout: (cfg.lease_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+        request_timeout: (cfg.lease_ttl / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(2)),
         rounds: 1,
         backoff: Duration::from_millis(100),
     };
@@ -347,7 +348,10 @@ impl Member {
         }
         peers.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         if self.local_only {
-            info!(peers = peers.len(), "etcd reachable again: balancing on the cluster's view");
+            info!(
+                peers = peers.len(),
+                "etcd reachable again: balancing on the cluster's view"
+            );
             self.local_only = false;
         }
         self.last_read = Some(Instant::now());

@@ -128,9 +128,11 @@ fn three_instances_share_one_pool_through_etcd() {
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains("cluster_error"), "{body}");
     for s in [&b, &c] {
-        wait_until("the drain reaches every instance", Duration::from_secs(2), || {
-            drained(s, &addr2)
-        });
+        wait_until(
+            "the drain reaches every instance",
+            Duration::from_secs(2),
+            || drained(s, &addr2),
+        );
     }
     let before = own(&c, &addr2);
     let _held_c = clients(&c, 5);
@@ -138,9 +140,11 @@ fn three_instances_share_one_pool_through_etcd() {
     let (code, _) = http(b.admin, "POST", &format!("/backends/{addr2}/undrain")).expect("undrain");
     assert_eq!(code, 200);
     for s in [&a, &c] {
-        wait_until("the undrain reaches every instance", Duration::from_secs(2), || {
-            !drained(s, &addr2)
-        });
+        wait_until(
+            "the undrain reaches every instance",
+            Duration::from_secs(2),
+            || !drained(s, &addr2),
+        );
     }
 
     // (c) Killing B (SIGKILL) removes its counts from A's view within lease_ttl + 2 s.
@@ -157,9 +161,11 @@ fn three_instances_share_one_pool_through_etcd() {
     for s in [&a, &c] {
         clients(s, 2);
     }
-    wait_until("A falls back to its own view", LEASE_TTL + Duration::from_secs(3), || {
-        cluster_view(&a)["local_only"] == true
-    });
+    wait_until(
+        "A falls back to its own view",
+        LEASE_TTL + Duration::from_secs(3),
+        || cluster_view(&a)["local_only"] == true,
+    );
     clients(&a, 2);
     clients(&c, 2);
     let (_, metrics) = http(a.admin, "GET", "/metrics").expect("metrics");
@@ -178,13 +184,16 @@ fn a_restarted_instance_picks_up_the_clusters_drains() {
     let list = [b1.addr.as_str(), b2.addr.as_str()];
     let a = instance(&list, &etcd.endpoint(), &name, "a");
     a.wait_healthy(2);
-    let (code, body) = http(a.admin, "POST", &format!("/backends/{}/drain", b1.addr)).expect("drain");
+    let (code, body) =
+        http(a.admin, "POST", &format!("/backends/{}/drain", b1.addr)).expect("drain");
     assert_eq!(code, 200, "{body}");
     drop(a);
     let again = instance(&list, &etcd.endpoint(), &name, "a");
-    wait_until("the drain is back after a restart", Duration::from_secs(5), || {
-        drained(&again, &b1.addr)
-    });
+    wait_until(
+        "the drain is back after a restart",
+        Duration::from_secs(5),
+        || drained(&again, &b1.addr),
+    );
 }
 
 #[test]

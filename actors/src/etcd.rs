@@ -27,9 +27,9 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::discovery::BackendFetcher;
+use crate::error::FetchError;
 pub use crate::etcd_client::EtcdConfig;
 use crate::etcd_client::{decode_range, EtcdClient};
-use crate::error::FetchError;
 use crate::model::BackendInfo;
 
 /// The prefix TiDB registers under.

@@ -356,7 +356,11 @@ mod tests {
     #[test]
     fn endpoints_get_a_scheme_and_lose_trailing_slashes() {
         let c = EtcdClient::new(
-            vec!["127.0.0.1:2379".into(), "https://pd:2379/".into(), " ".into()],
+            vec![
+                "127.0.0.1:2379".into(),
+                "https://pd:2379/".into(),
+                " ".into(),
+            ],
             EtcdConfig::default(),
         );
         assert_eq!(c.endpoints(), ["http://127.0.0.1:2379", "https://pd:2379"]);

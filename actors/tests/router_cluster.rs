@@ -141,7 +141,12 @@ async fn peers_that_drop_out_leave_the_score() {
     t.peer_load(HashMap::new()).await;
     assert_eq!(score(&t.backends().await, &b[0]), 0);
     t.add_conns(2).await;
-    assert_eq!(own(&t).len(), 2, "alone again, routes spread: {:?}", own(&t));
+    assert_eq!(
+        own(&t).len(),
+        2,
+        "alone again, routes spread: {:?}",
+        own(&t)
+    );
 }
 
 #[actix_rt::test]

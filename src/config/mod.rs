@@ -459,10 +459,7 @@ impl RawConfig {
             self.backends.send_proxy_protocol,
         )?;
         let (discovery, weights) = self.backends.validate()?;
-        let cluster = self
-            .cluster
-            .map(|c| c.validate(admin_listen))
-            .transpose()?;
+        let cluster = self.cluster.map(|c| c.validate(admin_listen)).transpose()?;
 
         let h = self.health_check;
         positive("health_check.interval", h.interval)?;

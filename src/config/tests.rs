@@ -343,7 +343,10 @@ fn a_cluster_section_takes_its_defaults_and_checks_its_keys() {
     assert_eq!(c.lease_ttl, Duration::from_secs(10));
     assert_eq!(c.publish_interval, Duration::from_secs(1));
     for (yaml, key) in [
-        ("cluster: { etcd: { endpoints: [] } }", "cluster.etcd.endpoints"),
+        (
+            "cluster: { etcd: { endpoints: [] } }",
+            "cluster.etcd.endpoints",
+        ),
         (
             "cluster: { etcd: { endpoints: [e:2379] }, name: a/b }",
             "cluster.name",

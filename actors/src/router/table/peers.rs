@@ -99,5 +99,4 @@ impl<C: ConnLink> ScoreTable<C> {
             .sum();
         share.floor() as usize
     }
-
 }
