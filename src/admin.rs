@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::ClusterHandle;
 use crate::config::AdminToken;
 use actix::Addr;
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
@@ -71,6 +72,8 @@ pub struct AdminState {
     token: Option<AdminToken>,
     /// The last minute of routes, moves and errors, for the status page.
     history: Mutex<History>,
+    /// Cluster membership (`cluster`): drains are shared through it; `None` alone.
+    cluster: Option<ClusterHandle>,
 }
 
 impl AdminState {
@@ -87,7 +90,14 @@ impl AdminState {
             scraped: Mutex::new(HashSet::new()),
             token: None,
             history: Mutex::new(History::default()),
+            cluster: None,
         }
+    }
+
+    /// Shares drains with the cluster and answers `GET /cluster` from its view.
+    pub fn with_cluster(mut self, cluster: Option<ClusterHandle>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Requires `token` (`Authorization: Bearer …`) on every POST.
@@ -139,6 +149,7 @@ pub fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Server> {
             .route("/health", web::get().to(health))
             .route("/backends", web::get().to(backends))
             .route("/metrics", web::get().to(metrics))
+            .route("/cluster", web::get().to(cluster))
             .route("/refresh", web::post().to(refresh))
             .route("/redirect", web::post().to(redirect))
             .route("/backends/{addr}/drain", web::post().to(drain))
@@ -305,6 +316,52 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
         .body(state.prometheus.render())
 }
 
+/// The cluster as this instance sees it: live instances and global per-backend counts. Alone,
+/// `"enabled": false` and this instance's own counts.
+async fn cluster(state: web::Data<AdminState>) -> HttpResponse {
+    match &state.cluster {
+        Some(c) => {
+            let mut body = serde_json::to_value(c.view()).unwrap_or_default();
+            body["enabled"] = serde_json::Value::Bool(true);
+            HttpResponse::Ok().json(body)
+        }
+        None => {
+            let snapshots = state.router.send(GetBackends).await.unwrap_or_default();
+            let backends: std::collections::BTreeMap<String, usize> = snapshots
+                .into_iter()
+                .filter(|b| b.conn_count > 0)
+                .map(|b| (b.addr, b.conn_count))
+                .collect();
+            HttpResponse::Ok().json(serde_json::json!({
+                "enabled": false,
+                "instances": [],
+                "backends": backends,
+            }))
+        }
+    }
+}
+
+/// With a cluster, stores the drain in etcd so every instance applies it. A failure there
+/// leaves the local drain in place and says so in the answer.
+async fn share_drain(state: &AdminState, addr: &str, drained: bool) -> Option<String> {
+    let cluster = state.cluster.as_ref()?;
+    match cluster.share_drain(addr, drained).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(backend = %addr, drained, error = %e, "drain applied here but not shared with the cluster");
+            Some(e.to_string())
+        }
+    }
+}
+
+/// The JSON answer of a drain change, with the cluster's error when it could not be shared.
+fn drained_answer(mut body: serde_json::Value, shared: Option<String>) -> HttpResponse {
+    if let Some(e) = shared {
+        body["cluster_error"] = serde_json::Value::String(e);
+    }
+    HttpResponse::Ok().json(body)
+}
+
 async fn refresh(state: web::Data<AdminState>) -> HttpResponse {
     match state.router.send(RefreshBackends).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
@@ -328,7 +385,11 @@ async fn set_drained(state: &AdminState, addr: String, drained: bool) -> HttpRes
     match state.router.send(msg).await {
         Ok(Ok(())) => {
             tracing::info!(backend = %addr, drained, "operator changed drain");
-            HttpResponse::Ok().json(serde_json::json!({ "addr": addr, "drained": drained }))
+            let shared = share_drain(state, &addr, drained).await;
+            drained_answer(
+                serde_json::json!({ "addr": addr, "drained": drained }),
+                shared,
+            )
         }
         Ok(Err(e @ RouterError::UnknownBackend(_))) => error(StatusCode::NOT_FOUND, e),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -367,11 +428,15 @@ async fn drain(
     match state.router.send(msg).await {
         Ok(Ok(())) => {
             tracing::info!(backend = %addr, ?timeout, "operator drained; closing what has not moved by the timeout");
-            HttpResponse::Ok().json(serde_json::json!({
-                "addr": addr,
-                "drained": true,
-                "close_after_ms": timeout.as_millis() as u64,
-            }))
+            let shared = share_drain(&state, &addr, true).await;
+            drained_answer(
+                serde_json::json!({
+                    "addr": addr,
+                    "drained": true,
+                    "close_after_ms": timeout.as_millis() as u64,
+                }),
+                shared,
+            )
         }
         Ok(Err(e @ RouterError::UnknownBackend(_))) => error(StatusCode::NOT_FOUND, e),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),

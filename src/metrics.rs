@@ -58,6 +58,14 @@ fn describe() {
         "Client connections closed at accept, by reason (max_connections: over proxy.max_connections)."
     );
     describe_gauge!(
+        "switchyard_cluster_peers",
+        "Other live instances of the cluster in this instance's view (cluster only)."
+    );
+    describe_gauge!(
+        "switchyard_cluster_view_age_seconds",
+        "Seconds since the cluster's view was last read from etcd (cluster only)."
+    );
+    describe_gauge!(
         "switchyard_connections_active",
         "Client connections open now."
     );

@@ -187,8 +187,13 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
             source,
         })?;
     let draining = Arc::new(AtomicBool::new(false));
+    let cluster = cfg
+        .cluster
+        .clone()
+        .map(|c| crate::cluster::start(c, router.clone(), cfg.admin_listen));
     let admin_state = AdminState::new(router.clone(), prometheus, draining.clone())
-        .with_token(cfg.admin_token.clone());
+        .with_token(cfg.admin_token.clone())
+        .with_cluster(cluster.clone());
     let admin_server =
         admin::serve(cfg.admin_listen, admin_state).map_err(|source| ServiceError::Bind {
             key: "admin.listen",
@@ -256,6 +261,9 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
                 )
             }
         }
+    }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
     }
     admin_handle.stop(true).await;
     for w in &workers {

@@ -20,18 +20,16 @@
 //! `"labels": {"weight": "3"}`) weighs 3; weights given in config ([`EtcdFetcher::with_weights`])
 //! win over labels. A label that is not a number above zero is ignored with a warning.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::default_check::error_chain;
 use crate::discovery::BackendFetcher;
 use crate::error::FetchError;
+pub use crate::etcd_client::EtcdConfig;
+use crate::etcd_client::{decode_range, EtcdClient};
 use crate::model::BackendInfo;
 
 /// The prefix TiDB registers under.
@@ -40,48 +38,14 @@ pub const TOPOLOGY_PREFIX: &str = "/topology/tidb/";
 /// The topology label a backend's weight is read from.
 pub const WEIGHT_LABEL: &str = "weight";
 
-/// The largest range response read (bytes). A TiDB topology entry is well under 1 KiB, so this
-/// holds tens of thousands of backends, while a confused or hostile endpoint streaming without end
-/// cannot grow the observer's memory beyond it.
-const MAX_RANGE_RESPONSE: usize = 64 << 20;
-
-/// Timeouts and retries of an [`EtcdFetcher`].
-///
-/// A fetch that fails everywhere takes at most
-/// `rounds × endpoints × request_timeout + backoff × (2^(rounds−1) − 1)`:
-/// with the defaults and one endpoint, 3 × 2 s + 0.3 s.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdConfig {
-    /// Timeout of one HTTP request (connect, send, read the whole response).
-    pub request_timeout: Duration,
-    /// Rounds over all endpoints before giving up (at least 1).
-    pub rounds: u32,
-    /// Pause after the first failed round; doubles after each further one.
-    pub backoff: Duration,
-}
-
-impl Default for EtcdConfig {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(2),
-            rounds: 3,
-            backoff: Duration::from_millis(100),
-        }
-    }
-}
-
 /// Reads TiDB's topology from etcd (PD's embedded etcd, or any etcd 3.4+).
 ///
 /// Its small state (which endpoint answered last, which bad keys were reported) is in `Cell`s:
 /// the observer calls it from its one thread, so it is `Send` but not `Sync`.
 #[derive(Debug, Clone)]
 pub struct EtcdFetcher {
-    /// Base URLs, e.g. `http://127.0.0.1:2379`, without a trailing slash.
-    endpoints: Vec<String>,
-    cfg: EtcdConfig,
-    client: Result<reqwest::Client, String>,
-    /// The endpoint that answered last; the next fetch starts there.
-    preferred: Cell<usize>,
+    /// The shared etcd client (fail-over, back-off).
+    client: EtcdClient,
     /// Bad keys already warned about (key → reason), so a bad entry is logged once.
     warned: RefCell<HashMap<String, String>>,
     /// Weights from the last successful fetch's labels.
@@ -99,29 +63,8 @@ impl EtcdFetcher {
 
     /// A fetcher over `endpoints` with explicit timeouts and retries.
     pub fn with_config(endpoints: Vec<String>, cfg: EtcdConfig) -> Self {
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .no_proxy()
-            .connect_timeout(cfg.request_timeout)
-            .build()
-            .map_err(|e| format!("build HTTP client: {}", error_chain(&e)));
-        let endpoints = endpoints
-            .iter()
-            .map(|e| e.trim().trim_end_matches('/'))
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                if e.contains("://") {
-                    e.to_string()
-                } else {
-                    format!("http://{e}")
-                }
-            })
-            .collect();
         Self {
-            endpoints,
-            cfg,
-            client,
-            preferred: Cell::new(0),
+            client: EtcdClient::new(endpoints, cfg),
             warned: RefCell::new(HashMap::new()),
             labelled: RefCell::new(HashMap::new()),
             configured: HashMap::new(),
@@ -133,51 +76,6 @@ impl EtcdFetcher {
     pub fn with_weights(mut self, weights: HashMap<String, f64>) -> Self {
         self.configured = weights;
         self
-    }
-
-    /// One range request to one endpoint.
-    async fn range(&self, endpoint: &str) -> Result<KeyValues, String> {
-        let client = self.client.as_ref().map_err(Clone::clone)?;
-        let body = serde_json::json!({
-            "key": B64.encode(TOPOLOGY_PREFIX),
-            "range_end": B64.encode(prefix_end(TOPOLOGY_PREFIX.as_bytes())),
-        });
-        let url = format!("{endpoint}/v3/kv/range");
-        let resp = client
-            .post(&url)
-            .timeout(self.cfg.request_timeout)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    format!("{url}: timed out after {:?}", self.cfg.request_timeout)
-                } else {
-                    format!("{url}: {}", error_chain(&e))
-                }
-            })?;
-        let status = resp.status();
-        let mut resp = resp;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("{url}: read response: {}", error_chain(&e)))?
-        {
-            if bytes.len() + chunk.len() > MAX_RANGE_RESPONSE {
-                return Err(format!(
-                    "{url}: response larger than {MAX_RANGE_RESPONSE} bytes; not reading further"
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
-            return Err(format!(
-                "{url}: HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim()
-            ));
-        }
-        decode_range(&bytes).map_err(|e| format!("{url}: {e}"))
     }
 
     /// Turns the raw key-values into backends, skipping (and warning once about) bad entries.
@@ -202,37 +100,12 @@ impl EtcdFetcher {
 
 impl BackendFetcher for EtcdFetcher {
     async fn get_backend_list(&self) -> Result<HashMap<String, BackendInfo>, FetchError> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return Err(FetchError::new("etcd: no endpoints configured"));
-        }
-        let rounds = self.cfg.rounds.max(1);
-        let mut backoff = self.cfg.backoff;
-        let mut last_err = String::new();
-        for round in 0..rounds {
-            let first = self.preferred.get() % n;
-            for i in 0..n {
-                let idx = (first + i) % n;
-                let endpoint = &self.endpoints[idx];
-                match self.range(endpoint).await {
-                    Ok(kvs) => {
-                        self.preferred.set(idx);
-                        return Ok(self.topology(kvs));
-                    }
-                    Err(e) => {
-                        debug!(endpoint = %endpoint, round, error = %e, "etcd request failed");
-                        last_err = e;
-                    }
-                }
-            }
-            if round + 1 < rounds {
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-            }
-        }
-        Err(FetchError::new(format!(
-            "etcd: {n} endpoint(s) failed {rounds} time(s); last error: {last_err}"
-        )))
+        let kvs = self
+            .client
+            .range_prefix(TOPOLOGY_PREFIX)
+            .await
+            .map_err(|e| FetchError::new(e.to_string()))?;
+        Ok(self.topology(kvs))
     }
 
     fn weights(&self) -> HashMap<String, f64> {
@@ -240,47 +113,6 @@ impl BackendFetcher for EtcdFetcher {
         weights.extend(self.configured.iter().map(|(a, w)| (a.clone(), *w)));
         weights
     }
-}
-
-/// The smallest key greater than every key starting with `prefix` (etcd's `range_end` for a
-/// prefix read).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): etcd reads "\0" as "to the end of the keyspace".
-    vec![0]
-}
-
-/// Raw keys and values, as read from etcd.
-type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The key-values of a range response body (keys and values base64-decoded). The body comes
-/// from the network, so every failure is an `Err`, never a panic.
-fn decode_range(body: &[u8]) -> Result<KeyValues, String> {
-    let parsed: RangeResponse =
-        serde_json::from_slice(body).map_err(|e| format!("not an etcd range response: {e}"))?;
-    if parsed.header.is_none() {
-        // An empty object from something that is not etcd must not read as "no backends".
-        return Err("not an etcd range response: no header".to_string());
-    }
-    parsed
-        .kvs
-        .into_iter()
-        .map(|kv| {
-            let key = B64
-                .decode(&kv.key)
-                .map_err(|e| format!("key is not base64: {e}"))?;
-            let value = B64
-                .decode(&kv.value)
-                .map_err(|e| format!("value is not base64: {e}"))?;
-            Ok((key, value))
-        })
-        .collect()
 }
 
 /// What a fetch makes of a range response `body`: the backends, or why the body was refused.
@@ -301,21 +133,6 @@ pub fn fuzz_parse_info(value: &[u8]) -> Result<(String, u16), String> {
     parse_info(value)
         .map(|i| (i.ip, i.status_port))
         .map_err(|e| e.to_string())
-}
-
-/// The part of a range response the fetcher reads. etcd omits `kvs` when nothing matches.
-#[derive(Debug, Deserialize)]
-struct RangeResponse {
-    header: Option<serde_json::Value>,
-    #[serde(default)]
-    kvs: Vec<KeyValue>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KeyValue {
-    key: String,
-    #[serde(default)]
-    value: String,
 }
 
 /// The fields of TiDB's `info` the router uses; the rest (`version`, `git_hash`, …) is ignored.
@@ -458,13 +275,6 @@ mod tests {
     }
 
     #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"/topology/tidb/"), b"/topology/tidb0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), b"\0");
-    }
-
-    #[test]
     fn a_weight_label_weighs_its_backend_and_a_bad_one_is_reported_not_fatal() {
         let t = parse_topology(vec![
             kv(
@@ -551,19 +361,6 @@ mod tests {
         assert_eq!(reasons[3], "key has no address");
         assert!(reasons[4].contains("not host:port"));
         assert!(reasons[5].contains("expected a JSON object, got an array"));
-    }
-
-    #[test]
-    fn endpoints_get_a_scheme_and_lose_trailing_slashes() {
-        let f = EtcdFetcher::new(vec![
-            "127.0.0.1:2379".into(),
-            "https://pd:2379/".into(),
-            " ".into(),
-        ]);
-        assert_eq!(
-            f.endpoints,
-            vec!["http://127.0.0.1:2379", "https://pd:2379"]
-        );
     }
 
     #[tokio::test]

@@ -99,6 +99,7 @@ mod default_check;
 mod discovery;
 mod error;
 mod etcd;
+mod etcd_client;
 mod health;
 mod model;
 mod observation;
@@ -117,14 +118,15 @@ pub use discovery::{BackendFetcher, StaticFetcher};
 pub use error::{FetchError, InvariantError, ObserveError, RouteError, RouterError};
 #[doc(hidden)]
 pub use etcd::{fuzz_decode_range, fuzz_parse_info};
-pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
+pub use etcd::{EtcdFetcher, TOPOLOGY_PREFIX};
+pub use etcd_client::{EtcdClient, EtcdConfig, EtcdError, KeyValues};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};
 pub use observation::{BackendsChanged, BackendsListed, GetObserved, Refresh, StopObserver};
 pub use observer::BackendObserver;
 pub use router::{
     valid_weight, BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated,
-    DrainThenClose, GetBackends, GetDrained, GetRouting, Rebalance, RedirectConnections,
+    DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance, RedirectConnections,
     RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy, RouterConfig,
     RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter, SLOW_START_FLOOR,
 };

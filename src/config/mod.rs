@@ -8,6 +8,7 @@
 
 mod backends;
 mod balance;
+mod cluster;
 mod door;
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use serde::Deserialize;
 use switchyard::wire::{parse_password_hash, SCRAMBLE_LEN};
 use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RoutePolicy, RouterConfig};
 use thiserror::Error;
+
+pub use cluster::ClusterConfig;
 
 /// A configuration problem: which key, and what was wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -199,6 +202,9 @@ pub struct Config {
     /// TLS and PROXY protocol towards clients and backends (`proxy.tls`,
     /// `proxy.proxy_protocol[_from]`, `backends.tls`, `backends.send_proxy_protocol`).
     pub door: crate::entry::Door,
+    /// Membership of a cluster of instances sharing one pool (`cluster`); `None` = alone, and
+    /// etcd is never contacted.
+    pub cluster: Option<ClusterConfig>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,6 +229,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     shutdown_timeout: Duration,
+    #[serde(default)]
+    cluster: Option<cluster::RawCluster>,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -451,6 +459,7 @@ impl RawConfig {
             self.backends.send_proxy_protocol,
         )?;
         let (discovery, weights) = self.backends.validate()?;
+        let cluster = self.cluster.map(|c| c.validate(admin_listen)).transpose()?;
 
         let h = self.health_check;
         positive("health_check.interval", h.interval)?;
@@ -536,6 +545,7 @@ impl RawConfig {
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,
             door,
+            cluster,
         })
     }
 }

@@ -324,3 +324,43 @@ fn tls_and_proxy_protocol_mistakes_name_their_key() {
     let c = load(MINIMAL).expect("valid");
     assert!(c.door.is_open() && c.door.backend.tls.is_none());
 }
+
+#[test]
+fn no_cluster_section_means_no_cluster() {
+    assert_eq!(load(MINIMAL).expect("valid").cluster, None);
+}
+
+#[test]
+fn a_cluster_section_takes_its_defaults_and_checks_its_keys() {
+    let c = load(&format!(
+        "{MINIMAL}cluster: {{ etcd: {{ endpoints: [http://127.0.0.1:2379] }} }}\n"
+    ))
+    .expect("valid")
+    .cluster
+    .expect("cluster");
+    assert_eq!(c.name, "default");
+    assert!(c.instance_id.ends_with(":6080"), "{}", c.instance_id);
+    assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    assert_eq!(c.publish_interval, Duration::from_secs(1));
+    for (yaml, key) in [
+        (
+            "cluster: { etcd: { endpoints: [] } }",
+            "cluster.etcd.endpoints",
+        ),
+        (
+            "cluster: { etcd: { endpoints: [e:2379] }, name: a/b }",
+            "cluster.name",
+        ),
+        (
+            "cluster: { etcd: { endpoints: [e:2379] }, lease_ttl: 1s }",
+            "cluster.lease_ttl",
+        ),
+        (
+            "cluster: { etcd: { endpoints: [e:2379] }, lease_ttl: 4s, publish_interval: 3s }",
+            "cluster.publish_interval",
+        ),
+    ] {
+        let e = load(&format!("{MINIMAL}{yaml}\n")).expect_err(yaml);
+        assert_eq!(e.key, key, "{yaml}: {e:?}");
+    }
+}

@@ -78,7 +78,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_on("127.0.0.1:0", behaviour)
+    }
+
+    /// A backend on a given address (say, one that was down and comes back where it was).
+    pub fn start_on(addr: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr").to_string();
         let stop = Arc::new(AtomicBool::new(false));

@@ -47,6 +47,9 @@ pub(crate) struct Backend {
     pub(crate) ramp_from: Option<Instant>,
     /// Most connections it may hold (`max_conns_per_backend`); 0 = no cap.
     pub(crate) cap: i64,
+    /// Connections other instances of the cluster hold on it (their last [`super::PeerLoad`]);
+    /// 0 without a cluster. Part of the score, never of this router's own accounting.
+    pub(crate) peer: i64,
 }
 
 impl Backend {
@@ -65,6 +68,7 @@ impl Backend {
             pending: 0,
             incoming: 0,
             outgoing: 0,
+            peer: 0,
         }
     }
 
@@ -73,8 +77,13 @@ impl Backend {
         self.conns.len() as i64 + self.pending + self.incoming - self.outgoing
     }
 
+    /// Own conn score plus the peers' connections: the cluster-wide load routing compares.
+    pub(crate) fn global_score(&self) -> i64 {
+        self.conn_score() + self.peer
+    }
+
     pub(crate) fn score(&self) -> i64 {
-        self.health.status.score() + self.conn_score()
+        self.health.status.score() + self.global_score()
     }
 
     /// Connections on it or on their way: registered + pending routes + incoming redirects
@@ -90,7 +99,7 @@ impl Backend {
 
     /// Conn score per unit of effective weight: what routing and rebalancing compare.
     pub(crate) fn load(&self) -> f64 {
-        self.conn_score() as f64 / self.eff_weight
+        self.global_score() as f64 / self.eff_weight
     }
 
     /// Weighted score, status included: the key of both orderings.
@@ -98,7 +107,7 @@ impl Backend {
     pub(crate) fn key(&self) -> i64 {
         if self.eff_weight == 1.0 {
             // the common case, exactly what the float path gives, without a division
-            return (self.health.status.score() + self.conn_score())
+            return (self.health.status.score() + self.global_score())
                 .saturating_mul(KEY_SCALE as i64);
         }
         weighted_key(self.health.status.score() as f64 + self.load())
@@ -107,7 +116,7 @@ impl Backend {
     /// Weighted score this backend would have with one more connection: the rebalance ratio's
     /// denominator ("is moving one more here still worth it?").
     pub(crate) fn weighted_score_plus_one(&self) -> f64 {
-        self.health.status.score() as f64 + (self.conn_score() + 1) as f64 / self.eff_weight
+        self.health.status.score() as f64 + (self.global_score() + 1) as f64 / self.eff_weight
     }
 
     /// Weighted score, status included, as a plain number.

@@ -4,6 +4,7 @@
 //! rest. [`crate::StaticRouter`] answers the same routing ones, so a connection works with either.
 //! The observer's report, [`crate::BackendsChanged`], lives in `observation`, shared with it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -170,4 +171,19 @@ pub struct BackendWeight {
     pub effective_weight: f64,
     /// Connections on it or on their way (what `max_conns_per_backend` caps).
     pub occupancy: i64,
+}
+
+/// The other instances of a cluster hold these connections, by backend address (the sum over
+/// every live peer; the service's cluster membership sends it after each read of etcd).
+///
+/// Routing and rebalance then compare each backend's own load plus this, so new clients go
+/// where the whole pool is idle. The router still moves only its own connections, and per new
+/// view at most its own share of the excess (excess × own ÷ global), so several instances acting
+/// on the same view do not move the excess several times over. An empty map means no peers
+/// (or none holding anything): the router balances alone, as without a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerLoad {
+    /// Backend address → connections the peers hold on it.
+    pub conns: HashMap<String, usize>,
 }

@@ -37,7 +37,7 @@ use table::{ConnLink, Delivery, ScoreTable};
 pub use config::RouterConfig;
 pub use messages::{
     BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated, DrainThenClose,
-    GetBackends, GetDrained, GetRouting, Rebalance, RedirectConnections, RedirectFailed,
+    GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance, RedirectConnections, RedirectFailed,
     RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion, SetDrained, StopRouter,
 };
 pub use policy::{valid_weight, RoutePolicy, SLOW_START_FLOOR};
@@ -392,6 +392,13 @@ impl Handler<RedirectConnections> for ScoreRouter {
         self.table.redirect_all(Instant::now());
         self.check();
         Ok(())
+    }
+}
+
+impl Handler<PeerLoad> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: PeerLoad, _: &mut Context<Self>) {
+        self.table.set_peer_load(msg.conns);
     }
 }
 

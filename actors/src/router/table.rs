@@ -90,6 +90,15 @@ pub(crate) struct ScoreTable<C> {
     ramping: Vec<Name>,
     /// Fewer than `policy.panic_threshold` of the known backends are healthy.
     panic: bool,
+    /// Other cluster instances' connections by backend (the last `PeerLoad`); empty alone.
+    peers: HashMap<String, i64>,
+    /// With peers: how many more connections this instance may still move off healthy
+    /// backends on the current global view (`peers.rs`); `None` alone (no bound).
+    peer_budget: Option<usize>,
+    /// The peers' view changed since the last budget was granted.
+    peer_view_new: bool,
+    /// The routable backends when the last budget was granted.
+    granted_routable: Vec<Name>,
 }
 
 impl<C: ConnLink> ScoreTable<C> {
@@ -107,6 +116,10 @@ impl<C: ConnLink> ScoreTable<C> {
             listed: None,
             ramping: Vec::new(),
             panic: false,
+            peers: HashMap::new(),
+            peer_budget: None,
+            peer_view_new: false,
+            granted_routable: Vec::new(),
         }
     }
 
@@ -165,7 +178,8 @@ impl<C: ConnLink> ScoreTable<C> {
         let slot = self.index.allocate(name.clone());
         let weight = self.listed_weight(addr);
         let cap = self.policy.max_conns_per_backend as i64;
-        let b = Backend::new(name.clone(), slot, health, weight, cap);
+        let mut b = Backend::new(name.clone(), slot, health, weight, cap);
+        b.peer = self.peers.get(addr).copied().unwrap_or(0);
         self.index.insert(&b);
         self.backends.insert(name.clone(), b);
         name
@@ -481,6 +495,7 @@ impl<C: ConnLink> ScoreTable<C> {
     /// the others look busy is what panic mode does not trust.
     pub(crate) fn rebalance(&mut self, max_conns: usize, now: Instant) -> usize {
         self.refresh_ramps(now);
+        self.refresh_peer_budget();
         let mut asked = 0;
         for _ in 0..max_conns {
             let Some(&(drained, _, busy_slot)) = self.index.loaded.last() else {
@@ -505,6 +520,11 @@ impl<C: ConnLink> ScoreTable<C> {
             if !drained && busy_score / idle.weighted_score_plus_one() < self.cfg.max_score_ratio {
                 break;
             }
+            // With peers, moves off a healthy backend spend this instance's share of the excess.
+            let bounded = !drained && b.health.status.routable();
+            if bounded && self.peer_budget == Some(0) {
+                break;
+            }
             let backoff = self.cfg.redirect_fail_backoff;
             let candidate = b.conns.values().copied().find(|id| {
                 self.conns.get(id).is_some_and(|c| match c.phase {
@@ -519,6 +539,11 @@ impl<C: ConnLink> ScoreTable<C> {
             debug!(from = %busiest, to = %idlest, busy_score, idle_score, conn_id = id, "rebalance");
             if self.redirect_conn(id, &idlest, now) {
                 asked += 1;
+                if bounded {
+                    if let Some(left) = &mut self.peer_budget {
+                        *left = left.saturating_sub(1);
+                    }
+                }
             }
         }
         asked
@@ -559,5 +584,6 @@ impl<C: ConnLink> ScoreTable<C> {
 
 mod controls;
 mod invariants;
+mod peers;
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,8 @@ pub struct Tester {
     next_backend: usize,
     /// Backends the tester reported, with their last status.
     pub health: BTreeMap<String, BackendStatus>,
+    /// The peers' connections last sent with [`Tester::peer_load`] (part of every score).
+    pub peers: HashMap<String, usize>,
 }
 
 /// A router config whose periodic tick is off: tests drive `Rebalance` themselves.
@@ -100,6 +102,7 @@ impl Tester {
             next_id: 1,
             next_backend: 0,
             health: BTreeMap::new(),
+            peers: HashMap::new(),
         }
     }
 
@@ -334,6 +337,15 @@ impl Tester {
         self.router.send(ConnCount).await.expect("router alive")
     }
 
+    /// Tells the router the peers' connections by backend (`PeerLoad`).
+    pub async fn peer_load(&mut self, conns: HashMap<String, usize>) {
+        self.peers = conns.clone();
+        self.router
+            .send(PeerLoad { conns })
+            .await
+            .expect("router alive");
+    }
+
     /// The router's numbers equal what the connections believe, and its own invariants hold.
     pub async fn check(&self) {
         self.router
@@ -386,7 +398,9 @@ impl Tester {
             );
             assert_eq!(
                 s.score,
-                s.conn_score + s.health.status.score(),
+                s.conn_score
+                    + self.peers.get(&s.addr).copied().unwrap_or(0) as i64
+                    + s.health.status.score(),
                 "score of {}",
                 s.addr
             );
