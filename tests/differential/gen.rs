@@ -180,6 +180,8 @@ struct Gen<'a> {
     next_slot: Slot,
     /// Whether `autocommit = 0` may be in force (then any write opens a transaction).
     autocommit_off: bool,
+    /// Whether the session's `LOCK TABLES` may be in force (then writes to other tables fail).
+    tables_locked: bool,
 }
 
 /// Generates the session of `seed`.
@@ -191,6 +193,7 @@ pub fn session(seed: u64, features: &Features) -> Script {
         slots: Vec::new(),
         next_slot: 1,
         autocommit_off: false,
+        tables_locked: false,
     };
     let deprecate_eof = g.rng.chance(50);
     let target = g.rng.range(20, 45) as usize;
@@ -350,7 +353,13 @@ impl Gen<'_> {
         self.q("SELECT @@in_transaction, @@tx_isolation");
         let steps = self.rng.range(1, 4);
         if !self.on(Feature::SavepointOutsideTransaction) {
-            // A write first, so the transaction is active before any SAVEPOINT.
+            // A write first, so the transaction is active before any SAVEPOINT; it must not
+            // fail, so no `LOCK TABLES` of the session may be in force (seed 2888: a `LOCK
+            // TABLES dt.u READ` made it fail, and the SAVEPOINT's status flags then depended on
+            // the connection's history).
+            if std::mem::take(&mut self.tables_locked) {
+                self.q("UNLOCK TABLES");
+            }
             let k = self.rng.range(30, 60);
             self.q(format!("INSERT INTO dt.t (k, v) VALUES ({k}, 'tx0')"));
         }
@@ -573,12 +582,14 @@ impl Gen<'_> {
         if self.rng.chance(50) {
             let mode = *self.rng.pick(&["READ", "WRITE"]);
             self.q(format!("LOCK TABLES dt.u {mode}"));
+            self.tables_locked = true;
             self.q("SELECT COUNT(*) FROM dt.u");
             if mode == "WRITE" {
                 self.q("UPDATE dt.u SET n = n * 2 WHERE id = 1");
             }
             if self.rng.chance(75) {
                 self.q("UNLOCK TABLES");
+                self.tables_locked = false;
             }
         } else {
             self.q(

@@ -24,6 +24,7 @@ pub const EFFECT_WORDS: &[&str] = &[
     "GET_LOCK",
     "RELEASE_ALL_LOCKS",
     "TRANSACTION",
+    "SAVEPOINT",
 ];
 
 /// Longest entry of [`EFFECT_WORDS`], and a margin for the bytes around it.
@@ -120,6 +121,7 @@ mod tests {
         "HANDLER t OPEN",
         "XA START 'x'",
         "SET TRANSACTION READ ONLY",
+        "SAVEPOINT sp",
     ];
 
     #[test]

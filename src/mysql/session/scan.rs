@@ -321,13 +321,15 @@ fn execute_immediate(toks: &[Tok], depth: usize, part: &mut Part) {
 /// decided without tokenizing the rest: `BEGIN` and `COMMIT` are frequent, and this is the fast
 /// path's share of [`statement_effects`].
 fn tx_effect(first: &str, lx: &mut Lexer<'_>, text: &[u8]) -> Option<Effect> {
-    let mut then_transaction =
-        || matches!(lx.next_tok(), Some((Tok::Word(w, false), _)) if w == "TRANSACTION");
+    let next_is = |lx: &mut Lexer<'_>, want: &str| matches!(lx.next_tok(), Some((Tok::Word(w, false), _)) if w == want);
     match first {
-        "SET" if then_transaction() => Some(Effect::TxOnce),
-        "START" if then_transaction() => Some(Effect::TxBoundary),
+        "SET" if next_is(lx, "TRANSACTION") => Some(Effect::TxOnce),
+        "START" if next_is(lx, "TRANSACTION") => Some(Effect::TxBoundary),
         "BEGIN" if plain_begin(text) => Some(Effect::TxBoundary),
-        "COMMIT" | "ROLLBACK" => Some(Effect::TxBoundary),
+        "COMMIT" => Some(Effect::TxBoundary),
+        // `ROLLBACK TO [SAVEPOINT] name` ends nothing
+        "ROLLBACK" if !next_is(lx, "TO") => Some(Effect::TxBoundary),
+        "SAVEPOINT" => Some(Effect::Savepoint),
         _ => None,
     }
 }

@@ -86,6 +86,9 @@ pub struct Session {
     /// transaction, which then holds the move itself). Drivers send it right before
     /// `START TRANSACTION`, so the wait is one command long.
     tx_once: bool,
+    /// A `SAVEPOINT` made under `autocommit = 0`: the server keeps it until `COMMIT`/`ROLLBACK`
+    /// even while it reports no transaction, so the session waits as if inside one.
+    savepoint: bool,
 }
 
 impl Default for Session {
@@ -116,6 +119,7 @@ impl Session {
             known: Known::default(),
             set_option: None,
             tx_once: false,
+            savepoint: false,
         }
     }
 
@@ -126,7 +130,7 @@ impl Session {
         if self.xa {
             return Some(Pin::Xa);
         }
-        if self.in_transaction() {
+        if self.in_transaction() || self.savepoint {
             return Some(Pin::InTransaction);
         }
         if self.tx_once {
@@ -172,7 +176,10 @@ impl Session {
     /// a session from moving — a pending one-shot `SET TRANSACTION` among it — would end with
     /// the session anyway, and does not delay closing.
     pub fn closing_waits(&self) -> bool {
-        self.in_transaction() || self.xa || self.stmts.iter().any(|(_, s)| s.long_data)
+        self.in_transaction()
+            || self.savepoint
+            || self.xa
+            || self.stmts.iter().any(|(_, s)| s.long_data)
     }
 
     /// The server status flags a response ended with.
@@ -416,7 +423,13 @@ impl Session {
             (Effect::XaStart, false) => self.xa = true,
             (Effect::XaEnd, false) => self.xa = false,
             (Effect::TxOnce, false) => self.tx_once = true,
-            (Effect::TxBoundary, false) => self.tx_once = false,
+            (Effect::TxBoundary, false) => {
+                self.tx_once = false;
+                self.savepoint = false;
+            }
+            (Effect::Savepoint, false) => {
+                self.savepoint |= self.status & status::AUTOCOMMIT == 0;
+            }
         }
     }
 

@@ -40,6 +40,9 @@ pub enum Effect {
     /// `SET TRANSACTION …` without `SESSION` or `GLOBAL`: characteristics for the next
     /// transaction only, which the server does not report.
     TxOnce,
+    /// `SAVEPOINT name`: under `autocommit = 0` the server keeps it even when it reports no
+    /// transaction (nothing of the transaction ran yet), and a move would lose it.
+    Savepoint,
     /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA …`: a transaction starts (and
     /// takes the one-shot characteristics) or ends (and drops them).
     TxBoundary,
@@ -280,7 +283,9 @@ pub(super) fn statement_effects(toks: &[Tok], text: &[u8], out: &mut Vec<Effect>
         Some("SET") if w(1) == Some("TRANSACTION") => out.push(Effect::TxOnce),
         Some("BEGIN") if plain_begin_toks(toks) => out.push(Effect::TxBoundary),
         Some("START") if w(1) == Some("TRANSACTION") => out.push(Effect::TxBoundary),
+        Some("ROLLBACK") if w(1) == Some("TO") => {}
         Some("COMMIT" | "ROLLBACK") => out.push(Effect::TxBoundary),
+        Some("SAVEPOINT") => out.push(Effect::Savepoint),
         _ => {}
     }
 }

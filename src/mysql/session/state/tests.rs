@@ -329,3 +329,32 @@ fn a_query_too_long_to_scan_pins_the_session_only_when_it_may_have_effects() {
     assert_eq!(s.blocker(), Some(Pin::UnknownState));
     assert_eq!(s.unknown_because(), Some(UNSCANNED));
 }
+
+#[test]
+fn a_savepoint_under_autocommit_0_holds_the_session_until_the_transaction_ends() {
+    // found by the differential tester (seed 2888): `SET autocommit = 0; SAVEPOINT sp1` leaves
+    // a savepoint the server keeps while reporting no transaction; a move lost it and the next
+    // `ROLLBACK TO SAVEPOINT sp1` failed with 1305
+    let mut s = Session::new();
+    query(&mut s, "SET autocommit = 0", false, 0);
+    query(&mut s, "SAVEPOINT sp1", false, 0);
+    assert_eq!(s.blocker(), Some(Pin::InTransaction));
+    assert!(s.closing_waits());
+    query(&mut s, "ROLLBACK TO SAVEPOINT sp1", false, 0);
+    assert_eq!(
+        s.blocker(),
+        Some(Pin::InTransaction),
+        "ROLLBACK TO ends nothing"
+    );
+    query(&mut s, "ROLLBACK", false, 0);
+    assert_eq!(s.blocker(), None);
+    query(&mut s, "SAVEPOINT sp2; SELECT 1", false, 0);
+    query(&mut s, "COMMIT", false, 0);
+    assert_eq!(s.blocker(), None);
+    // a failed SAVEPOINT made nothing; under autocommit = 1 one outside a transaction is gone
+    // when its statement ends
+    query(&mut s, "SAVEPOINT sp3", true, 0);
+    assert_eq!(s.blocker(), None);
+    query(&mut s, "SAVEPOINT sp4", false, IDLE);
+    assert_eq!(s.blocker(), None);
+}
