@@ -33,12 +33,15 @@ pki() {
     -out ca.pem -days 2 -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE \
     -addext keyUsage=critical,keyCertSign >/dev/null 2>&1
   printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext
-  for n in db proxy; do
+  for n in db proxy client; do
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $n.key \
       -out $n.csr -subj "/CN=$n" >/dev/null 2>&1
     openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 \
       -extfile ext >/dev/null 2>&1
   done
+  # sysbench's --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from its
+  # working directory (the proxy asks for no client certificate; sysbench insists on the files)
+  cp ca.pem cacert.pem; cp client.pem client-cert.pem; cp client.key client-key.pem
   cd - >/dev/null
 }
 pki
@@ -76,16 +79,17 @@ start_pair plain 0; PLAIN_PORT=$PORT; PLAIN_PID=$PID
 start_pair tls 1; TLS_PORT=$PORT; TLS_PID=$PID
 
 echo "== throughput: oltp_point_select, plain vs TLS on both sides" >&2
-sysbench oltp_point_select "${SB[@]}" --mysql-port="$PLAIN_PORT" --threads=8 --time=3 run >/dev/null
-sysbench oltp_point_select "${SB[@]}" --mysql-port="$TLS_PORT" --mysql-ssl=on --threads=8 --time=3 run >/dev/null
+sysbench oltp_point_select "${SB[@]}" --mysql-port="$PLAIN_PORT" --threads=8 --time=3 run >"$WORK/warm-plain.log" || { tail -n 20 "$WORK/warm-plain.log" "$WORK/plain.log" >&2; exit 1; }
+(cd "$WORK" && sysbench oltp_point_select "${SB[@]}" --mysql-port="$TLS_PORT" --mysql-ssl=on --threads=8 --time=3 run >"$WORK/warm-tls.log") || { tail -n 20 "$WORK/warm-tls.log" "$WORK/tls.log" >&2; exit 1; }
 for r in $(seq "$ROUNDS"); do
   for t in $THREADS_LIST; do
     order=(plain tls); ((r % 2)) || order=(tls plain)
     for name in "${order[@]}"; do
       if [[ $name == tls ]]; then
-        SB_RUN_ARGS=(--mysql-ssl=on) sb_run oltp_point_select "$t" "$r" tls "$TLS_PORT" "$TLS_PID"
+        (cd "$WORK" && SB_RUN_ARGS=(--mysql-ssl=on) && sb_run oltp_point_select "$t" "$r" tls "$TLS_PORT" "$TLS_PID")
       else
-        SB_RUN_ARGS=() sb_run oltp_point_select "$t" "$r" plain "$PLAIN_PORT" "$PLAIN_PID"
+        SB_RUN_ARGS=()
+        sb_run oltp_point_select "$t" "$r" plain "$PLAIN_PORT" "$PLAIN_PID"
       fi
     done
   done
