@@ -118,9 +118,9 @@ pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, Backen
 pub use observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
 pub use observer::BackendObserver;
 pub use router::{
-    CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained, Rebalance,
-    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RouterConfig,
-    ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    BackendSuspect, CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained,
+    Rebalance, RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route,
+    RouterConfig, ScoreRouter, ServerVersion, SetDrained, StopRouter,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

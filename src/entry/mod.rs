@@ -19,7 +19,7 @@ use switchyard::ScoreRouter;
 
 pub use live::{LiveConns, LiveGuard};
 pub use socket::{connect_backend, tune, Counted};
-pub use start::{ConnStart, Routed};
+pub use start::{ConnStart, Rerouter, Routed};
 
 use crate::metrics::ProxyMetrics;
 

@@ -10,7 +10,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use actix::prelude::*;
-use switchyard::{ConnHandle, ConnectError, Connector, Redirect, Registration};
+use switchyard::{
+    BackendSuspect, ConnHandle, ConnectError, Connector, Redirect, Registration, ScoreRouter,
+};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -144,12 +146,53 @@ impl ConnStart {
         &self,
         redirect: Recipient<Redirect>,
     ) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
-        let router = self.entry.router.clone();
-        let timeout = self.entry.connect_timeout;
-        let metrics = self.entry.metrics.clone();
-        let handle = ConnHandle::new(self.id, redirect);
+        self.rerouter(redirect).connect()
+    }
+
+    /// What this connection needs to route and connect again later, on its own (a session
+    /// re-attaching after its backend was lost), and to report a backend suspect.
+    pub fn rerouter(&self, redirect: Recipient<Redirect>) -> Rerouter {
+        Rerouter {
+            id: self.id,
+            router: self.entry.router.clone(),
+            timeout: self.entry.connect_timeout,
+            metrics: self.entry.metrics.clone(),
+            redirect,
+        }
+    }
+}
+
+/// Routes and connects one connection, as often as it needs to: the first time, and again when
+/// its backend is lost. Every backend that refused or timed out is reported suspect.
+#[derive(Clone)]
+pub struct Rerouter {
+    id: u64,
+    router: Addr<ScoreRouter>,
+    timeout: std::time::Duration,
+    metrics: ProxyMetrics,
+    redirect: Recipient<Redirect>,
+}
+
+impl Rerouter {
+    /// Tells the router that `addr` failed under this connection (passive outlier detection):
+    /// it routes no new connection there until its health check settles it.
+    pub fn suspect(&self, addr: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        debug!(conn_id = self.id, backend = %addr, reason = %reason, "reporting backend suspect");
+        self.router.do_send(BackendSuspect {
+            addr: addr.to_string(),
+            reason,
+        });
+    }
+
+    /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),
+    /// registering this connection there. The future owns what it needs.
+    pub fn connect(&self) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
+        let this = self.clone();
+        let handle = ConnHandle::new(self.id, self.redirect.clone());
         async move {
-            let connected = Connector::new(&router, timeout)
+            let (router, timeout, metrics) = (&this.router, this.timeout, &this.metrics);
+            let connected = Connector::new(router, timeout)
                 .connect(handle, |inst| async move {
                     TcpStream::connect(inst.addr()).await
                 })
@@ -160,6 +203,7 @@ impl ConnStart {
             };
             for f in failures {
                 crate::metrics::connect_failed(&f.backend);
+                this.suspect(&f.backend, f.error.to_string());
             }
             match connected {
                 Ok(c) => {

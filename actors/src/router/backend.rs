@@ -21,6 +21,9 @@ pub(crate) struct Backend {
     pub(crate) inst: BackendInst,
     pub(crate) health: BackendHealth,
     pub(crate) drained: bool,
+    /// A connection reported it failing ([`super::BackendSuspect`]): clean observer reports
+    /// seen since, while the health check has not confirmed it either way.
+    pub(crate) suspect: Option<u32>,
     /// Registered connections by arrival: `seq -> conn id`.
     pub(crate) conns: BTreeMap<u64, u64>,
     /// Routes handed out and not yet finished.
@@ -39,6 +42,7 @@ impl Backend {
             name,
             health,
             drained: false,
+            suspect: None,
             conns: BTreeMap::new(),
             pending: 0,
             incoming: 0,
@@ -56,7 +60,13 @@ impl Backend {
     }
 
     pub(crate) fn routable(&self) -> bool {
-        self.health.status.routable() && !self.drained
+        self.healthy() && !self.drained
+    }
+
+    /// Healthy as far as the router can tell: the observer says so and no connection reported
+    /// it failing since. What its [`BackendInst::healthy`] shows.
+    pub(crate) fn healthy(&self) -> bool {
+        self.health.status.routable() && self.suspect.is_none()
     }
 
     /// Down, empty and not held by an operator: nothing refers to it any more.

@@ -1,7 +1,7 @@
 //! `ScoreRouter`: the actor that owns the score table and talks to connections and its observer.
 //!
 //! Inbound: routes ([`Route`], [`ConnCreated`]), connection events ([`RedirectSucceeded`],
-//! [`RedirectFailed`], [`ConnClosed`]), observer reports ([`BackendsChanged`]) and operator
+//! [`RedirectFailed`], [`ConnClosed`], [`BackendSuspect`]), observer reports ([`BackendsChanged`]) and operator
 //! requests ([`SetDrained`], [`Rebalance`], [`RedirectConnections`], queries). Outbound:
 //! [`crate::Redirect`] to connections and [`Refresh`] to its observer.
 //!
@@ -31,9 +31,9 @@ use table::{ConnLink, Delivery, ScoreTable};
 
 pub use config::RouterConfig;
 pub use messages::{
-    CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained, Rebalance,
-    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, ServerVersion,
-    SetDrained, StopRouter,
+    BackendSuspect, CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained,
+    Rebalance, RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route,
+    ServerVersion, SetDrained, StopRouter,
 };
 
 /// The table reaches a connection through its handle: a full mailbox is `Busy`, a closed one
@@ -107,8 +107,12 @@ impl ScoreRouter {
         H: HealthCheck,
     {
         let receiver = ctx.address().recipient::<BackendsChanged>();
+        let fall = health.fall;
         let observer = BackendObserver::new(fetcher, health_check, health, receiver).start();
         let mut router = ScoreRouter::new(cfg);
+        router
+            .table
+            .set_suspect_reports(fall.max(1).saturating_add(1));
         router.observer = Some(ObserverLink {
             refresh: observer.clone().recipient(),
             stop: observer.clone().recipient(),
@@ -245,6 +249,17 @@ impl Handler<BackendsChanged> for ScoreRouter {
     type Result = ();
     fn handle(&mut self, msg: BackendsChanged, _: &mut Context<Self>) {
         self.backends_changed(msg);
+        self.check();
+    }
+}
+
+/// Passive outlier detection: the backend leaves the routes now, and the observer checks it now.
+impl Handler<BackendSuspect> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: BackendSuspect, _: &mut Context<Self>) {
+        if self.table.backend_suspect(&msg.addr, &msg.reason) {
+            self.refresh_observer();
+        }
         self.check();
     }
 }

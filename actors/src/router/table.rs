@@ -75,7 +75,13 @@ pub(crate) struct ScoreTable<C> {
     next_seq: u64,
     observe_error: Option<ObserveError>,
     server_version: String,
+    /// Clean observer reports that end a suspicion they do not confirm (see
+    /// [`ScoreTable::backend_suspect`]).
+    suspect_reports: u32,
 }
+
+/// [`ScoreTable::set_suspect_reports`]'s default: the observer's default `fall` (1) + 1.
+const DEFAULT_SUSPECT_REPORTS: u32 = 2;
 
 impl<C: ConnLink> ScoreTable<C> {
     /// An empty table: no backends, no connections.
@@ -88,7 +94,41 @@ impl<C: ConnLink> ScoreTable<C> {
             next_seq: 0,
             observe_error: None,
             server_version: String::new(),
+            suspect_reports: DEFAULT_SUSPECT_REPORTS,
         }
+    }
+
+    /// How many clean observer reports not naming a suspect backend end the suspicion: the
+    /// observer's `fall` + 1. One report may come from a cycle that began before the failure;
+    /// after it, a backend really down is reported within `fall` cycles.
+    pub(crate) fn set_suspect_reports(&mut self, n: u32) {
+        self.suspect_reports = n.max(1);
+    }
+
+    /// A connection saw `addr` fail: it gets no new routes until the observer's reports settle
+    /// it (see [`super::BackendSuspect`]). True when it was routable until now (the caller then
+    /// asks for a health check at once).
+    pub(crate) fn backend_suspect(&mut self, addr: &str, reason: &str) -> bool {
+        let Some((name, b)) = self.backends.get_key_value(addr) else {
+            debug!(backend = %addr, reason, "suspect report for an unknown backend; ignored");
+            return false;
+        };
+        if !b.health.status.routable() {
+            return false;
+        }
+        let name = name.clone();
+        let newly = self
+            .update(&name, |b| {
+                let newly = b.suspect.is_none();
+                b.suspect = Some(0);
+                b.inst.set_healthy(false);
+                newly
+            })
+            .unwrap_or(false);
+        if newly {
+            warn!(backend = %addr, reason, "backend suspect: no new routes until the health check settles it");
+        }
+        newly
     }
 
     /// The tuning it was built with.
@@ -365,6 +405,7 @@ impl<C: ConnLink> ScoreTable<C> {
         if self.observe_error.take().is_some() {
             info!("backend discovery recovered");
         }
+        self.settle_suspects(&backends);
         for (addr, health) in backends {
             if health.status == BackendStatus::Healthy && !health.server_version.is_empty() {
                 self.server_version = health.server_version.clone();
@@ -376,14 +417,42 @@ impl<C: ConnLink> ScoreTable<C> {
                         info!(backend = %b.name, from = %b.health.status, to = %health.status,
                               reason = health.ping_err.as_deref().unwrap_or(""), "backend status changed");
                     }
-                    b.inst.set_healthy(health.status.routable());
                     b.health = health;
+                    b.inst.set_healthy(b.healthy());
                 });
                 self.drop_if_empty(&name);
             } else if health.status != BackendStatus::CannotConnect {
                 info!(backend = %addr, status = %health.status, "backend added");
                 self.add_backend(&addr, health);
             }
+        }
+    }
+
+    /// One clean observer report: a suspect it names is settled by the health it brings (the
+    /// caller applies it); one it does not name has had one more check that did not confirm it,
+    /// and is routable again after `suspect_reports` of them.
+    fn settle_suspects(&mut self, named: &HashMap<String, BackendHealth>) {
+        let suspects: Vec<Name> = self
+            .backends
+            .values()
+            .filter(|b| b.suspect.is_some())
+            .map(|b| b.name.clone())
+            .collect();
+        let limit = self.suspect_reports;
+        for name in suspects {
+            let confirmed = named.contains_key(&*name);
+            self.update(&name, |b| {
+                let seen = b.suspect.map_or(0, |n| n.saturating_add(1));
+                if confirmed || seen >= limit {
+                    b.suspect = None;
+                    if !confirmed {
+                        info!(backend = %b.name, reports = seen, "suspect backend not confirmed by the health check; routable again");
+                    }
+                } else {
+                    b.suspect = Some(seen);
+                }
+                b.inst.set_healthy(b.healthy());
+            });
         }
     }
 
@@ -550,7 +619,7 @@ impl<C: ConnLink> ScoreTable<C> {
                     counted_outgoing,
                 });
             }
-            if b.inst.healthy() != b.health.status.routable() {
+            if b.inst.healthy() != b.healthy() {
                 return Err(InvariantError::HandleHealth {
                     backend: name.to_string(),
                     handle_healthy: b.inst.healthy(),
