@@ -155,6 +155,8 @@ pub struct Config {
     /// Bound on one move of a MySQL session (`mysql.move_timeout`): target login, snapshot and
     /// restore; a frozen old backend gets one more before its session is closed.
     pub mysql_move_timeout: Duration,
+    /// What a MySQL session does when its backend is lost (`failover.*`).
+    pub failover: crate::mysql::FailoverConfig,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Log format.
@@ -181,6 +183,8 @@ struct RawConfig {
     balance: RawBalance,
     #[serde(default)]
     mysql: RawMysql,
+    #[serde(default)]
+    failover: RawFailover,
     #[serde(default)]
     log: RawLog,
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -334,6 +338,63 @@ impl Default for RawMysql {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFailover {
+    reattach: bool,
+    replay_transactions: bool,
+    /// `1MiB`, `512KiB`, `65536`, …
+    max_replay_bytes: RawBytes,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+}
+
+impl Default for RawFailover {
+    fn default() -> Self {
+        let d = crate::mysql::FailoverConfig::default();
+        Self {
+            reattach: d.reattach,
+            replay_transactions: d.replay_transactions,
+            max_replay_bytes: RawBytes::Count(d.max_replay_bytes as u64),
+            timeout: d.timeout,
+        }
+    }
+}
+
+/// A byte size as written in the file: a number, or text with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBytes {
+    Count(u64),
+    Text(String),
+}
+
+impl RawBytes {
+    /// Bytes; `None` for text that is not `<number>[B|KiB|MiB|GiB|KB|MB|GB]`.
+    fn bytes(&self) -> Option<u64> {
+        let text = match self {
+            RawBytes::Count(n) => return Some(*n),
+            RawBytes::Text(t) => t.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let num: u64 = num.parse().ok()?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            _ => return None,
+        };
+        num.checked_mul(scale)
+    }
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: String,
@@ -428,6 +489,18 @@ impl RawConfig {
         positive("proxy.login_timeout", self.proxy.login_timeout)?;
         positive("proxy.half_close_timeout", self.proxy.half_close_timeout)?;
         positive("mysql.move_timeout", self.mysql.move_timeout)?;
+        positive("failover.timeout", self.failover.timeout)?;
+        let max_replay_bytes = self
+            .failover
+            .max_replay_bytes
+            .bytes()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "failover.max_replay_bytes",
+                    "not a byte size (e.g. 1MiB, 512KiB, 65536)",
+                )
+            })?;
         let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
         if proxy_listen == admin_listen {
             return Err(ConfigError::new(
@@ -595,6 +668,12 @@ impl RawConfig {
             router,
             mysql_users,
             mysql_move_timeout: self.mysql.move_timeout,
+            failover: crate::mysql::FailoverConfig {
+                reattach: self.failover.reattach,
+                replay_transactions: self.failover.replay_transactions,
+                max_replay_bytes,
+                timeout: self.failover.timeout,
+            },
             log_level: self.log.level,
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,
@@ -744,6 +823,29 @@ mod tests {
         let e = load("proxy: { max_connections: -1 }\nbackends: { static: [127.0.0.1:1] }\n")
             .unwrap_err();
         assert_eq!(e.key, "proxy.max_connections", "{e}");
+    }
+
+    #[test]
+    fn failover_settings_default_to_on_1_mib_and_10_seconds_and_read_byte_sizes() {
+        let c = load(MINIMAL).unwrap();
+        assert!(c.failover.reattach && c.failover.replay_transactions);
+        assert_eq!(c.failover.max_replay_bytes, 1 << 20);
+        assert_eq!(c.failover.timeout, Duration::from_secs(10));
+        let c = load(
+            "backends: { static: [127.0.0.1:1] }\nfailover: { reattach: false, replay_transactions: false, max_replay_bytes: 512KiB, timeout: 3s }\n",
+        )
+        .unwrap();
+        assert!(!c.failover.reattach && !c.failover.replay_transactions);
+        assert_eq!(c.failover.max_replay_bytes, 512 << 10);
+        assert_eq!(c.failover.timeout, Duration::from_secs(3));
+        let c = load("backends: { static: [127.0.0.1:1] }\nfailover: { max_replay_bytes: 4096 }\n")
+            .unwrap();
+        assert_eq!(c.failover.max_replay_bytes, 4096);
+        let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { max_replay_bytes: lots }\n")
+            .unwrap_err();
+        assert_eq!(e.key, "failover.max_replay_bytes", "{e}");
+        let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { timeout: 0s }\n").unwrap_err();
+        assert_eq!(e.key, "failover.timeout", "{e}");
     }
 
     #[test]

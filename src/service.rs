@@ -95,6 +95,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                     user => user.to_string(),
                 },
                 move_timeout: cfg.mysql_move_timeout,
+                failover: cfg.failover.clone(),
                 ..Default::default()
             });
             let registry = sessions.clone();
