@@ -112,8 +112,10 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         reader: PacketReader::new(Counted::new(r, metrics.bytes_in.clone())),
         writer: Counted::new(w, metrics.bytes_out.clone()),
         out: OutBuf::new(),
+        writes: 0,
     };
-    let routed = match conn.connect(redirect).await {
+    let reroute = conn.rerouter(redirect);
+    let routed = match reroute.connect().await {
         Ok(routed) => routed,
         Err(e) => {
             let msg = format!("switchyard: {e}");
@@ -133,7 +135,10 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         session: Session::new(),
         tracker: Tracker::new(0),
         login: None,
-        link: routed.registration,
+        link: Some(routed.registration),
+        reroute,
+        doomed: false,
+        refresh_refused: None,
         cfg,
         ctrl,
         pending: None,
@@ -147,7 +152,7 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         End::Client(_) => {
             warn!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "closing client")
         }
-        End::Backend(_) => {
+        End::Backend(_) | End::Lost(_) => {
             warn!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "closing session")
         }
         _ => {
