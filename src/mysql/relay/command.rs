@@ -86,6 +86,7 @@ impl Relay {
             return Ok(());
         }
         let mut rerun = self.rerunnable(&first);
+        let may_commit = self.may_commit(&first);
         let mut frame = first;
         let mut reruns = 0;
         loop {
@@ -101,7 +102,7 @@ impl Relay {
                         false => self.tracker.next_seq(),
                     };
                     let rerun_now = rerun.take().filter(|_| reruns < MAX_RERUNS);
-                    match self.lost_in_flight(e, rerun_now, sent, answer_seq).await? {
+                    match self.lost_in_flight(e, rerun_now, may_commit, sent, answer_seq).await? {
                         InFlight::Answered => return Ok(()),
                         InFlight::Rerun(f) => {
                             reruns += 1;

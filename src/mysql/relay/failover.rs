@@ -22,6 +22,10 @@ pub(super) const ER_SERVER_SHUTDOWN: u16 = 1053;
 /// "Query execution was interrupted": a read whose result was cut off by the loss; re-running it
 /// is safe.
 const ER_QUERY_INTERRUPTED: u16 = 1317;
+/// "Got error during COMMIT": the answer to a `COMMIT` (or a statement that may have committed)
+/// was lost with its backend, so whether the transaction committed is unknown. Unlike 1213 it
+/// does not say "rolled back": an application must check before it runs the transaction again.
+const ER_ERROR_DURING_COMMIT: u16 = 1180;
 /// SQL state of [`ER_QUERY_INTERRUPTED`].
 const STATE_INTERRUPTED: &str = "70100";
 /// The client library's "Lost connection to server during query", sent as a server error: the
@@ -147,6 +151,21 @@ impl Relay {
         self.refresh_refused = None;
     }
 
+    /// Whether `first`, run inside a transaction, may commit it (see [`readonly::may_commit`]);
+    /// any command other than a query or a binary execute of a statement that stays in its
+    /// transaction counts.
+    pub(super) fn may_commit(&self, first: &Frame) -> bool {
+        let p = first.payload();
+        match first.first() {
+            cmd::QUERY => readonly::may_commit(p.get(1..).unwrap_or_default()),
+            cmd::STMT_EXECUTE => get_u32(p, 1)
+                .and_then(|id| self.session.stmt_sql(id))
+                .is_none_or(readonly::may_commit),
+            cmd::STMT_FETCH | cmd::PING | cmd::STMT_RESET | cmd::STMT_SEND_LONG_DATA => false,
+            _ => true,
+        }
+    }
+
     /// The copy of a command worth keeping for a re-run: a single-packet, side-effect-free read
     /// in autocommit mode (a `SELECT`/`SHOW` the scan proves pure, a binary execute of one, a
     /// ping).
@@ -210,6 +229,7 @@ impl Relay {
         &mut self,
         e: BackendError,
         rerun: Option<Frame>,
+        may_commit: bool,
         sent: bool,
         answer_seq: u8,
     ) -> Result<InFlight, End> {
@@ -244,7 +264,14 @@ impl Relay {
             self.client.out.clear();
             answer_seq
         };
-        let (code, state, msg, goes_on) = if in_trx {
+        let (code, state, msg, goes_on) = if in_trx && may_commit {
+            (
+                ER_ERROR_DURING_COMMIT,
+                sqlstate::GENERAL,
+                "switchyard: the backend was lost before the COMMIT was answered; whether the transaction committed is unknown",
+                false,
+            )
+        } else if in_trx {
             (
                 code::ER_LOCK_DEADLOCK,
                 sqlstate::SERIALIZATION_FAILURE,
@@ -266,7 +293,9 @@ impl Relay {
                 false,
             )
         };
-        let reason = if in_trx {
+        let reason = if in_trx && may_commit {
+            "commit_unknown"
+        } else if in_trx {
             "transaction_lost"
         } else if read {
             "read_interrupted"

@@ -95,6 +95,24 @@ pub fn retry_safe(sql: &[u8]) -> bool {
     })
 }
 
+/// First words of statements that never end the transaction they run in: lost in flight inside
+/// a transaction, they leave it uncommitted (the server rolls it back as it dies).
+const STAYS_IN_TRANSACTION: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE", "SHOW", "DESC",
+    "DESCRIBE", "EXPLAIN", "SAVEPOINT", "DO", "ROLLBACK",
+];
+
+/// Whether `sql`, run inside a transaction, may have committed it: `COMMIT`, a statement with
+/// an implicit commit (DDL, `BEGIN`, `SET autocommit = 1`, `LOCK TABLES`, …), or anything the
+/// scan cannot name. `ROLLBACK … AND CHAIN` / `ROLLBACK TO SAVEPOINT` never commit.
+pub fn may_commit(sql: &[u8]) -> bool {
+    let stmts = statements(sql);
+    stmts.iter().any(|(toks, _)| {
+        let first = word(toks.first()).unwrap_or("");
+        !STAYS_IN_TRANSACTION.contains(&first)
+    }) || stmts.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,9 +166,35 @@ mod tests {
     }
 
     #[test]
+    fn commit_and_implicit_commits_may_commit_while_dml_never_does() {
+        for sql in [
+            "COMMIT",
+            "commit work",
+            "XA COMMIT 'x'",
+            "CREATE TABLE t (a INT)",
+            "BEGIN",
+            "SET autocommit = 1",
+            "UPDATE t SET a = 1; COMMIT",
+            "",
+        ] {
+            assert!(may_commit(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "UPDATE t SET a = a + 1 WHERE id = 1",
+            "INSERT INTO t VALUES (1)",
+            "SELECT * FROM t FOR UPDATE",
+            "ROLLBACK",
+            "SAVEPOINT s",
+        ] {
+            assert!(!may_commit(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
     fn hostile_bytes_are_refused_without_panicking() {
         for sql in [&b"SELECT \xff\xfe("[..], b"SELECT '", b"SELECT `", b"(((", b"SELECT f("] {
             let _ = retry_safe(sql);
+            let _ = may_commit(sql);
         }
         assert!(!retry_safe(&vec![b'x'; MAX_TEXT + 1]));
     }
