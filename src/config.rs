@@ -844,7 +844,8 @@ mod tests {
         let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { max_replay_bytes: lots }\n")
             .unwrap_err();
         assert_eq!(e.key, "failover.max_replay_bytes", "{e}");
-        let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { timeout: 0s }\n").unwrap_err();
+        let e =
+            load("backends: { static: [127.0.0.1:1] }\nfailover: { timeout: 0s }\n").unwrap_err();
         assert_eq!(e.key, "failover.timeout", "{e}");
     }
 

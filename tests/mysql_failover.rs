@@ -95,7 +95,10 @@ async fn proxy(g: &Galera) -> (SocketAddr, Addr<ScoreRouter>) {
 
 /// The SQL port of the node a session is on.
 async fn port(c: &mut Conn) -> u16 {
-    c.query_first::<u16, _>("SELECT @@port").await.unwrap().unwrap()
+    c.query_first::<u16, _>("SELECT @@port")
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// One idle session with state: a user variable, a session variable, a schema, a SQL prepared
@@ -130,7 +133,11 @@ async fn check_idle(s: &mut Idle) -> Result<u16, String> {
         .query_first("SELECT @who, @@wait_timeout, DATABASE()")
         .await
         .map_err(|e| format!("idle-{}: {e}", s.n))?;
-    let want = (format!("idle-{}", s.n), 1000 + u64::from(s.n), "fo".to_string());
+    let want = (
+        format!("idle-{}", s.n),
+        1000 + u64::from(s.n),
+        "fo".to_string(),
+    );
     if row.as_ref() != Some(&want) {
         return Err(format!("idle-{}: state {row:?}, want {want:?}", s.n));
     }
@@ -144,7 +151,10 @@ async fn check_idle(s: &mut Idle) -> Result<u16, String> {
         .await
         .map_err(|e| format!("idle-{}: SQL prepared statement: {e}", s.n))?;
     if n.is_none() {
-        return Err(format!("idle-{}: SQL prepared statement returned nothing", s.n));
+        return Err(format!(
+            "idle-{}: SQL prepared statement returned nothing",
+            s.n
+        ));
     }
     let id: Option<i64> = s
         .conn
@@ -169,7 +179,12 @@ struct Ledger {
 }
 
 /// Transactions until `stop`: move one unit onto an account and log it under a fresh id.
-async fn transactions(proxy: SocketAddr, worker: i64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
+async fn transactions(
+    proxy: SocketAddr,
+    worker: i64,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut conn = Conn::new(opts(proxy)).await.unwrap();
     while !stop.load(Ordering::Relaxed) {
@@ -214,7 +229,8 @@ async fn transactions(proxy: SocketAddr, worker: i64, stop: Arc<AtomicBool>, led
 }
 
 #[actix::test]
-async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_get_the_documented_errors() {
+async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_get_the_documented_errors(
+) {
     let Some(g) = Galera::shared() else { return };
     g.sql(
         0,
@@ -238,12 +254,17 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
         on_victim += usize::from(p == victim);
         idle.push(s);
     }
-    assert!(on_victim >= 2, "only {on_victim} idle sessions on the victim");
+    assert!(
+        on_victim >= 2,
+        "only {on_victim} idle sessions on the victim"
+    );
     // a session pinned by a temporary table, on the victim
     let mut pinned = loop {
         let mut c = Conn::new(opts(proxy)).await.unwrap();
         if port(&mut c).await == victim {
-            c.query_drop("CREATE TEMPORARY TABLE fo.scratch (a INT)").await.unwrap();
+            c.query_drop("CREATE TEMPORARY TABLE fo.scratch (a INT)")
+                .await
+                .unwrap();
             break c;
         }
     };
@@ -258,7 +279,10 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::new(opts(proxy)).await.unwrap();
             while !stop.load(Ordering::Relaxed) {
-                match c.query_first::<i64, _>("SELECT COUNT(*) FROM fo.acct").await {
+                match c
+                    .query_first::<i64, _>("SELECT COUNT(*) FROM fo.acct")
+                    .await
+                {
                     Ok(Some(4)) => {
                         reads.fetch_add(1, Ordering::Relaxed);
                     }
@@ -272,7 +296,12 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for worker in 0..4 {
-        tasks.push(tokio::spawn(transactions(proxy, worker, stop.clone(), ledger.clone())));
+        tasks.push(tokio::spawn(transactions(
+            proxy,
+            worker,
+            stop.clone(),
+            ledger.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -282,10 +311,17 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
     let mut probes = Vec::new();
     for _ in 0..6 {
         let mut c = Conn::new(opts(proxy)).await.unwrap();
-        assert_ne!(port(&mut c).await, victim, "a new session was routed to the dead node");
+        assert_ne!(
+            port(&mut c).await,
+            victim,
+            "a new session was routed to the dead node"
+        );
         probes.push(c);
     }
-    eprintln!("failover: new sessions avoid the dead node {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "failover: new sessions avoid the dead node {:?} after the kill",
+        killed.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -311,7 +347,7 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
     assert!(e.to_string().contains("temporary_table"), "{e}");
 
     // transactions: committed ones are all there, none twice, nothing unexplained
-    let l = ledger.lock().unwrap();
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
     for (code, msg) in &l.errors {
         assert!(
             matches!(code, 1213 | 1180),
@@ -327,13 +363,20 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
         .iter()
         .filter(|id| !l.committed.contains(id) && !l.unknown.contains(id))
         .collect();
-    assert!(unexplained.is_empty(), "transactions applied that were never committed: {unexplained:?}");
+    assert!(
+        unexplained.is_empty(),
+        "transactions applied that were never committed: {unexplained:?}"
+    );
     let total: i64 = c
         .query_first("SELECT SUM(n) FROM fo.acct")
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(total as usize, logged.len(), "a transaction was applied twice or in part");
+    assert_eq!(
+        total as usize,
+        logged.len(),
+        "a transaction was applied twice or in part"
+    );
     eprintln!(
         "failover: {} committed, {} of unknown fate, errors {:?}",
         l.committed.len(),

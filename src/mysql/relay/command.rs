@@ -102,7 +102,10 @@ impl Relay {
                         false => self.tracker.next_seq(),
                     };
                     let rerun_now = rerun.take().filter(|_| reruns < MAX_RERUNS);
-                    match self.lost_in_flight(e, rerun_now, may_commit, sent, answer_seq).await? {
+                    match self
+                        .lost_in_flight(e, rerun_now, may_commit, sent, answer_seq)
+                        .await?
+                    {
                         InFlight::Answered => return Ok(()),
                         InFlight::Rerun(f) => {
                             reruns += 1;
@@ -177,10 +180,8 @@ impl Relay {
                     self.session.digest_changed();
                 }
             }
-            Hook::Execute(id) => {
-                if self.session.stmt_sql(*id).is_some_and(names_insert_id) {
-                    self.session.digest_changed();
-                }
+            Hook::Execute(id) if self.session.stmt_sql(*id).is_some_and(names_insert_id) => {
+                self.session.digest_changed();
             }
             Hook::ResetConnection | Hook::ChangeUser => self.state_may_have_changed(),
             _ if code == cmd::INIT_DB => self.session.digest_changed(),

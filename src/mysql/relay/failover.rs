@@ -86,9 +86,8 @@ pub(super) fn is_loss(e: &BackendError) -> bool {
     match e {
         BackendError::Packet(p) => packet(p),
         BackendError::Io(_) | BackendError::ShuttingDown(_) => true,
-        BackendError::Snapshot(QueryError::Packet(p)) | BackendError::Proxy(QueryError::Packet(p)) => {
-            packet(p)
-        }
+        BackendError::Snapshot(QueryError::Packet(p))
+        | BackendError::Proxy(QueryError::Packet(p)) => packet(p),
         _ => false,
     }
 }
@@ -128,12 +127,11 @@ impl Relay {
             || self.refresh_refused.is_some()
             || self.session.exact_state().is_some()
             || self.session.blocker().is_some()
-            || !self.login.as_ref().is_some_and(|l| l.secret.is_some())
+            || self.login.as_ref().is_none_or(|l| l.secret.is_none())
         {
             return Ok(());
         }
-        match session::snapshot(&mut self.backend, &mut self.session, self.cfg.max_snapshot).await
-        {
+        match session::snapshot(&mut self.backend, &mut self.session, self.cfg.max_snapshot).await {
             Ok(snap) => self.session.refreshed(snap),
             // the check found one open: read again once it ends
             Err(StateError::InTransaction) => {}
@@ -167,8 +165,8 @@ impl Relay {
     }
 
     /// The copy of a command worth keeping for a re-run: a single-packet, side-effect-free read
-    /// in autocommit mode (a `SELECT`/`SHOW` the scan proves pure, a binary execute of one, a
-    /// ping).
+    /// in autocommit mode with no transaction open (a `SELECT`/`SHOW` the scan proves pure, a
+    /// binary execute of one, a ping), or a plain `BEGIN`/`COMMIT`/`ROLLBACK` there.
     pub(super) fn rerunnable(&self, first: &Frame) -> Option<Frame> {
         if !self.cfg.failover.reattach || first.continued() || !self.session.autocommit_idle() {
             return None;
@@ -176,7 +174,7 @@ impl Relay {
         let p = first.payload();
         let arg = p.get(1..).unwrap_or_default();
         let safe = match first.first() {
-            cmd::QUERY => readonly::retry_safe(arg),
+            cmd::QUERY => readonly::retry_safe(arg) || readonly::transaction_boundary(arg),
             cmd::STMT_EXECUTE => get_u32(p, 1)
                 .and_then(|id| self.session.stmt_sql(id))
                 .is_some_and(readonly::retry_safe),
@@ -199,7 +197,8 @@ impl Relay {
         let started = Instant::now();
         let lost = self.backend.addr.clone();
         self.reroute.suspect(&lost, be.to_string());
-        let in_trx = !self.session.autocommit_idle() && self.session.blocker() == Some(Pin::InTransaction);
+        let in_trx =
+            !self.session.autocommit_idle() && self.session.blocker() == Some(Pin::InTransaction);
         let r = self.reattach(in_trx).await;
         crate::metrics::failover_stall(started.elapsed());
         match r {
@@ -331,7 +330,12 @@ impl Relay {
         warn!(conn_id = self.id, backend = %self.backend.addr, reason = refusal.label(), detail = %refusal, "backend lost; closing the session");
         self.client.out.clear();
         self.client
-            .send_err(seq, code::ER_UNKNOWN_ERROR, sqlstate::COMM_LINK_FAILURE, msg)
+            .send_err(
+                seq,
+                code::ER_UNKNOWN_ERROR,
+                sqlstate::COMM_LINK_FAILURE,
+                msg,
+            )
             .await;
     }
 
@@ -362,7 +366,7 @@ impl Relay {
             return None;
         }
         let e = parse_err(f.payload());
-        (e.code == ER_SERVER_SHUTDOWN).then(|| BackendError::ShuttingDown(e.message))
+        (e.code == ER_SERVER_SHUTDOWN).then_some(BackendError::ShuttingDown(e.message))
     }
 
     /// Opens a session on a healthy backend through the normal route, logs in as the session's

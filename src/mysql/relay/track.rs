@@ -5,8 +5,7 @@
 
 use switchyard::wire::{
     clear_eof_state_flag, eof_status, has_session_state, parse_ok, session_state, state_changes,
-    status,
-    strip_session_state, Frame,
+    status, strip_session_state, Frame,
 };
 use tracing::debug;
 

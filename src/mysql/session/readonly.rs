@@ -14,38 +14,202 @@ const MAX_TEXT: usize = 64 * 1024;
 
 /// Words that make a `SELECT` lock, write or read its session's past: never re-run.
 const UNSAFE_WORDS: &[&str] = &[
-    "INTO", "LOCK", "UPDATE", "SHARE", "NOWAIT", "SKIP", "NEXT", "PREVIOUS", "SETVAL", "NEXTVAL",
-    "LASTVAL", "PROCEDURE",
+    "INTO",
+    "LOCK",
+    "UPDATE",
+    "SHARE",
+    "NOWAIT",
+    "SKIP",
+    "NEXT",
+    "PREVIOUS",
+    "SETVAL",
+    "NEXTVAL",
+    "LASTVAL",
+    "PROCEDURE",
 ];
 
 /// Words that may stand before `(` without calling a function: keywords and operators.
 const KEYWORDS_BEFORE_PAREN: &[&str] = &[
-    "SELECT", "FROM", "JOIN", "ON", "WHERE", "AND", "OR", "NOT", "IN", "EXISTS", "ANY", "ALL",
-    "SOME", "AS", "USING", "OVER", "BY", "HAVING", "WHEN", "THEN", "ELSE", "CASE", "UNION",
-    "EXCEPT", "INTERSECT", "LIKE", "BETWEEN", "IS", "XOR", "DIV", "MOD", "DISTINCT", "WITH",
-    "VALUES", "LIMIT", "OFFSET", "INTERVAL", "RECURSIVE", "LATERAL", "IGNORE", "USE", "FORCE",
-    "INDEX", "KEY", "PARTITION", "BINARY", "ROW",
+    "SELECT",
+    "FROM",
+    "JOIN",
+    "ON",
+    "WHERE",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "EXISTS",
+    "ANY",
+    "ALL",
+    "SOME",
+    "AS",
+    "USING",
+    "OVER",
+    "BY",
+    "HAVING",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "CASE",
+    "UNION",
+    "EXCEPT",
+    "INTERSECT",
+    "LIKE",
+    "BETWEEN",
+    "IS",
+    "XOR",
+    "DIV",
+    "MOD",
+    "DISTINCT",
+    "WITH",
+    "VALUES",
+    "LIMIT",
+    "OFFSET",
+    "INTERVAL",
+    "RECURSIVE",
+    "LATERAL",
+    "IGNORE",
+    "USE",
+    "FORCE",
+    "INDEX",
+    "KEY",
+    "PARTITION",
+    "BINARY",
+    "ROW",
 ];
 
 /// Built-in functions that neither write, lock, wait on others, nor read the session's previous
 /// statement (`FOUND_ROWS`, `ROW_COUNT`, `LAST_INSERT_ID` — which with an argument also sets it —
 /// are left out on purpose, as are `GET_LOCK`, `SLEEP`, `BENCHMARK`, `MASTER_POS_WAIT`, …).
 const PURE_FUNCTIONS: &[&str] = &[
-    "COUNT", "SUM", "MIN", "MAX", "AVG", "GROUP_CONCAT", "BIT_AND", "BIT_OR", "BIT_XOR", "STD",
-    "STDDEV", "VARIANCE", "CONCAT", "CONCAT_WS", "COALESCE", "IFNULL", "NULLIF", "IF", "ISNULL",
-    "LENGTH", "CHAR_LENGTH", "CHARACTER_LENGTH", "SUBSTRING", "SUBSTR", "LEFT", "RIGHT", "LOWER",
-    "UPPER", "LCASE", "UCASE", "TRIM", "LTRIM", "RTRIM", "REPLACE", "REVERSE", "REPEAT", "LPAD",
-    "RPAD", "LOCATE", "INSTR", "POSITION", "FIELD", "FIND_IN_SET", "ELT", "HEX", "UNHEX", "MD5",
-    "SHA1", "SHA2", "CRC32", "ABS", "CEIL", "CEILING", "FLOOR", "ROUND", "TRUNCATE", "SIGN",
-    "SQRT", "POW", "POWER", "EXP", "LN", "LOG", "LOG2", "LOG10", "GREATEST", "LEAST", "CAST",
-    "CONVERT", "NOW", "CURDATE", "CURTIME", "CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIMESTAMP",
-    "SYSDATE", "UTC_TIMESTAMP", "UNIX_TIMESTAMP", "FROM_UNIXTIME", "DATE", "TIME", "YEAR",
-    "MONTH", "DAY", "HOUR", "MINUTE", "SECOND", "DATE_FORMAT", "DATE_ADD", "DATE_SUB",
-    "DATEDIFF", "TIMESTAMPDIFF", "EXTRACT", "STR_TO_DATE", "JSON_EXTRACT", "JSON_VALUE",
-    "JSON_OBJECT", "JSON_ARRAY", "JSON_UNQUOTE", "JSON_CONTAINS", "JSON_LENGTH", "DATABASE",
-    "SCHEMA", "VERSION", "USER", "CURRENT_USER", "CONNECTION_ID", "UUID", "RAND", "ROW_NUMBER",
-    "RANK", "DENSE_RANK", "LAG", "LEAD", "FIRST_VALUE", "LAST_VALUE", "CHAR", "ASCII", "ORD",
-    "FORMAT", "INET_ATON", "INET_NTOA", "BIN", "OCT", "CONV", "MOD", "PI",
+    "COUNT",
+    "SUM",
+    "MIN",
+    "MAX",
+    "AVG",
+    "GROUP_CONCAT",
+    "BIT_AND",
+    "BIT_OR",
+    "BIT_XOR",
+    "STD",
+    "STDDEV",
+    "VARIANCE",
+    "CONCAT",
+    "CONCAT_WS",
+    "COALESCE",
+    "IFNULL",
+    "NULLIF",
+    "IF",
+    "ISNULL",
+    "LENGTH",
+    "CHAR_LENGTH",
+    "CHARACTER_LENGTH",
+    "SUBSTRING",
+    "SUBSTR",
+    "LEFT",
+    "RIGHT",
+    "LOWER",
+    "UPPER",
+    "LCASE",
+    "UCASE",
+    "TRIM",
+    "LTRIM",
+    "RTRIM",
+    "REPLACE",
+    "REVERSE",
+    "REPEAT",
+    "LPAD",
+    "RPAD",
+    "LOCATE",
+    "INSTR",
+    "POSITION",
+    "FIELD",
+    "FIND_IN_SET",
+    "ELT",
+    "HEX",
+    "UNHEX",
+    "MD5",
+    "SHA1",
+    "SHA2",
+    "CRC32",
+    "ABS",
+    "CEIL",
+    "CEILING",
+    "FLOOR",
+    "ROUND",
+    "TRUNCATE",
+    "SIGN",
+    "SQRT",
+    "POW",
+    "POWER",
+    "EXP",
+    "LN",
+    "LOG",
+    "LOG2",
+    "LOG10",
+    "GREATEST",
+    "LEAST",
+    "CAST",
+    "CONVERT",
+    "NOW",
+    "CURDATE",
+    "CURTIME",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "SYSDATE",
+    "UTC_TIMESTAMP",
+    "UNIX_TIMESTAMP",
+    "FROM_UNIXTIME",
+    "DATE",
+    "TIME",
+    "YEAR",
+    "MONTH",
+    "DAY",
+    "HOUR",
+    "MINUTE",
+    "SECOND",
+    "DATE_FORMAT",
+    "DATE_ADD",
+    "DATE_SUB",
+    "DATEDIFF",
+    "TIMESTAMPDIFF",
+    "EXTRACT",
+    "STR_TO_DATE",
+    "JSON_EXTRACT",
+    "JSON_VALUE",
+    "JSON_OBJECT",
+    "JSON_ARRAY",
+    "JSON_UNQUOTE",
+    "JSON_CONTAINS",
+    "JSON_LENGTH",
+    "DATABASE",
+    "SCHEMA",
+    "VERSION",
+    "USER",
+    "CURRENT_USER",
+    "CONNECTION_ID",
+    "UUID",
+    "RAND",
+    "ROW_NUMBER",
+    "RANK",
+    "DENSE_RANK",
+    "LAG",
+    "LEAD",
+    "FIRST_VALUE",
+    "LAST_VALUE",
+    "CHAR",
+    "ASCII",
+    "ORD",
+    "FORMAT",
+    "INET_ATON",
+    "INET_NTOA",
+    "BIN",
+    "OCT",
+    "CONV",
+    "MOD",
+    "PI",
 ];
 
 /// First words of statements that only read and never run code or lock.
@@ -95,11 +259,63 @@ pub fn retry_safe(sql: &[u8]) -> bool {
     })
 }
 
+/// Every word a statement that only opens or ends a transaction may have (no `RELEASE`, which
+/// ends the session; no `BEGIN NOT ATOMIC`, a compound statement).
+const TRANSACTION_WORDS: &[&str] = &[
+    "BEGIN",
+    "WORK",
+    "START",
+    "TRANSACTION",
+    "READ",
+    "ONLY",
+    "WRITE",
+    "WITH",
+    "CONSISTENT",
+    "SNAPSHOT",
+    "COMMIT",
+    "ROLLBACK",
+    "AND",
+    "NO",
+    "CHAIN",
+];
+
+/// Whether `sql` only opens or ends a transaction (`BEGIN`, `START TRANSACTION READ ONLY`,
+/// `COMMIT`, `ROLLBACK`): with none open, running it again elsewhere changes nothing but where
+/// the next transaction starts.
+pub fn transaction_boundary(sql: &[u8]) -> bool {
+    if sql.len() > MAX_TEXT {
+        return false;
+    }
+    let stmts = statements(sql);
+    let [(toks, _)] = stmts.as_slice() else {
+        return false;
+    };
+    matches!(
+        word(toks.first()),
+        Some("BEGIN" | "START" | "COMMIT" | "ROLLBACK")
+    ) && toks
+        .iter()
+        .all(|t| matches!(t, Tok::Word(w, false) if TRANSACTION_WORDS.contains(&w.as_str())))
+}
+
 /// First words of statements that never end the transaction they run in: lost in flight inside
 /// a transaction, they leave it uncommitted (the server rolls it back as it dies).
 const STAYS_IN_TRANSACTION: &[&str] = &[
-    "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE", "SHOW", "DESC",
-    "DESCRIBE", "EXPLAIN", "SAVEPOINT", "DO", "ROLLBACK",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "WITH",
+    "VALUES",
+    "TABLE",
+    "SHOW",
+    "DESC",
+    "DESCRIBE",
+    "EXPLAIN",
+    "SAVEPOINT",
+    "DO",
+    "ROLLBACK",
 ];
 
 /// Whether `sql`, run inside a transaction, may have committed it: `COMMIT`, a statement with
@@ -191,10 +407,39 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_transaction_boundaries_count_as_boundaries() {
+        for sql in [
+            "BEGIN",
+            "begin work",
+            "START TRANSACTION READ ONLY",
+            "COMMIT",
+            "ROLLBACK AND NO CHAIN",
+        ] {
+            assert!(transaction_boundary(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "COMMIT RELEASE",
+            "ROLLBACK TO SAVEPOINT s",
+            "BEGIN; DELETE FROM t",
+            "SELECT 1",
+        ] {
+            assert!(!transaction_boundary(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
     fn hostile_bytes_are_refused_without_panicking() {
-        for sql in [&b"SELECT \xff\xfe("[..], b"SELECT '", b"SELECT `", b"(((", b"SELECT f("] {
+        for sql in [
+            &b"SELECT \xff\xfe("[..],
+            b"SELECT '",
+            b"SELECT `",
+            b"(((",
+            b"SELECT f(",
+        ] {
             let _ = retry_safe(sql);
             let _ = may_commit(sql);
+            let _ = transaction_boundary(sql);
         }
         assert!(!retry_safe(&vec![b'x'; MAX_TEXT + 1]));
     }
