@@ -231,6 +231,10 @@ async fn transactions(
 #[actix::test]
 async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_get_the_documented_errors(
 ) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("switchyard_server=debug,switchyard=info")
+        .with_test_writer()
+        .try_init();
     let Some(g) = Galera::shared() else { return };
     g.sql(
         0,
@@ -250,7 +254,9 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
     let mut idle = Vec::new();
     let mut on_victim = 0;
     for n in 0..9 {
-        let (s, p) = idle_session(proxy, n).await;
+        let (s, p) = tokio::time::timeout(Duration::from_secs(20), idle_session(proxy, n))
+            .await
+            .unwrap_or_else(|_| panic!("idle session {n} hung"));
         on_victim += usize::from(p == victim);
         idle.push(s);
     }
