@@ -128,6 +128,19 @@ cpu_niced() { awk '/^cpu /{print $3}' /proc/stat; }
 # CPU time (clock ticks) of one process.
 cpu_of() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}'; }
 
+# Another benchmark on the machine (someone else's sysbench) would halve both: wait up to
+# $BUSY_WAIT seconds (default 900) for it to end. Counts the runs that had to wait in
+# $WORK/waited.
+wait_no_other_sysbench() {
+  local waited=0
+  while pgrep -x sysbench >/dev/null && (( waited < ${BUSY_WAIT:-900} )); do
+    (( waited == 0 )) && echo "another sysbench is running; waiting" >&2
+    sleep 5; waited=$((waited + 5))
+  done
+  (( waited > 0 )) && echo "$waited" >>"$WORK/waited"
+  return 0
+}
+
 # One sysbench run; appends "workload threads round name qps p95 load1 others cpu" to
 # $WORK/rounds.txt: the load average at the start (which counts the benchmark's own threads),
 # the CPU that niced jobs on the machine used during the run, in cores (the benchmark runs at
@@ -136,6 +149,7 @@ cpu_of() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}'; }
 # per query decides its throughput, and it is far less noisy than QPS.
 sb_run() { # workload threads round name port [pid]
   local out qps p95 load niced0 others hz pcpu0=0 per=-
+  wait_no_other_sysbench
   load=$(cut -d' ' -f1 /proc/loadavg)
   niced0=$(cpu_niced); hz=$(getconf CLK_TCK)
   [[ -n "${6:-}" ]] && pcpu0=$(cpu_of "$6")
@@ -208,6 +222,11 @@ for (w, t), cell in runs.items():
         cs = [cell[(r, name)][2] for r in rounds if (r, name) in cell and cell[(r, name)][2] is not None]
         cpu = f"{st.median(cs):.1f}" if cs else "-"
         print(f"| {name} | {st.median(qs):.0f} | {span(qs, '{:.0f}')} | {rat} | {st.median(ps):.2f} | {cpu} |")
+import os
+waited = os.path.join(os.path.dirname(path), "waited")
+if os.path.exists(waited):
+    w = [int(x) for x in open(waited).read().split()]
+    print(f"\n{len(w)} runs waited for another benchmark on the machine to end ({sum(w)} s in all).")
 if loads:
     print(f"\nLoad average (1 min) at the start of each run: median {st.median(loads):.2f}, "
           f"min {min(loads):.2f}, max {max(loads):.2f} (it counts the benchmark's own threads); "

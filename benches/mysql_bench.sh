@@ -64,8 +64,8 @@ echo "== oltp_read_only 16 threads, ${CHURN_TIME}s, draining 127.0.0.1:$DB1 ever
 (
   end=$((SECONDS + CHURN_TIME))
   while ((SECONDS < end)); do
-    curl -fs -XPOST "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/drain" >/dev/null; sleep 2
-    curl -fs -XPOST "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/undrain" >/dev/null; sleep 2
+    curl -fs -XPOST -H "Content-Type: application/json" "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/drain" >/dev/null; sleep 2
+    curl -fs -XPOST -H "Content-Type: application/json" "127.0.0.1:$CHA/backends/127.0.0.1:$DB1/undrain" >/dev/null; sleep 2
   done
 ) &
 TOGGLE=$!
@@ -126,8 +126,8 @@ socks = [login(b'sb', b'sb') for _ in range(n)]
 time.sleep(1)
 print(f'opened {n}: {conns()}', file=sys.stderr)
 t0 = time.time()
-urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db2}/undrain', method='POST'))
-urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db1}/drain', method='POST'))
+urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db2}/undrain', method='POST', headers={'Content-Type': 'application/json'}))
+urllib.request.urlopen(urllib.request.Request(f'http://127.0.0.1:{admin}/backends/{db1}/drain', method='POST', headers={'Content-Type': 'application/json'}))
 while True:
     c = conns()
     if c.get(db1, 0) == 0 or time.time() - t0 > 60:
@@ -146,7 +146,7 @@ drain_once() { # label binary
   local id ida line
   id=$(free_port); ida=$(free_port)
   SY_BIN=$2 sy_start "idle-$1" mysql "$id" "$ida" "$DB1" "$DB2"
-  curl -fs -XPOST "127.0.0.1:$ida/backends/127.0.0.1:$DB2/drain" >/dev/null   # all sessions land on DB1
+  curl -fs -XPOST -H "Content-Type: application/json" "127.0.0.1:$ida/backends/127.0.0.1:$DB2/drain" >/dev/null   # all sessions land on DB1
   line=$(python3 "$WORK/idle.py" "$id" "$IDLE" "$ida" "127.0.0.1:$DB1" "127.0.0.1:$DB2" "${IDLE_CHANGED:-0}")
   echo "$1 $line" | tee -a "$WORK/drain.txt" >&2
   kill "$SY_PID" 2>/dev/null || true

@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Run)] = &[
     ("scan", scan::run),
     ("handshake", handshake::run),
     ("etcd_decode", etcd_decode::run),
+    ("proxy_header", proxy_header::run),
 ];
 
 /// Polls `fut` until it is ready; with `cancel`, gives up at the first `Pending`.
@@ -699,5 +700,42 @@ pub mod etcd_decode {
             }
         }
         let _ = switchyard::fuzz_parse_info(data);
+    }
+}
+
+/// Target 6: a PROXY protocol v2 header, as the door reads it from a trusted balancer.
+pub mod proxy_header {
+    use switchyard_server::proxy_protocol::{encode, header_len, parse, read, FIXED_LEN};
+
+    /// Parses one input as a header, and reads it from a stream.
+    pub fn run(data: &[u8]) {
+        if let Ok(h) = parse(data) {
+            assert!(
+                (FIXED_LEN..=data.len()).contains(&h.len),
+                "length {} out of bounds",
+                h.len
+            );
+            assert_eq!(header_len(data), Ok(h.len), "the length agrees");
+            if let Some((src, dst)) = h.addrs {
+                let again = parse(&encode(src, dst)).expect("the proxy's own header parses");
+                assert_eq!(
+                    again.addrs,
+                    Some((src, dst)),
+                    "addresses survive a round trip"
+                );
+            }
+        }
+        // from a stream: exactly the header's bytes are taken, and the verdict is the parser's
+        let mut rest = data;
+        if let Some(r) = super::drive(read(&mut rest), false) {
+            match (r, parse(data)) {
+                (Ok(h), Ok(p)) => {
+                    assert_eq!(h, p);
+                    assert_eq!(data.len() - rest.len(), h.len, "read past the header");
+                }
+                (Ok(h), Err(e)) => panic!("read {h:?} where parse says {e}"),
+                (Err(_), _) => {}
+            }
+        }
     }
 }

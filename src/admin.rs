@@ -1,21 +1,32 @@
-//! The admin HTTP API (actix-web): health, backends, metrics, refresh, redirect, drain.
+//! The admin HTTP API (actix-web): health, backends, metrics, refresh, redirect, drain, and the
+//! status page.
 //!
 //! Handlers are thin: each turns a request into one router message and its answer into JSON.
 //! The JSON shapes are fixed by DESIGN section 9. `/metrics` first copies the router's
 //! per-backend view into gauges, then renders the whole registry (the library's series too).
+//! Every POST passes [`guard`] first (token, CSRF); `GET /` serves the self-contained status page
+//! (`admin/status.html`), which reads `/backends` and `/history` (the [`history`] ring).
+
+pub mod guard;
+pub mod history;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::config::AdminToken;
 use actix::Addr;
-use actix_web::{dev::Server, http::StatusCode, web, App, HttpResponse, HttpServer};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{http::header, http::Method, http::StatusCode, web, App, HttpResponse, HttpServer};
+use history::{History, Totals};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use switchyard::{
-    GetBackends, GetDrained, GetObserved, RedirectConnections, RefreshBackends, RouterError,
-    ScoreRouter, SetDrained,
+    DrainThenClose, GetBackends, GetDrained, GetObserved, GetRouting, RedirectConnections,
+    RefreshBackends, RouterError, RoutingState, ScoreRouter, SetDrained,
 };
 
 /// One backend as `GET /backends` shows it.
@@ -33,6 +44,20 @@ pub struct BackendView {
     pub server_version: String,
     /// Whether an operator drained it.
     pub drained: bool,
+    /// Its configured or discovered weight (1 unless set).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The weight routes see now: below `weight` while it slow-starts.
+    #[serde(default = "one")]
+    pub effective_weight: f64,
+    /// The router is in panic mode (too few healthy backends): every known, non-drained
+    /// backend takes routes whatever its status. The same on every entry.
+    #[serde(default)]
+    pub panic: bool,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What the handlers share.
@@ -42,6 +67,10 @@ pub struct AdminState {
     draining: Arc<AtomicBool>,
     /// Backends shown in the last scrape, so gauges of removed ones drop to zero.
     scraped: Mutex<HashSet<String>>,
+    /// `admin.token`: every POST must carry it when set.
+    token: Option<AdminToken>,
+    /// The last minute of routes, moves and errors, for the status page.
+    history: Mutex<History>,
 }
 
 impl AdminState {
@@ -56,17 +85,57 @@ impl AdminState {
             prometheus,
             draining,
             scraped: Mutex::new(HashSet::new()),
+            token: None,
+            history: Mutex::new(History::default()),
         }
+    }
+
+    /// Requires `token` (`Authorization: Bearer …`) on every POST.
+    pub fn with_token(mut self, token: Option<AdminToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Reads the registry's totals and adds one second to the history ring.
+    fn sample_history(&self) {
+        let totals = Totals::from_exposition(&self.prometheus.render());
+        lock(&self.history).record(totals);
     }
 }
 
+/// Locks a mutex whose data stays usable even if a holder panicked (each holds it for one
+/// plain update).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How often the history ring takes a sample.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Binds the admin API on `addr` (one worker; it is a control plane). The returned server runs
-/// when awaited or spawned; stop it through its handle.
+/// when awaited or spawned; stop it through its handle. Must be called inside an actix system:
+/// it also starts the once-a-second sampler of the status page's history, which ends with the
+/// server.
 pub fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let sampled = std::sync::Arc::downgrade(&state.clone().into_inner());
+    actix_rt::spawn(async move {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match sampled.upgrade() {
+                Some(state) => state.sample_history(),
+                None => break,
+            }
+        }
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(guard_posts))
+            .route("/", web::get().to(status_page))
+            .route("/history", web::get().to(history))
             .route("/health", web::get().to(health))
             .route("/backends", web::get().to(backends))
             .route("/metrics", web::get().to(metrics))
@@ -92,6 +161,54 @@ fn router_gone() -> HttpResponse {
     error(StatusCode::SERVICE_UNAVAILABLE, RouterError::RouterGone)
 }
 
+/// Runs [`guard::check_post`] on every POST; a refusal is answered here with its reason and the
+/// handler never runs.
+async fn guard_posts(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
+    if req.method() == Method::POST {
+        let state = req.app_data::<web::Data<AdminState>>().cloned();
+        let token = state.as_ref().and_then(|s| s.token.as_ref());
+        if let Err(refusal) = guard::check_post(req.headers(), token) {
+            tracing::warn!(path = %req.path(), peer = ?req.peer_addr(), reason = %refusal, "admin POST refused");
+            let mut resp = error(refusal.status(), refusal);
+            if refusal == guard::Refusal::Unauthorized {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"switchyard\""),
+                );
+            }
+            return Ok(req.into_response(resp).map_into_right_body());
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+/// The status page: static HTML with the version filled in; it fetches everything else.
+async fn status_page() -> HttpResponse {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let page = PAGE.get_or_init(|| {
+        include_str!("admin/status.html").replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
+    });
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; frame-ancestors 'none'",
+        ))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(page.as_str())
+}
+
+async fn history(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(lock(&state.history).view())
+}
+
 async fn not_found() -> HttpResponse {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -110,6 +227,15 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
     let snapshots = state.router.send(GetBackends).await.ok()?;
     let drained = state.router.send(GetDrained).await.ok()?;
     let observed = state.router.send(GetObserved).await.unwrap_or_default();
+    let routing: RoutingState = state.router.send(GetRouting).await.unwrap_or_default();
+    let weight = |addr: &str| {
+        routing
+            .backends
+            .iter()
+            .find(|w| w.addr == addr)
+            .map_or((1.0, 1.0), |w| (w.weight, w.effective_weight))
+    };
+    let panic = routing.panic;
     let known: HashSet<&str> = snapshots.iter().map(|b| b.addr.as_str()).collect();
     let mut unseen: Vec<(String, switchyard::BackendHealth)> = observed
         .into_iter()
@@ -120,6 +246,9 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
         .into_iter()
         .map(|(addr, health)| BackendView {
             drained: drained.contains(&addr),
+            weight: weight(&addr).0,
+            effective_weight: weight(&addr).1,
+            panic,
             status: health.status.to_string(),
             score: health.status.score(),
             addr,
@@ -132,6 +261,9 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
             .into_iter()
             .map(|b| BackendView {
                 drained: drained.contains(&b.addr),
+                weight: weight(&b.addr).0,
+                effective_weight: weight(&b.addr).1,
+                panic,
                 status: b.health.status.to_string(),
                 addr: b.addr,
                 score: b.score,
@@ -157,15 +289,15 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
     ) {
         let now: HashSet<String> = snapshots.iter().map(|b| b.addr.clone()).collect();
         let gone: Vec<String> = {
-            let mut scraped = state
-                .scraped
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut scraped = lock(&state.scraped);
             let gone = scraped.difference(&now).cloned().collect();
             *scraped = now;
             gone
         };
         crate::metrics::record_backends(&snapshots, &drained, &gone);
+    }
+    if let Ok(routing) = state.router.send(GetRouting).await {
+        crate::metrics::record_routing(&routing);
     }
     state.prometheus.run_upkeep();
     HttpResponse::Ok()
@@ -204,8 +336,47 @@ async fn set_drained(state: &AdminState, addr: String, drained: bool) -> HttpRes
     }
 }
 
-async fn drain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
-    set_drained(&state, path.into_inner(), true).await
+/// `?timeout=30s` on a drain: close what has not moved by then.
+#[derive(Debug, serde::Deserialize)]
+struct DrainQuery {
+    timeout: Option<String>,
+}
+
+async fn drain(
+    state: web::Data<AdminState>,
+    path: web::Path<String>,
+    query: web::Query<DrainQuery>,
+) -> HttpResponse {
+    let addr = path.into_inner();
+    let Some(timeout) = &query.timeout else {
+        return set_drained(&state, addr, true).await;
+    };
+    let timeout = match humantime_serde::re::humantime::parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout: {timeout:?} is not a duration such as 30s ({e})"),
+            )
+        }
+    };
+    let msg = DrainThenClose {
+        addr: addr.clone(),
+        timeout,
+    };
+    match state.router.send(msg).await {
+        Ok(Ok(())) => {
+            tracing::info!(backend = %addr, ?timeout, "operator drained; closing what has not moved by the timeout");
+            HttpResponse::Ok().json(serde_json::json!({
+                "addr": addr,
+                "drained": true,
+                "close_after_ms": timeout.as_millis() as u64,
+            }))
+        }
+        Ok(Err(e @ RouterError::UnknownBackend(_))) => error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => router_gone(),
+    }
 }
 
 async fn undrain(state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {

@@ -148,7 +148,7 @@ struct Stats {
 
 type Shared = Rc<RefCell<Stats>>;
 
-type Line = BufReader<TcpStream>;
+type Line = BufReader<crate::entry::Stream>;
 
 /// One simulated client session: a request every 250 ms, until `ends_at`.
 struct DemoClient {
@@ -215,6 +215,15 @@ impl Actor for DemoClient {
     }
 }
 
+/// The demo's clients are closed like `tcp` connections: at once.
+impl Handler<switchyard::CloseConnection> for DemoClient {
+    type Result = ();
+
+    fn handle(&mut self, _: switchyard::CloseConnection, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Redirect> for DemoClient {
     type Result = ();
 
@@ -233,7 +242,7 @@ impl Handler<Redirect> for DemoClient {
             match r {
                 Ok(s) => {
                     let from = registration.backend().to_string();
-                    act.stream = Some(BufReader::new(s));
+                    act.stream = Some(BufReader::new(s.into()));
                     registration.redirect_succeeded(&to);
                     let mut st = act.stats.borrow_mut();
                     st.summary.moves += 1;

@@ -9,7 +9,7 @@ use clap::Parser;
 use switchyard_server::cli::{Cli, Command};
 use switchyard_server::config::{Config, LogFormat};
 use switchyard_server::demo::{self, DemoOptions};
-use switchyard_server::service;
+use switchyard_server::{ctl, service};
 
 fn main() -> ExitCode {
     return_large_blocks_to_the_system();
@@ -30,6 +30,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Ctl(args)) => match ctl::run(&args, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard ctl: {e}");
+                ExitCode::from(1)
+            }
+        },
         None => {
             let cfg = match Config::load(&cli.config) {
                 Ok(cfg) => cfg,

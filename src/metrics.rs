@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use switchyard::{BackendSnapshot, BackendStatus};
+use switchyard::{BackendSnapshot, BackendStatus, RoutingState};
 
 /// Bucket bounds (seconds) for every histogram: 100 µs to 30 s.
 const BUCKETS: &[f64] = &[
@@ -97,6 +97,30 @@ fn describe() {
     describe_gauge!(
         "switchyard_backend_drained",
         "1 while an operator has drained the backend."
+    );
+    describe_gauge!(
+        "switchyard_backend_weight",
+        "Each backend's configured or discovered weight."
+    );
+    describe_gauge!(
+        "switchyard_backend_effective_weight",
+        "The weight routes see now (below the weight while a backend slow-starts)."
+    );
+    describe_gauge!(
+        "switchyard_panic_mode",
+        "1 while too few backends are healthy (balance.panic_threshold) and routes go to every known backend."
+    );
+    describe_gauge!(
+        "switchyard_route_queue_length",
+        "Routes waiting for a backend below balance.max_conns_per_backend."
+    );
+    describe_counter!(
+        "switchyard_route_queue_waits_total",
+        "Routes that had to wait because every backend was at balance.max_conns_per_backend."
+    );
+    describe_counter!(
+        "switchyard_route_queue_timeouts_total",
+        "Routes refused after waiting balance.queue_timeout."
     );
     describe_counter!(
         "switchyard_routes_total",
@@ -253,4 +277,16 @@ pub fn failover_error(reason: &'static str) {
 /// giving up).
 pub fn failover_stall(took: Duration) {
     metrics::histogram!("switchyard_failover_stall_seconds").record(took.as_secs_f64());
+}
+
+/// Sets the routing gauges from the router's view: weights per backend, panic mode and the wait
+/// queue (the router also sets the last two as they change; a scrape makes sure they exist).
+pub fn record_routing(routing: &RoutingState) {
+    for b in &routing.backends {
+        metrics::gauge!("switchyard_backend_weight", "backend" => b.addr.clone()).set(b.weight);
+        metrics::gauge!("switchyard_backend_effective_weight", "backend" => b.addr.clone())
+            .set(b.effective_weight);
+    }
+    metrics::gauge!("switchyard_panic_mode").set(if routing.panic { 1.0 } else { 0.0 });
+    metrics::gauge!("switchyard_route_queue_length").set(routing.queue_len as f64);
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::{
-    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, ScoreRouter, StaticFetcher, StopObserver,
+    wire, BackendFetcher, DefaultHealthCheck, EtcdFetcher, RefreshBackends, ScoreRouter,
+    StaticFetcher, StopObserver,
 };
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -70,14 +71,33 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
     actix::System::new().block_on(serve(cfg))
 }
 
-/// Starts a [`ScoreRouter`] under supervision with an observer using `fetcher` and the
-/// configured health check.
+/// Starts a [`ScoreRouter`] under supervision with an observer using `fetcher`, the
+/// configured health check and the configured routing controls (`balance.*`).
 pub fn start_router<F: BackendFetcher>(cfg: &Config, fetcher: F) -> Addr<ScoreRouter> {
     let (router_cfg, health) = (cfg.router.clone(), cfg.health.clone());
+    let policy = cfg.policy.clone();
     actix::Supervisor::start(move |ctx| {
         let check = DefaultHealthCheck::new(health.clone());
-        ScoreRouter::observed(router_cfg, fetcher, check, health, ctx)
+        ScoreRouter::observed(router_cfg, fetcher, check, health, ctx).with_policy(policy)
     })
+}
+
+/// The fetcher `backends` describes, with the configured weights.
+fn start_discovery(cfg: &Config) -> Addr<ScoreRouter> {
+    match &cfg.discovery {
+        Discovery::Static(addrs) => {
+            let weighted = addrs
+                .iter()
+                .map(|a| (a.clone(), cfg.weights.get(a).copied().unwrap_or(1.0)))
+                .collect();
+            start_router(cfg, StaticFetcher::with_weights(weighted))
+        }
+        Discovery::Etcd(endpoints, etcd) => start_router(
+            cfg,
+            EtcdFetcher::with_config(endpoints.clone(), etcd.clone())
+                .with_weights(cfg.weights.clone()),
+        ),
+    }
 }
 
 /// The start function for `cfg.protocol`, and (`protocol: mysql`) the session registry that
@@ -96,6 +116,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                 },
                 move_timeout: cfg.mysql_move_timeout,
                 failover: cfg.failover.clone(),
+                front_tls: cfg.door.tls.clone(),
                 ..Default::default()
             });
             let registry = sessions.clone();
@@ -126,15 +147,38 @@ pub fn refusal(protocol: Protocol) -> Arc<[u8]> {
     }
 }
 
+/// SIGHUP (`systemctl reload`, the unit's `ExecReload`) must never take its default action,
+/// which ends the process: it runs a discovery and health-check cycle instead, and reloads the
+/// `proxy.tls` certificate and key (new clients get the new one; sessions keep theirs; a file
+/// that fails to load leaves the current certificate in place, with an error logged).
+fn reload_on_hangup(
+    router: Addr<ScoreRouter>,
+    tls: Option<crate::tls::FrontTls>,
+) -> Result<(), ServiceError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+    actix_rt::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: refreshing backends");
+            router.do_send(RefreshBackends);
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => {
+                        info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the current one")
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 async fn serve(cfg: Config) -> Result<(), ServiceError> {
     let prometheus = crate::metrics::install();
-    let router = match &cfg.discovery {
-        Discovery::Static(addrs) => start_router(&cfg, StaticFetcher::new(addrs.clone())),
-        Discovery::Etcd(endpoints, etcd) => start_router(
-            &cfg,
-            EtcdFetcher::with_config(endpoints.clone(), etcd.clone()),
-        ),
-    };
+    let router = start_discovery(&cfg);
 
     let listener = tokio::net::TcpListener::bind(cfg.proxy_listen)
         .await
@@ -144,7 +188,8 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
             source,
         })?;
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone());
+    let admin_state = AdminState::new(router.clone(), prometheus, draining.clone())
+        .with_token(cfg.admin_token.clone());
     let admin_server =
         admin::serve(cfg.admin_listen, admin_state).map_err(|source| ServiceError::Bind {
             key: "admin.listen",
@@ -160,6 +205,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     entry.half_close_timeout = cfg.half_close_timeout;
     entry.max_connections = cfg.max_connections;
     entry.refusal = refusal(cfg.protocol);
+    entry.door = cfg.door.clone();
     let live = entry.live.clone();
     let (start, sessions) = start_conn(&cfg);
     let proxy = ProxyListener::new(
@@ -172,6 +218,7 @@ async fn serve(cfg: Config) -> Result<(), ServiceError> {
     info!(proxy = %cfg.proxy_listen, admin = %cfg.admin_listen, protocol = ?cfg.protocol,
           workers = workers.len(), "switchyard serving");
 
+    reload_on_hangup(router.clone(), cfg.door.tls.clone())?;
     let mut signals = Box::pin(shutdown::wait_for_signal());
     let outcome = tokio::select! {
         sig = &mut signals => sig.map_err(ServiceError::Signals).map(|s| {

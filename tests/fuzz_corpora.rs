@@ -93,6 +93,11 @@ fn the_etcd_decode_corpus_replays_without_a_panic_or_a_broken_invariant() {
 }
 
 #[test]
+fn the_proxy_header_corpus_replays_without_a_panic_or_a_broken_invariant() {
+    replay_corpus("proxy_header");
+}
+
+#[test]
 fn every_fuzz_target_has_a_harness_entry_and_a_replay_test() {
     let targets = inputs(&fuzz_dir().join("fuzz_targets"));
     let names: Vec<_> = targets

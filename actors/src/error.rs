@@ -46,6 +46,27 @@ pub enum RouteError {
     /// The router actor is gone (stopped, or its system shut down).
     #[error("router is not running")]
     RouterGone,
+    /// Every candidate backend holds `max_conns_per_backend` connections (the router queues
+    /// such a route; this is what a caller of the synchronous core sees).
+    #[error("every backend is at max_conns_per_backend")]
+    AllFull,
+    /// The route waited its whole `queue_timeout` for a backend with room.
+    #[error("no backend had room within queue_timeout ({0:?})")]
+    QueueTimeout(std::time::Duration),
+    /// The wait queue already holds `queue_limit` routes.
+    #[error("every backend is at max_conns_per_backend and the wait queue is full")]
+    QueueFull,
+}
+
+impl RouteError {
+    /// The router is at its limits (the proxy's "too many connections"), rather than out of
+    /// backends.
+    pub fn is_overload(&self) -> bool {
+        matches!(
+            self,
+            RouteError::AllFull | RouteError::QueueTimeout(_) | RouteError::QueueFull
+        )
+    }
 }
 
 /// Errors of router-wide operations such as [`crate::RedirectConnections`].

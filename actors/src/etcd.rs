@@ -15,6 +15,10 @@
 //! last one that worked, a full round of failures is retried after a doubling back-off, and after
 //! the last round the fetch returns a [`FetchError`]. Bad entries (an `info` that is not JSON, a
 //! key without an address) are skipped with a warning logged once, not per poll.
+//!
+//! Weights: a TiDB started with `labels = { weight = "3" }` (its `info` then carries
+//! `"labels": {"weight": "3"}`) weighs 3; weights given in config ([`EtcdFetcher::with_weights`])
+//! win over labels. A label that is not a number above zero is ignored with a warning.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +36,9 @@ use crate::model::BackendInfo;
 
 /// The prefix TiDB registers under.
 pub const TOPOLOGY_PREFIX: &str = "/topology/tidb/";
+
+/// The topology label a backend's weight is read from.
+pub const WEIGHT_LABEL: &str = "weight";
 
 /// The largest range response read (bytes). A TiDB topology entry is well under 1 KiB, so this
 /// holds tens of thousands of backends, while a confused or hostile endpoint streaming without end
@@ -77,6 +84,10 @@ pub struct EtcdFetcher {
     preferred: Cell<usize>,
     /// Bad keys already warned about (key → reason), so a bad entry is logged once.
     warned: RefCell<HashMap<String, String>>,
+    /// Weights from the last successful fetch's labels.
+    labelled: RefCell<HashMap<String, f64>>,
+    /// Weights from config; they win over labels.
+    configured: HashMap<String, f64>,
 }
 
 impl EtcdFetcher {
@@ -112,7 +123,16 @@ impl EtcdFetcher {
             client,
             preferred: Cell::new(0),
             warned: RefCell::new(HashMap::new()),
+            labelled: RefCell::new(HashMap::new()),
+            configured: HashMap::new(),
         }
+    }
+
+    /// The same fetcher, with weights by address that win over the topology's labels
+    /// (`backends.etcd.weights`).
+    pub fn with_weights(mut self, weights: HashMap<String, f64>) -> Self {
+        self.configured = weights;
+        self
     }
 
     /// One range request to one endpoint.
@@ -162,7 +182,12 @@ impl EtcdFetcher {
 
     /// Turns the raw key-values into backends, skipping (and warning once about) bad entries.
     fn topology(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> HashMap<String, BackendInfo> {
-        let (backends, skipped) = parse_topology(kvs);
+        let Topology {
+            backends,
+            weights,
+            skipped,
+        } = parse_topology(kvs);
+        *self.labelled.borrow_mut() = weights;
         let mut warned = self.warned.borrow_mut();
         for (key, reason) in &skipped {
             if warned.get(key) != Some(reason) {
@@ -208,6 +233,12 @@ impl BackendFetcher for EtcdFetcher {
         Err(FetchError::new(format!(
             "etcd: {n} endpoint(s) failed {rounds} time(s); last error: {last_err}"
         )))
+    }
+
+    fn weights(&self) -> HashMap<String, f64> {
+        let mut weights = self.labelled.borrow().clone();
+        weights.extend(self.configured.iter().map(|(a, w)| (a.clone(), *w)));
+        weights
     }
 }
 
@@ -258,8 +289,7 @@ fn decode_range(body: &[u8]) -> Result<KeyValues, String> {
 /// replay test (`fuzz/`), so both run exactly the decoding a fetch runs on a peer's bytes.
 #[doc(hidden)]
 pub fn fuzz_decode_range(body: &[u8]) -> Result<HashMap<String, BackendInfo>, String> {
-    let (backends, _skipped) = parse_topology(decode_range(body)?);
-    Ok(backends)
+    Ok(parse_topology(decode_range(body)?).backends)
 }
 
 /// What a fetch makes of one TiDB `info` value: its `(ip, status_port)`, or the JSON error.
@@ -295,13 +325,45 @@ struct TopologyInfo {
     ip: String,
     #[serde(default)]
     status_port: u16,
+    /// TiDB's `labels` (strings by key); only [`WEIGHT_LABEL`] is read. Any JSON is accepted
+    /// here, so an odd `labels` never costs the backend itself.
+    #[serde(default)]
+    labels: serde_json::Value,
 }
 
-/// Backends with both `info` and `ttl`, plus the skipped keys with their reasons.
-fn parse_topology(
-    kvs: Vec<(Vec<u8>, Vec<u8>)>,
-) -> (HashMap<String, BackendInfo>, Vec<(String, String)>) {
+/// The weight a `labels` object gives, if it has a usable one.
+fn label_weight(labels: &serde_json::Value) -> Result<Option<f64>, String> {
+    let Some(v) = labels.get(WEIGHT_LABEL) else {
+        return Ok(None);
+    };
+    let w = match v {
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        serde_json::Value::Number(n) => n.as_f64(),
+        _ => None,
+    };
+    match w {
+        Some(w) if crate::router::valid_weight(w) => Ok(Some(w)),
+        _ => Err(format!(
+            "label {WEIGHT_LABEL}={v} is not a number above 0; weight 1"
+        )),
+    }
+}
+
+/// What one topology read yields.
+struct Topology {
+    /// Backends with both `info` and `ttl`.
+    backends: HashMap<String, BackendInfo>,
+    /// Their weights from labels, where given.
+    weights: HashMap<String, f64>,
+    /// Skipped keys (or ignored labels) with their reasons.
+    skipped: Vec<(String, String)>,
+}
+
+/// Backends with both `info` and `ttl`, their label weights, and the skipped keys with their
+/// reasons.
+fn parse_topology(kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Topology {
     let mut infos: BTreeMap<String, BackendInfo> = BTreeMap::new();
+    let mut weights: HashMap<String, f64> = HashMap::new();
     let mut alive: HashSet<String> = HashSet::new();
     let mut skipped = Vec::new();
     for (key, value) in kvs {
@@ -320,6 +382,13 @@ fn parse_topology(
         match field {
             "info" => match parse_info(&value) {
                 Ok(info) => {
+                    match label_weight(&info.labels) {
+                        Ok(Some(w)) => {
+                            weights.insert(addr.to_string(), w);
+                        }
+                        Ok(None) => {}
+                        Err(why) => skipped.push((key.clone(), why)),
+                    }
                     infos.insert(
                         addr.to_string(),
                         BackendInfo {
@@ -336,11 +405,16 @@ fn parse_topology(
             _ => {}
         }
     }
-    let backends = infos
+    let backends: HashMap<String, BackendInfo> = infos
         .into_iter()
         .filter(|(addr, _)| alive.contains(addr))
         .collect();
-    (backends, skipped)
+    weights.retain(|addr, _| backends.contains_key(addr));
+    Topology {
+        backends,
+        weights,
+        skipped,
+    }
 }
 
 /// TiDB's `info`: a JSON object (serde would also take an array for a struct; TiDB never writes one).
@@ -391,8 +465,41 @@ mod tests {
     }
 
     #[test]
+    fn a_weight_label_weighs_its_backend_and_a_bad_one_is_reported_not_fatal() {
+        let t = parse_topology(vec![
+            kv(
+                "/topology/tidb/10.0.0.1:4000/info",
+                r#"{"ip":"10.0.0.1","status_port":10080,"labels":{"weight":"3","zone":"z1"}}"#,
+            ),
+            kv("/topology/tidb/10.0.0.1:4000/ttl", "1"),
+            kv(
+                "/topology/tidb/10.0.0.2:4000/info",
+                r#"{"ip":"10.0.0.2","status_port":10080,"labels":{"weight":"0"}}"#,
+            ),
+            kv("/topology/tidb/10.0.0.2:4000/ttl", "1"),
+            kv(
+                "/topology/tidb/10.0.0.3:4000/info",
+                r#"{"ip":"10.0.0.3","status_port":10080,"labels":{"weight":2.5}}"#,
+            ),
+        ]);
+        assert_eq!(
+            t.backends.len(),
+            2,
+            "no ttl, no backend; a bad label keeps it"
+        );
+        assert_eq!(
+            t.weights,
+            HashMap::from([("10.0.0.1:4000".to_string(), 3.0)])
+        );
+        assert_eq!(t.skipped.len(), 1);
+        assert!(t.skipped[0].1.contains("weight"), "{:?}", t.skipped);
+    }
+
+    #[test]
     fn a_backend_needs_both_info_and_ttl() {
-        let (backends, skipped) = parse_topology(vec![
+        let Topology {
+            backends, skipped, ..
+        } = parse_topology(vec![
             kv(
                 "/topology/tidb/10.0.0.1:4000/info",
                 r#"{"ip":"10.0.0.1","status_port":10080,"version":"8.5.0"}"#,
@@ -414,7 +521,9 @@ mod tests {
 
     #[test]
     fn bad_entries_are_skipped_with_a_reason_and_spoil_nothing() {
-        let (backends, skipped) = parse_topology(vec![
+        let Topology {
+            backends, skipped, ..
+        } = parse_topology(vec![
             kv("/topology/tidb/a:4000/info", "not json"),
             kv("/topology/tidb/a:4000/ttl", "1"),
             kv(

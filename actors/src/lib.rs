@@ -14,6 +14,11 @@
 //!   [`ConnClosed`], so a connection that ends any way, a panic included, leaves no count behind.
 //!   [`BackendSelector`] is the lower-level step underneath: one route at a time.
 //!
+//! Operators steer routing with a [`RoutePolicy`] (`ScoreRouter::with_policy`): weights per
+//! backend (from the fetcher, reported as [`BackendsListed`]), slow start, a per-backend cap with
+//! a FIFO wait queue, panic mode when too few backends are healthy, and [`DrainThenClose`], which
+//! closes ([`CloseConnection`]) what has not moved off a drained backend in time.
+//!
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
 //!
@@ -103,7 +108,7 @@ mod selector;
 mod static_router;
 pub mod wire;
 
-pub use conn::{ConnHandle, Redirect};
+pub use conn::{CloseConnection, ConnHandle, Redirect};
 pub use connect::{
     AttemptError, BoxError, ConnectError, ConnectFailure, Connected, Connector, Registration,
 };
@@ -115,12 +120,14 @@ pub use etcd::{fuzz_decode_range, fuzz_parse_info};
 pub use etcd::{EtcdConfig, EtcdFetcher, TOPOLOGY_PREFIX};
 pub use health::{HealthCheck, HealthCheckConfig, Probe};
 pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, BackendStatus};
-pub use observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
+pub use observation::{BackendsChanged, BackendsListed, GetObserved, Refresh, StopObserver};
 pub use observer::BackendObserver;
 pub use router::{
-    BackendSuspect, CheckInvariants, ConnClosed, ConnCount, ConnCreated, GetBackends, GetDrained,
-    Rebalance, RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route,
-    RouterConfig, ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    valid_weight, BackendSuspect, BackendWeight, CheckInvariants, ConnClosed, ConnCount,
+    ConnCreated, DrainThenClose, GetBackends, GetDrained, GetRouting, Rebalance,
+    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy,
+    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    SLOW_START_FLOOR,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

@@ -1,5 +1,6 @@
-//! What the observer and the router say to each other: the observer's report
-//! ([`BackendsChanged`]) and the requests it obeys ([`Refresh`], [`StopObserver`], [`GetObserved`]).
+//! What the observer and the router say to each other: the observer's reports
+//! ([`BackendsChanged`], [`BackendsListed`]) and the requests it obeys ([`Refresh`],
+//! [`StopObserver`], [`GetObserved`]).
 //!
 //! It sits below both actors so that neither imports the other's module for these words: the
 //! observer knows nothing of the router, and the router reaches its observer through recipients.
@@ -19,6 +20,20 @@ pub struct BackendsChanged {
     pub backends: HashMap<String, BackendHealth>,
     /// Set when the cycle failed; routes are refused with it until a later cycle succeeds.
     pub error: Option<ObserveError>,
+}
+
+/// The observer's full list after a good cycle: every discovered backend, healthy or not, with
+/// its weight (1 unless config or discovery says otherwise). Sent when it differs from the last
+/// one sent (and after the first cycle).
+///
+/// [`BackendsChanged`] says only what changed health; this says what exists, which the router
+/// needs for weights and for panic mode ("fewer than half of the *known* backends are healthy").
+/// An application feeding a router by hand may send it too.
+#[derive(Debug, Clone, Default, PartialEq, Message)]
+#[rtype(result = "()")]
+pub struct BackendsListed {
+    /// Address → weight (> 0).
+    pub backends: HashMap<String, f64>,
 }
 
 /// Run a cycle now. While a cycle runs, any number of refreshes fold into one more cycle.

@@ -2,7 +2,8 @@
 //!
 //! Each cycle fetches the list ([`BackendFetcher`]), checks every backend ([`HealthCheck`],
 //! concurrently with a bound), applies hysteresis (`fall` / `rise`), compares with the last cycle
-//! and sends [`BackendsChanged`] to its receiver. Inbound: [`Refresh`] (run a cycle now),
+//! and sends [`BackendsChanged`] to its receiver, and (when it differs from the last) the whole
+//! list with weights as [`BackendsListed`] to an optional second receiver. Inbound: [`Refresh`] (run a cycle now),
 //! [`GetObserved`] and [`StopObserver`]. Cycles never overlap: a refresh during a cycle is folded
 //! into one more. Its messages live in `observation`, which the router shares.
 
@@ -20,7 +21,7 @@ use crate::discovery::BackendFetcher;
 use crate::error::{FetchError, ObserveError};
 use crate::health::{HealthCheck, HealthCheckConfig};
 use crate::model::{BackendHealth, BackendStatus};
-use crate::observation::{BackendsChanged, GetObserved, Refresh, StopObserver};
+use crate::observation::{BackendsChanged, BackendsListed, GetObserved, Refresh, StopObserver};
 
 /// Consecutive results of one backend, for hysteresis.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,7 +30,8 @@ struct Streak {
     bad: u32,
 }
 
-type CycleResult = Result<Vec<(String, BackendHealth)>, FetchError>;
+/// A good cycle's checked backends and their weights.
+type CycleResult = Result<(Vec<(String, BackendHealth)>, HashMap<String, f64>), FetchError>;
 
 /// Watches the backends and tells its receiver what changed.
 ///
@@ -41,6 +43,10 @@ pub struct BackendObserver<F: BackendFetcher, H: HealthCheck> {
     cfg: HealthCheckConfig,
     /// Weak, so an observer never keeps its router alive.
     receiver: WeakRecipient<BackendsChanged>,
+    /// Where the full list goes, if anywhere (weak too).
+    listing: Option<WeakRecipient<BackendsListed>>,
+    /// The list as last sent there.
+    listed: Option<HashMap<String, f64>>,
     /// Health as last reported (after hysteresis), for every backend of the last good cycle.
     current: HashMap<String, BackendHealth>,
     streaks: HashMap<String, Streak>,
@@ -63,12 +69,21 @@ impl<F: BackendFetcher, H: HealthCheck> BackendObserver<F, H> {
             health_check: Rc::new(health_check),
             cfg,
             receiver: receiver.downgrade(),
+            listing: None,
+            listed: None,
             current: HashMap::new(),
             streaks: HashMap::new(),
             running: false,
             refresh_pending: false,
             timer: None,
         }
+    }
+
+    /// Also sends the full list with weights ([`BackendsListed`]) to `listing` after each good
+    /// cycle whose list differs from the last one sent.
+    pub fn with_listing(mut self, listing: Recipient<BackendsListed>) -> Self {
+        self.listing = Some(listing.downgrade());
+        self
     }
 
     fn start_cycle(&mut self, ctx: &mut Context<Self>) {
@@ -104,6 +119,7 @@ impl<F: BackendFetcher, H: HealthCheck> BackendObserver<F, H> {
     }
 
     fn finish_cycle(&mut self, res: CycleResult, ctx: &mut Context<Self>) {
+        let mut listing = None;
         let msg = match res {
             Err(err) => {
                 warn!(error = %err, "backend discovery failed");
@@ -112,7 +128,8 @@ impl<F: BackendFetcher, H: HealthCheck> BackendObserver<F, H> {
                     error: Some(ObserveError::Fetch(err)),
                 }
             }
-            Ok(checked) => {
+            Ok((checked, weights)) => {
+                listing = self.listing_update(&checked, weights);
                 let reported = self.apply_hysteresis(checked);
                 let changes = diff(&self.current, &reported);
                 for (addr, health) in &changes {
@@ -135,12 +152,37 @@ impl<F: BackendFetcher, H: HealthCheck> BackendObserver<F, H> {
             }
         };
         match self.receiver.upgrade() {
-            Some(r) if r.connected() => r.do_send(msg),
+            Some(r) if r.connected() => {
+                r.do_send(msg);
+                // after the health report, so the list is read against this cycle's health
+                if let Some((to, list)) = listing {
+                    to.do_send(list);
+                }
+            }
             _ => {
                 debug!("observer's receiver is gone; stopping");
                 ctx.stop();
             }
         }
+    }
+
+    /// The full list for the listing receiver, when there is one and the list changed since the
+    /// last one sent.
+    fn listing_update(
+        &mut self,
+        checked: &[(String, BackendHealth)],
+        weights: HashMap<String, f64>,
+    ) -> Option<(Recipient<BackendsListed>, BackendsListed)> {
+        let listing = self.listing.as_ref().and_then(WeakRecipient::upgrade)?;
+        let list: HashMap<String, f64> = checked
+            .iter()
+            .map(|(addr, _)| (addr.clone(), weights.get(addr).copied().unwrap_or(1.0)))
+            .collect();
+        if self.listed.as_ref() == Some(&list) {
+            return None;
+        }
+        self.listed = Some(list.clone());
+        Some((listing, BackendsListed { backends: list }))
     }
 
     /// Holds a status change back until `fall` bad (or `rise` good) checks in a row confirm it.
@@ -196,11 +238,13 @@ async fn run_cycle<F: BackendFetcher, H: HealthCheck>(
     cfg: &HealthCheckConfig,
 ) -> CycleResult {
     let list = fetcher.get_backend_list().await?;
+    let weights = fetcher.weights();
     if !cfg.enable {
-        return Ok(list
+        let all = list
             .into_keys()
             .map(|addr| (addr, BackendHealth::healthy()))
-            .collect());
+            .collect();
+        return Ok((all, weights));
     }
     let checks = stream::iter(list).map(|(addr, info)| {
         let hc = hc.clone();
@@ -212,10 +256,11 @@ async fn run_cycle<F: BackendFetcher, H: HealthCheck>(
             (addr, health)
         }
     });
-    Ok(checks
+    let checked = checks
         .buffer_unordered(cfg.concurrency.max(1))
         .collect()
-        .await)
+        .await;
+    Ok((checked, weights))
 }
 
 /// The changes between two cycles, by the reference's rules: only transitions into or out of

@@ -6,9 +6,11 @@
 //! imports the other: the listener hands each [`NewConn`] to a [`StartConn`] chosen by the
 //! service, and every connection kind begins with a [`ConnStart`].
 
+mod front;
 mod live;
 mod socket;
 mod start;
+pub(crate) mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +19,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use switchyard::ScoreRouter;
 
+pub use front::{Door, DoorError, Passed, Via};
 pub use live::{LiveConns, LiveGuard};
 pub use socket::{connect_backend, tune, Counted};
 pub use start::{ConnStart, Rerouter, Routed};
+pub use stream::{Stream, StreamRead, StreamWrite, Tls};
 
 use crate::metrics::ProxyMetrics;
 
@@ -49,6 +53,8 @@ pub struct Entry {
     /// Bytes a client over `max_connections` is sent before it is closed: the protocol's
     /// "too many connections" (empty: closed without a word, as in `tcp` mode).
     pub refusal: Arc<[u8]>,
+    /// TLS and PROXY protocol, towards clients and backends (plain and headerless by default).
+    pub door: Door,
 }
 
 impl Entry {
@@ -67,6 +73,7 @@ impl Entry {
             half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
             max_connections: 0,
             refusal: Arc::from(&[][..]),
+            door: Door::default(),
         }
     }
 }

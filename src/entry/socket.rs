@@ -55,6 +55,11 @@ impl<S> Counted<S> {
     pub fn new(inner: S, counter: Counter) -> Self {
         Self { inner, counter }
     }
+
+    /// The stream underneath (to upgrade it to TLS).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {

@@ -11,27 +11,31 @@ use std::net::SocketAddr;
 
 use actix::prelude::*;
 use switchyard::{
-    BackendSuspect, ConnHandle, ConnectError, Connector, Redirect, Registration, ScoreRouter,
+    BackendSuspect, CloseConnection, ConnHandle, ConnectError, Connector, Redirect, Registration,
+    ScoreRouter,
 };
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{socket, Entry, LiveGuard, NewConn};
+use super::front::{DoorError, Passed, Via};
+use super::{socket, Entry, LiveGuard, NewConn, Stream};
 use crate::metrics::ProxyMetrics;
 
 /// One connection's start: its client socket, its live-count guard, and how to reach a backend.
 pub struct ConnStart {
     id: u64,
     peer: Option<SocketAddr>,
-    client: Option<TcpStream>,
+    /// The address the client reached (this proxy's, or a balancer's from its PROXY header).
+    local: Option<SocketAddr>,
+    client: Option<Stream>,
     entry: Entry,
     _live: LiveGuard,
 }
 
 /// A backend connection, registered with the router.
 pub struct Routed {
-    /// The backend socket, tuned.
-    pub backend: TcpStream,
+    /// The backend socket, tuned (TLS when `backends.tls` starts at connect).
+    pub backend: Stream,
     /// The registration: reports moves, and `ConnClosed` when dropped.
     pub registration: Registration,
 }
@@ -52,7 +56,8 @@ impl ConnStart {
         Some(Self {
             id: conn.id,
             peer: Some(conn.peer),
-            client: Some(client),
+            local: client.local_addr().ok(),
+            client: Some(Stream::Plain(client)),
             entry: conn.entry,
             _live: conn.live,
         })
@@ -65,7 +70,8 @@ impl ConnStart {
         Self {
             id,
             peer: client.peer_addr().ok(),
-            client: Some(client),
+            local: client.local_addr().ok(),
+            client: Some(Stream::Plain(client)),
             entry: entry.clone(),
             _live: entry.live.enter(),
         }
@@ -76,6 +82,7 @@ impl ConnStart {
         Self {
             id,
             peer: None,
+            local: None,
             client: None,
             entry: entry.clone(),
             _live: entry.live.enter(),
@@ -87,9 +94,54 @@ impl ConnStart {
         self.id
     }
 
-    /// The client's address, for logs (`None` without a client socket).
+    /// The client's address, for logs (`None` without a client socket); once past the door,
+    /// the one its balancer's PROXY header names.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The address the client reached: this proxy's, or the one its balancer's header names.
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    /// The TLS and PROXY protocol settings this connection was accepted with.
+    pub fn door(&self) -> &super::Door {
+        &self.entry.door
+    }
+
+    /// Takes the client through the door ([`super::Door::pass`]: PROXY header, and TLS when
+    /// `tls_now`) within `proxy.login_timeout`. The future owns what it needs (so an actor can
+    /// run it with `ctx.wait`); hand its result to [`ConnStart::passed`].
+    pub fn pass_door(
+        &mut self,
+        tls_now: bool,
+    ) -> impl Future<Output = Result<Passed, DoorError>> + 'static {
+        let client = self.client.take();
+        let (door, peer, limit) = (self.entry.door.clone(), self.peer, self.entry.login_timeout);
+        async move {
+            match client {
+                Some(Stream::Plain(tcp)) => door.pass(tcp, peer, tls_now, limit).await,
+                Some(other) => Ok(Passed {
+                    client: other,
+                    peer,
+                    local: None,
+                }),
+                None => Err(DoorError::Io(std::io::ErrorKind::NotConnected.into())),
+            }
+        }
+    }
+
+    /// Takes back the client after [`ConnStart::pass_door`], with the address its header named.
+    pub fn passed(&mut self, passed: Passed) {
+        self.client = Some(passed.client);
+        self.peer = passed.peer.or(self.peer);
+        self.local = passed.local.or(self.local);
+    }
+
+    /// Logs and counts a client turned away at the door.
+    pub fn refused_at_door(&self, e: &DoorError) {
+        info!(conn_id = self.id, peer = ?self.peer, reason = %e, "client refused at the door");
     }
 
     /// How long a half-closed connection may stay silent (`proxy.half_close_timeout`).
@@ -108,22 +160,23 @@ impl ConnStart {
     }
 
     /// The client socket, once: the connection's data path owns it from here.
-    pub fn take_client(&mut self) -> Option<TcpStream> {
+    pub fn take_client(&mut self) -> Option<Stream> {
         self.client.take()
     }
 
     /// For an actor that starts routed: connects as [`ConnStart::connect`] (registering the
-    /// actor's address for `Redirect`s) while the actor handles no message, then runs
-    /// `on_routed`; when no backend is reachable, logs why and stops the actor.
+    /// actor's address for `Redirect`s and for `CloseConnection`, a drain's timeout) while the
+    /// actor handles no message, then runs `on_routed`; when no backend is reachable, logs why
+    /// and stops the actor.
     pub fn connect_then<A>(
         &self,
         ctx: &mut Context<A>,
         on_routed: impl FnOnce(&mut A, Routed, &mut Context<A>) + 'static,
     ) where
-        A: Actor<Context = Context<A>> + Handler<Redirect>,
+        A: Actor<Context = Context<A>> + Handler<Redirect> + Handler<CloseConnection>,
     {
         let (id, peer) = (self.id, self.peer);
-        let routed = self.connect(ctx.address().recipient());
+        let routed = self.connect(ctx.address().recipient(), Some(ctx.address().recipient()));
         ctx.wait(
             actix::fut::wrap_future::<_, A>(routed).map(move |r, act, ctx| match r {
                 Ok(routed) => {
@@ -139,25 +192,41 @@ impl ConnStart {
     }
 
     /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),
-    /// registering this connection with `redirect` as where the router sends `Redirect`s.
+    /// registering this connection with `redirect` as where the router sends `Redirect`s and
+    /// `close` (if any) as where a drain's timeout sends `CloseConnection`.
+    ///
+    /// When every backend is at `balance.max_conns_per_backend` the route waits in the
+    /// router's queue (`balance.queue_timeout`); the error then says so
+    /// ([`switchyard::RouteError::is_overload`]).
     ///
     /// The future owns what it needs, so an actor can run it with `ctx.wait`.
     pub fn connect(
         &self,
         redirect: Recipient<Redirect>,
+        close: Option<Recipient<CloseConnection>>,
     ) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
-        self.rerouter(redirect).connect()
+        self.rerouter(redirect, close).connect()
     }
 
     /// What this connection needs to route and connect again later, on its own (a session
-    /// re-attaching after its backend was lost), and to report a backend suspect.
-    pub fn rerouter(&self, redirect: Recipient<Redirect>) -> Rerouter {
+    /// re-attaching after its backend was lost), and to report a backend suspect: the router,
+    /// where it sends `Redirect`s and `CloseConnection`, and how backends are reached (TLS,
+    /// PROXY header naming this client).
+    pub fn rerouter(
+        &self,
+        redirect: Recipient<Redirect>,
+        close: Option<Recipient<CloseConnection>>,
+    ) -> Rerouter {
         Rerouter {
             id: self.id,
             router: self.entry.router.clone(),
             timeout: self.entry.connect_timeout,
             metrics: self.entry.metrics.clone(),
             redirect,
+            close,
+            via: self.entry.door.backend.clone(),
+            client: self.peer,
+            local: self.local,
         }
     }
 }
@@ -171,6 +240,10 @@ pub struct Rerouter {
     timeout: std::time::Duration,
     metrics: ProxyMetrics,
     redirect: Recipient<Redirect>,
+    close: Option<Recipient<CloseConnection>>,
+    via: Via,
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
 }
 
 impl Rerouter {
@@ -186,15 +259,21 @@ impl Rerouter {
     }
 
     /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),
-    /// registering this connection there. The future owns what it needs.
+    /// registering this connection there, through [`Via::connect`] (PROXY header, and TLS when
+    /// it starts at connect). The future owns what it needs.
     pub fn connect(&self) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
         let this = self.clone();
         let handle = ConnHandle::new(self.id, self.redirect.clone());
+        let handle = match self.close.clone() {
+            Some(close) => handle.with_close(close),
+            None => handle,
+        };
         async move {
             let (router, timeout, metrics) = (&this.router, this.timeout, &this.metrics);
+            let (via, client, local) = (&this.via, this.client, this.local);
             let connected = Connector::new(router, timeout)
                 .connect(handle, |inst| async move {
-                    TcpStream::connect(inst.addr()).await
+                    via.connect(inst.addr(), timeout, client, local).await
                 })
                 .await;
             let failures = match &connected {
@@ -207,7 +286,6 @@ impl Rerouter {
             }
             match connected {
                 Ok(c) => {
-                    socket::tune(&c.conn);
                     metrics.routes.increment(1);
                     Ok(Routed {
                         backend: c.conn,

@@ -4,19 +4,21 @@
 //! The relay and the mini client share the same reader and writer, so a move can read a
 //! session's state from the old backend at a safe point without any second connection.
 
+use std::net::SocketAddr;
 use std::time::Duration;
-
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use switchyard::wire::{
     self, caps, cmd, get_lenenc, get_lenenc_str, is_terminator, marker, more_results,
-    parse_auth_switch, parse_err, parse_ok, put_packet, terminator_status, ErrInfo, Greeting,
-    HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response, NATIVE_PASSWORD,
+    parse_auth_switch, parse_err, parse_ok, put_packet, ssl_request, terminator_status, ErrInfo,
+    Frame, Greeting, HandshakeError, NativeSecret, OutBuf, PacketError, PacketReader, Response,
+    NATIVE_PASSWORD,
 };
 
 use super::tracker::{Kind, Next, PrepareOk, Tracker};
+use crate::entry::{Stream, StreamRead, StreamWrite, Via};
 
+/// Sequence id of the handshake response, or of the SSL request before it.
+const RESPONSE_SEQ: u8 = 1;
 /// Largest packet a server may send during a login (a greeting, an auth switch).
 pub const LOGIN_MAX_PAYLOAD: usize = 64 * 1024;
 /// Largest packet of an answer to the proxy's own queries that is not a row (OK, ERR, column
@@ -28,9 +30,9 @@ pub struct Backend {
     /// `host:port` as the router names it.
     pub addr: String,
     /// Packets from the server.
-    pub reader: PacketReader<OwnedReadHalf>,
+    pub reader: PacketReader<StreamRead>,
     /// Bytes to the server.
-    pub writer: OwnedWriteHalf,
+    pub writer: StreamWrite,
     /// Bytes to send; holds a pooled buffer only while bytes are queued (or a long command is
     /// on its way).
     pub out: OutBuf,
@@ -39,6 +41,20 @@ pub struct Backend {
     /// The proxy negotiated `CLIENT_SESSION_TRACK` with the server (whatever the client asked):
     /// OK packets may carry session-state information.
     pub session_track: bool,
+    /// How this session reaches backends (TLS, PROXY header), for its logins and its moves.
+    pub link: Link,
+}
+
+/// How one session reaches its backends: `backends.tls` and `backends.send_proxy_protocol`,
+/// with the client's address for the header.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// TLS and PROXY protocol settings.
+    pub via: Via,
+    /// The client, as the PROXY header names it.
+    pub client: Option<SocketAddr>,
+    /// The address the client reached.
+    pub local: Option<SocketAddr>,
 }
 
 /// Why a query the proxy sent failed.
@@ -79,9 +95,21 @@ impl Backend {
         Ok(Self::from_stream(addr.to_string(), stream))
     }
 
+    /// Connects to `addr` as `link` says (a PROXY header first when asked), keeping `link` for
+    /// the login's TLS upgrade.
+    pub async fn connect_like(addr: &str, timeout: Duration, link: &Link) -> std::io::Result<Self> {
+        let mut tcp = crate::entry::connect_backend(addr, timeout).await?;
+        link.via
+            .send_header(&mut tcp, link.client, link.local)
+            .await?;
+        let mut b = Self::from_stream(addr.to_string(), tcp);
+        b.link = link.clone();
+        Ok(b)
+    }
+
     /// Wraps a connected stream.
-    pub fn from_stream(addr: String, stream: TcpStream) -> Self {
-        let (r, w) = stream.into_split();
+    pub fn from_stream(addr: String, stream: impl Into<Stream>) -> Self {
+        let (r, w) = stream.into().into_split();
         Self {
             addr,
             reader: PacketReader::new(r),
@@ -89,12 +117,63 @@ impl Backend {
             out: OutBuf::new(),
             deprecate_eof: false,
             session_track: false,
+            link: Link::default(),
         }
+    }
+
+    /// When `backends.tls` is on: sends the SSL request (sequence 1; `caps`, `max_packet` and
+    /// `charset` as the handshake response will say) and runs the TLS handshake, so the
+    /// response goes encrypted with sequence id 2. Returns the response's sequence id (1
+    /// without TLS). A server whose greeting (`server_caps`) does not offer TLS is refused.
+    pub async fn start_tls(
+        &mut self,
+        server_caps: u32,
+        caps: u32,
+        max_packet: u32,
+        charset: u8,
+    ) -> Result<u8, HandshakeError> {
+        let Some(tls) = self.link.via.tls.clone() else {
+            return Ok(RESPONSE_SEQ);
+        };
+        if server_caps & caps::SSL == 0 {
+            return Err(HandshakeError::Tls(format!(
+                "{} does not offer TLS (backends.tls.enable is set)",
+                self.addr
+            )));
+        }
+        let seq = put_packet(
+            &mut self.out,
+            RESPONSE_SEQ,
+            &ssl_request(caps, max_packet, charset),
+        );
+        self.flush().await.map_err(PacketError::from)?;
+        if self.reader.has_buffered() {
+            return Err(HandshakeError::Unexpected);
+        }
+        let r = std::mem::replace(self.reader.get_mut(), StreamRead::Gone);
+        let w = std::mem::replace(&mut self.writer, StreamWrite::Gone);
+        let Some(Stream::Plain(tcp)) = Stream::reunite(r, w) else {
+            return Err(HandshakeError::Tls("the connection is TLS already".into()));
+        };
+        let tls = tls
+            .connect(&self.addr, tcp)
+            .await
+            .map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        let (r, w) = tls.into_split();
+        *self.reader.get_mut() = r;
+        self.writer = w;
+        Ok(seq)
     }
 
     /// Sends the buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush_to(&mut self.writer).await
+    }
+
+    /// Queues a relayed packet; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub async fn relay(&mut self, f: &Frame) -> std::io::Result<()> {
+        self.out.put_or_write(&mut self.writer, f.raw()).await
     }
 
     /// Logs in as the session's user with `mysql_native_password`; `session_caps` are the
@@ -115,9 +194,18 @@ impl Backend {
         if missing != 0 {
             return Err(HandshakeError::Capabilities(missing));
         }
-        let resp = client.build_native(server_caps, secret, &greeting.salt);
+        let mut resp = client.build_native(server_caps, secret, &greeting.salt);
         let session_track = client.caps & server_caps & caps::SESSION_TRACK != 0;
-        let mut seq = put_packet(&mut self.out, 1, &resp);
+        let resp_caps = wire::get_arr(&resp, 0).map_or(0, u32::from_le_bytes);
+        let seq = self
+            .start_tls(greeting.caps, resp_caps, client.max_packet, client.charset)
+            .await?;
+        if self.reader.get_mut().is_tls() {
+            if let Some(b) = resp.get_mut(..4) {
+                b.copy_from_slice(&(resp_caps | caps::SSL).to_le_bytes());
+            }
+        }
+        let mut seq = put_packet(&mut self.out, seq, &resp);
         self.flush().await.map_err(PacketError::from)?;
         loop {
             let f = self.reader.frame_seq(seq).await?;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchyard::wire::{code, sqlstate, OutBuf, PacketReader};
-use switchyard::Redirect;
+use switchyard::{CloseConnection, ConnectError, Redirect};
 use tracing::{debug, info, warn};
 
-use super::backend::Backend;
+use super::backend::{Backend, Link};
 use super::control::{control, Control, ControlRx, ControlTx};
 use super::relay::{ClientSide, End, Relay, Turn};
 use super::session::Session;
@@ -70,7 +70,7 @@ impl Actor for MysqlConn {
             ctx.stop();
             return;
         };
-        let fut = run(*start, ctx.address().recipient(), rx);
+        let fut = run(*start, ctx.address(), rx);
         ctx.spawn(fut.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
@@ -90,6 +90,15 @@ impl Handler<Redirect> for MysqlConn {
     }
 }
 
+/// A drain's timeout passed: close at the next safe point (after the running command, outside
+/// a transaction), telling the client why.
+impl Handler<CloseConnection> for MysqlConn {
+    type Result = ();
+    fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) {
+        self.ctrl.send(Control::CloseWithError(msg.reason));
+    }
+}
+
 impl Handler<CloseAtSafePoint> for MysqlConn {
     type Result = ();
     fn handle(&mut self, _: CloseAtSafePoint, _: &mut Context<Self>) {
@@ -97,11 +106,21 @@ impl Handler<CloseAtSafePoint> for MysqlConn {
     }
 }
 
-async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
+async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
     let Start { mut conn, cfg } = start;
     // from (about) accept: routing and connecting count against the login's time too
     let login_deadline = tokio::time::Instant::now() + conn.login_timeout();
     let id = conn.id();
+    if conn.door().proxy_protocol.is_some() {
+        // the PROXY header before routing (TLS comes later, inside the MySQL login)
+        match conn.pass_door(false).await {
+            Ok(passed) => conn.passed(passed),
+            Err(e) => {
+                conn.refused_at_door(&e);
+                return;
+            }
+        }
+    }
     let Some(client) = conn.take_client() else {
         return;
     };
@@ -114,19 +133,30 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         out: OutBuf::new(),
         writes: 0,
     };
-    let reroute = conn.rerouter(redirect);
+    let reroute = conn.rerouter(me.clone().recipient(), Some(me.recipient()));
     let routed = match reroute.connect().await {
         Ok(routed) => routed,
         Err(e) => {
             let msg = format!("switchyard: {e}");
-            client
-                .send_err(0, code::ER_UNKNOWN_ERROR, sqlstate::GENERAL, &msg)
-                .await;
+            let (code, state) = match &e {
+                // every backend full for queue_timeout: the server's own "too many connections"
+                ConnectError::Route { source, .. } if source.is_overload() => {
+                    (code::ER_CON_COUNT_ERROR, sqlstate::CONNECTION_REJECTED)
+                }
+                _ => (code::ER_UNKNOWN_ERROR, sqlstate::GENERAL),
+            };
+            client.send_err(0, code, state, &msg).await;
             info!(conn_id = id, client = %peer, reason = %e, "client closed: no backend");
             return;
         }
     };
-    let backend = Backend::from_stream(routed.registration.backend().to_string(), routed.backend);
+    let mut backend =
+        Backend::from_stream(routed.registration.backend().to_string(), routed.backend);
+    backend.link = Link {
+        via: conn.door().backend.clone(),
+        client: conn.peer(),
+        local: conn.local(),
+    };
     let mut relay = Relay {
         id,
         peer,
@@ -145,7 +175,9 @@ async fn run(start: Start, redirect: Recipient<Redirect>, ctrl: ControlRx) {
         waiting: None,
         client_tracks: false,
         closing: false,
+        close_error: None,
         turn: Turn::Server(0),
+        seq_shift: 0,
     };
     let end = relay.serve(login_deadline).await;
     match &end {

@@ -16,6 +16,9 @@ pub(super) enum Control {
     Redirect(BackendInst),
     /// Close at the next safe point.
     Close,
+    /// Close at the next safe point, telling the client why in an ERR packet first (a drain's
+    /// timeout).
+    CloseWithError(String),
 }
 
 /// The link from the actor to its relay task. The task runs inside the actor's context (same

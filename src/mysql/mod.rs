@@ -114,6 +114,8 @@ pub struct MysqlConfig {
     /// Bytes of answers a move's snapshot keeps from the old backend: a session whose state is
     /// larger (large user variables) stays where it is, and the proxy's memory stays bounded.
     pub max_snapshot: usize,
+    /// `proxy.tls`: offered to clients in the greeting (`CLIENT_SSL`), required when it says so.
+    pub front_tls: Option<crate::tls::FrontTls>,
     /// What the proxy hides from a client when its backend is lost (`failover.*`).
     pub failover: FailoverConfig,
 }
@@ -155,6 +157,7 @@ impl Default for MysqlConfig {
             probe_user: switchyard::HealthCheckConfig::default().probe_user,
             max_snapshot: 4 << 20,
             failover: FailoverConfig::default(),
+            front_tls: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::future::Either;
 
 use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Size of one pooled buffer. A buffer is held only while a socket has data, so its size costs
@@ -73,6 +74,69 @@ pub async fn bidirectional(
     }
 }
 
+/// [`bidirectional`] for streams that are not bare sockets (TLS on either side), with the same
+/// half-close and half-close timeout behaviour. TLS keeps its own record buffers and offers no
+/// readiness of its plaintext, so each direction holds a [`STREAM_BUF`] buffer for the
+/// connection's life.
+pub async fn bidirectional_streams<A, B>(
+    a: A,
+    b: B,
+    a_to_b: &Counter,
+    b_to_a: &Counter,
+    half_close: Duration,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let moved = AtomicBool::new(false);
+    let there = std::pin::pin!(copy_stream(&mut ar, &mut bw, a_to_b, &moved));
+    let back = std::pin::pin!(copy_stream(&mut br, &mut aw, b_to_a, &moved));
+    match futures::future::select(there, back).await {
+        Either::Left((ended, rest)) => {
+            ended?;
+            half_open(rest, &moved, half_close).await
+        }
+        Either::Right((ended, rest)) => {
+            ended?;
+            half_open(rest, &moved, half_close).await
+        }
+    }
+}
+
+/// Buffer per direction of [`bidirectional_streams`]: one TLS record's plaintext.
+const STREAM_BUF: usize = 16 * 1024;
+
+/// Forwards `src → dst` until `src` ends, then shuts `dst`'s write side (a TLS close_notify,
+/// then FIN); sets `moved` whenever it forwards bytes.
+async fn copy_stream<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    counter: &Counter,
+    moved: &AtomicBool,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; STREAM_BUF];
+    loop {
+        let n = src.read(&mut buf).await?;
+        let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
+            return match dst.shutdown().await {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        };
+        moved.store(true, Ordering::Relaxed);
+        dst.write_all(data).await?;
+        dst.flush().await?;
+        counter.increment(n as u64);
+    }
+}
+
 /// Drives the direction still open after the other ended, while it keeps moving data.
 async fn half_open(
     mut rest: impl Future<Output = io::Result<()>> + Unpin,
@@ -107,7 +171,7 @@ async fn one_way(
     moved: &AtomicBool,
 ) -> io::Result<()> {
     loop {
-        src.readable().await?;
+        read_ready(src).await?;
         let mut buf = take_buf();
         let flow = pump(src, dst, &mut buf, counter, moved).await;
         give_buf(buf);
@@ -187,12 +251,25 @@ fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
     }
 }
 
+/// Waits until `src` may have bytes. Through the socket's single read-waker slot rather than
+/// `readable()`, whose waiter list costs a node linked and unlinked (under a lock) per wait:
+/// about 4 % of the proxy's user-space instructions per query. The slot keeps one waker only,
+/// which is enough: a socket's read side is awaited by one direction of one task.
+async fn read_ready(src: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| src.poll_read_ready(cx)).await
+}
+
+/// Waits until `dst` has room; its write side is awaited only by the direction writing to it.
+async fn write_ready(dst: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await
+}
+
 async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_ready(dst).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

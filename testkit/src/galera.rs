@@ -317,37 +317,13 @@ impl Galera {
 
     fn install(&self, install: &Path) {
         let node = &self.nodes[0];
-        let log = node.dir.join("install.log");
-        let mut status = None;
-        // mariadb-install-db very rarely fails on a loaded machine; once more before giving up.
-        for _attempt in 0..2 {
-            let _ = std::fs::remove_dir_all(node.data());
-            let mut init = Command::new(install);
-            init.arg("--no-defaults")
-                .arg("--auth-root-authentication-method=normal")
-                .arg("--skip-test-db")
-                // small redo log: the data dir is copied twice while seeding
-                .arg("--innodb-log-file-size=16M")
-                .arg(format!("--datadir={}", node.data().display()))
-                .arg(format!("--tmpdir={}", node.dir.join("tmp").display()));
-            if is_root() {
-                init.arg("--user=root");
-            }
-            let out = std::fs::File::create(&log).expect("create install log");
-            let err = out.try_clone().expect("clone install log handle");
-            let st = init
-                .stdout(out)
-                .stderr(err)
-                .status()
-                .unwrap_or_else(|e| panic!("run {}: {e}", install.display()));
-            status = Some(st);
-            if st.success() {
-                return;
-            }
-        }
-        panic!(
-            "mariadb-install-db failed ({status:?})\n{}",
-            log_tail(&log, 4096)
+        // small redo log: the data dir is copied twice while seeding
+        crate::mariadb::install_db(
+            install,
+            &node.data(),
+            &node.dir.join("tmp"),
+            &node.dir.join("install.log"),
+            &["--innodb-log-file-size=16M"],
         );
     }
 

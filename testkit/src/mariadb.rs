@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -80,37 +80,7 @@ impl MariaDb {
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("create mariadb tmpdir");
         let install_log = dir.path().join("install.log");
-        let mut status = None;
-        for _attempt in 0..2 {
-            let _ = std::fs::remove_dir_all(&data);
-            let mut init = Command::new(&install);
-            init.arg("--no-defaults")
-                .arg("--auth-root-authentication-method=normal")
-                .arg("--skip-test-db")
-                .arg(format!("--datadir={}", data.display()))
-                .arg(format!("--tmpdir={}", tmp.display()));
-            if root {
-                init.arg("--user=root");
-            }
-            let out = std::fs::File::create(&install_log).expect("create install log");
-            let err = out.try_clone().expect("clone install log handle");
-            let st = init
-                .stdout(out)
-                .stderr(err)
-                .status()
-                .unwrap_or_else(|e| panic!("run {}: {e}", install.display()));
-            status = Some(st);
-            if st.success() {
-                break;
-            }
-        }
-        let status = status.expect("install ran");
-        if !status.success() {
-            panic!(
-                "mariadb-install-db failed ({status})\n{}",
-                log_tail(&install_log, 4096)
-            );
-        }
+        install_db(&install, &data, &tmp, &install_log, &[]);
 
         let port = free_port();
         let (mut cmd, ip) = match opts.netns {
@@ -255,4 +225,39 @@ fn unknown_user_login() -> Vec<u8> {
     let mut packet = vec![len[0], len[1], len[2], 1];
     packet.extend_from_slice(&payload);
     packet
+}
+
+/// Runs `mariadb-install-db` (`install`) into `data`, its output to `log`, with `extra` options
+/// after the common ones; panics with the log's tail if it fails twice (it very rarely fails once
+/// on a loaded machine).
+pub(crate) fn install_db(install: &Path, data: &Path, tmp: &Path, log: &Path, extra: &[&str]) {
+    let mut status = None;
+    for _attempt in 0..2 {
+        let _ = std::fs::remove_dir_all(data);
+        let mut init = Command::new(install);
+        init.arg("--no-defaults")
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db")
+            .args(extra)
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()));
+        if is_root() {
+            init.arg("--user=root");
+        }
+        let out = std::fs::File::create(log).expect("create install log");
+        let err = out.try_clone().expect("clone install log handle");
+        let st = init
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .unwrap_or_else(|e| panic!("run {}: {e}", install.display()));
+        status = Some(st);
+        if st.success() {
+            return;
+        }
+    }
+    panic!(
+        "mariadb-install-db failed ({status:?})\n{}",
+        log_tail(log, 4096)
+    );
 }

@@ -342,12 +342,32 @@ pub fn echo(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
     r.map(|_| got)
 }
 
-/// A minimal HTTP/1.1 request; `None` when the server cannot be reached.
+/// A minimal HTTP/1.1 request; `None` when the server cannot be reached. A POST goes as JSON
+/// (`Content-Type: application/json`), as the admin API requires of a POST without a token.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let json: &[(&str, &str)] = if method == "POST" {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    http_with(addr, method, path, json)
+}
+
+/// [`http`] with exactly the given extra headers (nothing added for a POST).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: 0\r\n\r\n"
     );
     s.write_all(req.as_bytes()).ok()?;
     let mut raw = Vec::new();

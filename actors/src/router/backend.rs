@@ -2,15 +2,25 @@
 //! ([`ScoreIndex`]).
 //!
 //! Plain data with no actix: the score table owns both and keeps them in step, removing a
-//! backend's keys before it changes and inserting them after.
+//! backend's keys before it changes and inserting them after. The orderings are keyed by
+//! *weighted* score ([`Backend::key`]): status score + conn score ÷ effective weight, in fixed
+//! point, so a backend of weight 3 holds three times the connections of one of weight 1 at the
+//! same key, and with every weight 1 the order is the plain score's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use tokio::time::Instant;
 
 use crate::model::{BackendHealth, BackendInst, BackendSnapshot, BackendStatus};
 
 /// A backend's interned address: cloned into every connection, compared by content.
 pub(crate) type Name = Arc<str>;
+
+/// Fixed-point scale of [`Backend::key`]: a micro-connection, fine enough that weights such as
+/// 1, 2 or 3 never tie where their loads differ, coarse enough that a status score of 10⁷ plus
+/// any connection count stays far inside an `i64`.
+const KEY_SCALE: f64 = 1_000_000.0;
 
 /// What the router knows of one backend.
 #[derive(Debug)]
@@ -32,11 +42,23 @@ pub(crate) struct Backend {
     pub(crate) incoming: i64,
     /// Redirects leaving from here.
     pub(crate) outgoing: i64,
+    /// Its weight (config or discovery), > 0: it takes `weight` times a weight-1 backend's share.
+    pub(crate) weight: f64,
+    /// The weight routes see now: `weight` scaled by its slow-start ramp (the key uses this).
+    pub(crate) eff_weight: f64,
+    /// When its slow start began, while the ramp is not finished.
+    pub(crate) ramp_from: Option<Instant>,
+    /// Most connections it may hold (`max_conns_per_backend`); 0 = no cap.
+    pub(crate) cap: i64,
 }
 
 impl Backend {
-    pub(crate) fn new(name: Name, slot: u32, health: BackendHealth) -> Self {
+    pub(crate) fn new(name: Name, slot: u32, health: BackendHealth, weight: f64, cap: i64) -> Self {
         Self {
+            weight,
+            eff_weight: weight,
+            ramp_from: None,
+            cap,
             slot,
             inst: BackendInst::new(name.to_string(), health.status.routable()),
             name,
@@ -59,8 +81,47 @@ impl Backend {
         self.health.status.score() + self.conn_score()
     }
 
+    /// Connections on it or on their way: registered + pending routes + incoming redirects
+    /// (a connection leaving still holds its backend connection until it has moved).
+    pub(crate) fn occupancy(&self) -> i64 {
+        self.conns.len() as i64 + self.pending + self.incoming
+    }
+
+    /// At its cap: no more routes or moves to it.
+    pub(crate) fn full(&self) -> bool {
+        self.cap > 0 && self.occupancy() >= self.cap
+    }
+
+    /// Conn score per unit of effective weight: what routing and rebalancing compare.
+    pub(crate) fn load(&self) -> f64 {
+        self.conn_score() as f64 / self.eff_weight
+    }
+
+    /// Weighted score, status included: the key of both orderings.
+    #[inline]
+    pub(crate) fn key(&self) -> i64 {
+        if self.eff_weight == 1.0 {
+            // the common case, exactly what the float path gives, without a division
+            return (self.health.status.score() + self.conn_score())
+                .saturating_mul(KEY_SCALE as i64);
+        }
+        weighted_key(self.health.status.score() as f64 + self.load())
+    }
+
+    /// Weighted score this backend would have with one more connection: the rebalance ratio's
+    /// denominator ("is moving one more here still worth it?").
+    pub(crate) fn weighted_score_plus_one(&self) -> f64 {
+        self.health.status.score() as f64 + (self.conn_score() + 1) as f64 / self.eff_weight
+    }
+
+    /// Weighted score, status included, as a plain number.
+    pub(crate) fn weighted_score(&self) -> f64 {
+        self.health.status.score() as f64 + self.load()
+    }
+
+    /// May take new routes: healthy enough, not drained, not at its cap.
     pub(crate) fn routable(&self) -> bool {
-        self.healthy() && !self.drained
+        self.healthy() && !self.drained && !self.full()
     }
 
     /// Healthy as far as the router can tell: the observer says so and no connection reported
@@ -107,9 +168,14 @@ pub(crate) struct ScoreIndex {
     free: Vec<u32>,
 }
 
+/// A weighted score in the orderings' fixed point (saturating: an `as` cast never wraps).
+pub(crate) fn weighted_key(score: f64) -> i64 {
+    (score * KEY_SCALE) as i64
+}
+
 impl ScoreIndex {
     pub(crate) fn remove(&mut self, b: &Backend) {
-        let score = b.score();
+        let score = b.key();
         if b.routable() {
             self.routable.remove(&(score, b.slot));
         }
@@ -120,7 +186,7 @@ impl ScoreIndex {
 
     #[inline]
     pub(crate) fn insert(&mut self, b: &Backend) {
-        let score = b.score();
+        let score = b.key();
         if b.routable() {
             self.routable.insert((score, b.slot));
         }

@@ -4,6 +4,8 @@
 //! rest. [`crate::StaticRouter`] answers the same routing ones, so a connection works with either.
 //! The observer's report, [`crate::BackendsChanged`], lives in `observation`, shared with it.
 
+use std::time::Duration;
+
 use actix::prelude::*;
 
 use crate::conn::ConnHandle;
@@ -145,3 +147,46 @@ pub struct StopRouter;
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "Result<(), InvariantError>")]
 pub struct CheckInvariants;
+
+/// Drain `addr` (as [`SetDrained`] does) and, if connections are still on it once `timeout` has
+/// passed, ask each to close ([`crate::CloseConnection`]): the operator's "drain, then close
+/// what has not moved". Undraining, or draining it again, before then cancels the close.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), RouterError>")]
+pub struct DrainThenClose {
+    /// The backend's SQL address.
+    pub addr: String,
+    /// How long its connections have to move or finish.
+    pub timeout: Duration,
+}
+
+/// The router's routing controls as they stand: panic mode, the wait queue and every backend's
+/// weight. For the admin API and metrics.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "RoutingState")]
+pub struct GetRouting;
+
+/// The answer to [`GetRouting`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutingState {
+    /// Fewer than `panic_threshold` of the known backends are healthy: routes go to every
+    /// known, non-drained backend.
+    pub panic: bool,
+    /// Routes waiting for a backend with room.
+    pub queue_len: usize,
+    /// Every backend the router holds or its observer lists, sorted by address.
+    pub backends: Vec<BackendWeight>,
+}
+
+/// One backend's weight as [`GetRouting`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendWeight {
+    /// SQL address.
+    pub addr: String,
+    /// Its configured or discovered weight.
+    pub weight: f64,
+    /// The weight routes see now: lower than `weight` while it slow-starts.
+    pub effective_weight: f64,
+    /// Connections on it or on their way (what `max_conns_per_backend` caps).
+    pub occupancy: i64,
+}

@@ -10,8 +10,12 @@
 //! reference router walks a linked list. The route path's helpers carry `#[inline]`: the table
 //! sits in its own module, so without the hint they are not inlined into the actor's handlers
 //! (measured: +2% instructions per route and release, back to parity with it).
+//!
+//! The operator's controls live here too, as plain rules ([`RoutePolicy`]): weights and the
+//! slow-start ramp only change a backend's key, a backend at its cap leaves the routable
+//! ordering, and panic mode (too few healthy backends) routes by a scan over every known one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -19,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use super::backend::{Backend, Name, ScoreIndex};
 use super::config::RouterConfig;
-use crate::error::{InvariantError, ObserveError, RouteError, RouterError};
+use super::policy::RoutePolicy;
+use crate::error::{ObserveError, RouteError, RouterError};
 use crate::model::{BackendHealth, BackendInst, BackendSnapshot, BackendStatus};
 
 /// What became of a redirect request handed to a connection.
@@ -39,6 +44,8 @@ pub(crate) trait ConnLink {
     fn id(&self) -> u64;
     /// Asks the connection to move to `to`, without waiting.
     fn redirect(&self, to: BackendInst) -> Delivery;
+    /// Asks the connection to close (a drain's timeout passed), without waiting.
+    fn close(&self, reason: &str) -> Delivery;
 }
 
 /// Where a connection is in the redirect lifecycle.
@@ -75,13 +82,18 @@ pub(crate) struct ScoreTable<C> {
     next_seq: u64,
     observe_error: Option<ObserveError>,
     server_version: String,
+    policy: RoutePolicy,
+    /// The observer's full backend list with weights, once it sent one. Until then the table's
+    /// own backends are the known ones (and weigh 1).
+    listed: Option<HashMap<String, f64>>,
+    /// Backends whose slow start has not finished (few: refreshed on every route).
+    ramping: Vec<Name>,
+    /// Fewer than `policy.panic_threshold` of the known backends are healthy.
+    panic: bool,
     /// Clean observer reports that end a suspicion they do not confirm (see
     /// [`ScoreTable::backend_suspect`]).
     suspect_reports: u32,
 }
-
-/// [`ScoreTable::set_suspect_reports`]'s default: the observer's default `fall` (1) + 1.
-const DEFAULT_SUSPECT_REPORTS: u32 = 2;
 
 impl<C: ConnLink> ScoreTable<C> {
     /// An empty table: no backends, no connections.
@@ -94,41 +106,12 @@ impl<C: ConnLink> ScoreTable<C> {
             next_seq: 0,
             observe_error: None,
             server_version: String::new(),
-            suspect_reports: DEFAULT_SUSPECT_REPORTS,
+            policy: RoutePolicy::default(),
+            listed: None,
+            ramping: Vec::new(),
+            panic: false,
+            suspect_reports: suspect::DEFAULT_SUSPECT_REPORTS,
         }
-    }
-
-    /// How many clean observer reports not naming a suspect backend end the suspicion: the
-    /// observer's `fall` + 1. One report may come from a cycle that began before the failure;
-    /// after it, a backend really down is reported within `fall` cycles.
-    pub(crate) fn set_suspect_reports(&mut self, n: u32) {
-        self.suspect_reports = n.max(1);
-    }
-
-    /// A connection saw `addr` fail: it gets no new routes until the observer's reports settle
-    /// it (see [`super::BackendSuspect`]). True when it was routable until now (the caller then
-    /// asks for a health check at once).
-    pub(crate) fn backend_suspect(&mut self, addr: &str, reason: &str) -> bool {
-        let Some((name, b)) = self.backends.get_key_value(addr) else {
-            debug!(backend = %addr, reason, "suspect report for an unknown backend; ignored");
-            return false;
-        };
-        if !b.health.status.routable() {
-            return false;
-        }
-        let name = name.clone();
-        let newly = self
-            .update(&name, |b| {
-                let newly = b.suspect.is_none();
-                b.suspect = Some(0);
-                b.inst.set_healthy(false);
-                newly
-            })
-            .unwrap_or(false);
-        if newly {
-            warn!(backend = %addr, reason, "backend suspect: no new routes until the health check settles it");
-        }
-        newly
     }
 
     /// The tuning it was built with.
@@ -184,7 +167,9 @@ impl<C: ConnLink> ScoreTable<C> {
     fn add_backend(&mut self, addr: &str, health: BackendHealth) -> Name {
         let name: Name = Arc::from(addr);
         let slot = self.index.allocate(name.clone());
-        let b = Backend::new(name.clone(), slot, health);
+        let weight = self.listed_weight(addr);
+        let cap = self.policy.max_conns_per_backend as i64;
+        let b = Backend::new(name.clone(), slot, health, weight, cap);
         self.index.insert(&b);
         self.backends.insert(name.clone(), b);
         name
@@ -208,17 +193,28 @@ impl<C: ConnLink> ScoreTable<C> {
                 self.index.remove(&b);
                 self.index.release(b.slot);
                 info!(backend = %name, "backend removed");
+                self.update_panic();
             }
         }
     }
 
-    /// The lowest-score routable backend not in `excluded`; its pending count goes up by one.
+    /// The lowest-(weighted-)score routable backend not in `excluded`; its pending count goes
+    /// up by one. In panic mode, the least-loaded known backend whatever its health.
     ///
-    /// `NoBackend` when none is left; the last discovery error while discovery is failing.
+    /// `AllFull` when candidates are left but all at their cap; `NoBackend` when none is left;
+    /// the last discovery error while discovery is failing.
     #[inline]
-    pub(crate) fn route(&mut self, excluded: &[String]) -> Result<BackendInst, RouteError> {
+    pub(crate) fn route(
+        &mut self,
+        excluded: &[String],
+        now: Instant,
+    ) -> Result<BackendInst, RouteError> {
         if let Some(err) = &self.observe_error {
             return Err(err.clone().into());
+        }
+        self.refresh_ramps(now);
+        if self.panic {
+            return self.route_panic(excluded);
         }
         let index = &self.index;
         let chosen = index
@@ -228,7 +224,7 @@ impl<C: ConnLink> ScoreTable<C> {
             .find(|name| !excluded.iter().any(|e| e.as_str() == &***name))
             .cloned();
         let Some(name) = chosen else {
-            return Err(RouteError::NoBackend);
+            return Err(self.none_routable(excluded, |b| b.healthy() && !b.drained));
         };
         let inst = self.update(&name, |b| {
             b.pending += 1;
@@ -390,10 +386,14 @@ impl<C: ConnLink> ScoreTable<C> {
     /// Applies the observer's report: a discovery error refuses routes until a later report
     /// without one; otherwise known backends take their new health and unknown ones that are
     /// not down are added.
+    ///
+    /// A backend that becomes routable while another already serves starts its slow start at
+    /// `now`; the first ones to serve (at start-up) take full weight at once.
     pub(crate) fn backends_changed(
         &mut self,
         backends: HashMap<String, BackendHealth>,
         error: Option<ObserveError>,
+        now: Instant,
     ) {
         if let Some(err) = error {
             if self.observe_error.as_ref() != Some(&err) {
@@ -406,54 +406,39 @@ impl<C: ConnLink> ScoreTable<C> {
             info!("backend discovery recovered");
         }
         self.settle_suspects(&backends);
+        let serving = self.backends.values().any(|b| b.health.status.routable());
         for (addr, health) in backends {
             if health.status == BackendStatus::Healthy && !health.server_version.is_empty() {
                 self.server_version = health.server_version.clone();
             }
             if let Some((name, _)) = self.backends.get_key_value(addr.as_str()) {
                 let name = name.clone();
-                self.update(&name, |b| {
+                let became = self.update(&name, |b| {
+                    let was = b.health.status.routable();
                     if b.health.status != health.status {
                         info!(backend = %b.name, from = %b.health.status, to = %health.status,
                               reason = health.ping_err.as_deref().unwrap_or(""), "backend status changed");
                     }
                     b.health = health;
                     b.inst.set_healthy(b.healthy());
+                    (was, b.health.status.routable())
                 });
+                match became {
+                    Some((false, true)) if serving => self.start_ramp(&name, now),
+                    Some((true, false)) => self.stop_ramp(&name),
+                    _ => {}
+                }
                 self.drop_if_empty(&name);
             } else if health.status != BackendStatus::CannotConnect {
                 info!(backend = %addr, status = %health.status, "backend added");
-                self.add_backend(&addr, health);
+                let routable = health.status.routable();
+                let name = self.add_backend(&addr, health);
+                if routable && serving {
+                    self.start_ramp(&name, now);
+                }
             }
         }
-    }
-
-    /// One clean observer report: a suspect it names is settled by the health it brings (the
-    /// caller applies it); one it does not name has had one more check that did not confirm it,
-    /// and is routable again after `suspect_reports` of them.
-    fn settle_suspects(&mut self, named: &HashMap<String, BackendHealth>) {
-        let suspects: Vec<Name> = self
-            .backends
-            .values()
-            .filter(|b| b.suspect.is_some())
-            .map(|b| b.name.clone())
-            .collect();
-        let limit = self.suspect_reports;
-        for name in suspects {
-            let confirmed = named.contains_key(&*name);
-            self.update(&name, |b| {
-                let seen = b.suspect.map_or(0, |n| n.saturating_add(1));
-                if confirmed || seen >= limit {
-                    b.suspect = None;
-                    if !confirmed {
-                        info!(backend = %b.name, reports = seen, "suspect backend not confirmed by the health check; routable again");
-                    }
-                } else {
-                    b.suspect = Some(seen);
-                }
-                b.inst.set_healthy(b.healthy());
-            });
-        }
+        self.update_panic();
     }
 
     /// Asks `id` to move to `to`, moving one point of conn score with it; true when the
@@ -495,29 +480,37 @@ impl<C: ConnLink> ScoreTable<C> {
 
     /// One rebalance step: up to `max_conns` attempts to move a connection from the busiest to
     /// the idlest backend. Returns how many connections took the request.
+    ///
+    /// Loads are weighted: it stops once busiest / (idlest with one more connection) is below
+    /// `max_score_ratio`. In panic mode only drained backends are emptied: the health that makes
+    /// the others look busy is what panic mode does not trust.
     pub(crate) fn rebalance(&mut self, max_conns: usize, now: Instant) -> usize {
+        self.refresh_ramps(now);
         let mut asked = 0;
         for _ in 0..max_conns {
-            let Some(&(drained, busy_score, busy_slot)) = self.index.loaded.last() else {
+            let Some(&(drained, _, busy_slot)) = self.index.loaded.last() else {
                 break;
             };
-            let Some(&(idle_score, idle_slot)) = self.index.routable.first() else {
+            let Some(&(_, idle_slot)) = self.index.routable.first() else {
                 break;
             };
+            if self.panic && !drained {
+                break;
+            }
             if busy_slot == idle_slot {
                 break;
             }
             let busiest = self.index.name(busy_slot).clone();
             let idlest = self.index.name(idle_slot).clone();
-            if !drained
-                && (busy_score as f64) / ((idle_score + 1) as f64) < self.cfg.max_score_ratio
-            {
+            let (Some(b), Some(idle)) = (self.backends.get(&busiest), self.backends.get(&idlest))
+            else {
+                break;
+            };
+            let (busy_score, idle_score) = (b.weighted_score(), idle.weighted_score());
+            if !drained && busy_score / idle.weighted_score_plus_one() < self.cfg.max_score_ratio {
                 break;
             }
             let backoff = self.cfg.redirect_fail_backoff;
-            let Some(b) = self.backends.get(&busiest) else {
-                break;
-            };
             let candidate = b.conns.values().copied().find(|id| {
                 self.conns.get(id).is_some_and(|c| match c.phase {
                     Phase::Steady => true,
@@ -567,100 +560,10 @@ impl<C: ConnLink> ScoreTable<C> {
         self.drop_if_empty(addr);
         Ok(())
     }
-
-    /// Checks that the indexes and counters agree with the connection table; the error names
-    /// the first invariant found broken.
-    pub(crate) fn check_invariants(&self) -> Result<(), InvariantError> {
-        let mut incoming: HashMap<&str, i64> = HashMap::new();
-        let mut outgoing: HashMap<&str, i64> = HashMap::new();
-        for (&conn_id, c) in &self.conns {
-            let b = self.backends.get(&c.backend).ok_or_else(|| {
-                InvariantError::ConnOnUnknownBackend {
-                    conn_id,
-                    backend: c.backend.to_string(),
-                }
-            })?;
-            if b.conns.get(&c.seq) != Some(&conn_id) {
-                return Err(InvariantError::ConnNotListed {
-                    conn_id,
-                    backend: c.backend.to_string(),
-                });
-            }
-            if let Phase::Redirecting { to } = &c.phase {
-                if !self.backends.contains_key(to) {
-                    return Err(InvariantError::RedirectToUnknownBackend {
-                        conn_id,
-                        to: to.to_string(),
-                    });
-                }
-                *incoming.entry(to).or_default() += 1;
-                *outgoing.entry(&c.backend).or_default() += 1;
-            }
-        }
-        let mut routable = BTreeSet::new();
-        let mut loaded = BTreeSet::new();
-        let mut listed = 0;
-        for (name, b) in &self.backends {
-            listed += b.conns.len();
-            if b.pending < 0 {
-                return Err(InvariantError::NegativePending {
-                    backend: name.to_string(),
-                    pending: b.pending,
-                });
-            }
-            let counted_incoming = incoming.get(&**name).copied().unwrap_or(0);
-            let counted_outgoing = outgoing.get(&**name).copied().unwrap_or(0);
-            if b.incoming != counted_incoming || b.outgoing != counted_outgoing {
-                return Err(InvariantError::RedirectCounts {
-                    backend: name.to_string(),
-                    incoming: b.incoming,
-                    outgoing: b.outgoing,
-                    counted_incoming,
-                    counted_outgoing,
-                });
-            }
-            if b.inst.healthy() != b.healthy() {
-                return Err(InvariantError::HandleHealth {
-                    backend: name.to_string(),
-                    handle_healthy: b.inst.healthy(),
-                    status: b.health.status,
-                });
-            }
-            if self.index.slot_name(b.slot) != Some(name) {
-                return Err(InvariantError::SlotNamesAnother {
-                    backend: name.to_string(),
-                    slot: b.slot,
-                });
-            }
-            let score = b.score();
-            if b.routable() {
-                routable.insert((score, b.slot));
-            }
-            if !b.conns.is_empty() {
-                loaded.insert((b.drained, score, b.slot));
-            }
-        }
-        if listed != self.conns.len() {
-            return Err(InvariantError::ConnCount {
-                listed,
-                registered: self.conns.len(),
-            });
-        }
-        if routable != self.index.routable {
-            return Err(InvariantError::RoutableIndex {
-                indexed: self.index.routable.len(),
-                expected: routable.len(),
-            });
-        }
-        if loaded != self.index.loaded {
-            return Err(InvariantError::LoadedIndex {
-                indexed: self.index.loaded.len(),
-                expected: loaded.len(),
-            });
-        }
-        Ok(())
-    }
 }
 
+mod controls;
+mod invariants;
+mod suspect;
 #[cfg(test)]
 mod tests;

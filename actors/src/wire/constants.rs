@@ -43,7 +43,8 @@ pub mod caps {
     pub const QUERY_ATTRIBUTES: u32 = 1 << 27;
 
     /// Bits a proxy removes from the greeting and from the client's response: features whose
-    /// wire format it does not follow (TLS among them: frontend TLS is not offered).
+    /// wire format it does not follow, and TLS, which each side of the proxy negotiates on its
+    /// own (offered to clients only when `proxy.tls` is set).
     pub const HIDDEN: u32 = SSL | COMPRESS | OPTIONAL_RESULTSET_METADATA | ZSTD | QUERY_ATTRIBUTES;
 }
 
@@ -183,6 +184,9 @@ pub mod code {
     pub const ER_LOCK_DEADLOCK: u16 = 1213;
     /// Unknown prepared statement handler.
     pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
+    /// MariaDB's "connection was killed": what the proxy tells a session it closes because
+    /// its backend's drain timeout passed.
+    pub const ER_CONNECTION_KILLED: u16 = 1927;
     /// Insecure transport refused while secure transport is required.
     pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 }
@@ -197,6 +201,8 @@ pub mod sqlstate {
     pub const CONNECTION_REJECTED: &str = "08004";
     /// Invalid authorization.
     pub const ACCESS_DENIED: &str = "28000";
+    /// Query or connection interrupted (MariaDB's state for a killed connection).
+    pub const INTERRUPTED: &str = "70100";
     /// Serialization failure (deadlock).
     pub const SERIALIZATION_FAILURE: &str = "40001";
 }

@@ -5,7 +5,8 @@
 //! drops a pending [`PacketReader::fill`] loses nothing. Frames are split off that buffer without
 //! copying, so relaying a packet costs one copy into the writer's buffer and no allocation. The
 //! buffer comes from a per-thread pool ([`super::pool`]) and goes back whenever the reader waits
-//! with nothing buffered, so an idle connection holds none and a grown one is freed.
+//! with nothing buffered, so an idle connection holds none; one grown for a long packet is kept
+//! until [`PacketReader::release`] (the end of the exchange), then freed.
 
 use std::future::Future;
 use std::pin::pin;
@@ -101,6 +102,14 @@ impl Frame {
         self.raw.get(SEQ_AT).copied().unwrap_or(0)
     }
 
+    /// Sets the sequence id (a proxy renumbers a login's packets when only one side of it
+    /// had a TLS upgrade, which takes a sequence id).
+    pub fn set_seq(&mut self, seq: u8) {
+        if let Some(b) = self.raw.get_mut(SEQ_AT) {
+            *b = seq;
+        }
+    }
+
     /// Payload bytes.
     pub fn payload(&self) -> &[u8] {
         self.raw.get(HEADER..).unwrap_or_default()
@@ -178,9 +187,17 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         !self.buf.is_empty()
     }
 
-    /// Bytes of memory the reader's buffer offers now (0 while it waits with nothing buffered).
+    /// Bytes of memory the reader's buffer offers now (0 while it waits with nothing buffered,
+    /// unless it grew for a long packet and was not released since).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Frees a buffer grown for a long packet (or gives back a usual one) when nothing is
+    /// buffered. Call it where an exchange ends, e.g. between two commands: until then a grown
+    /// buffer is kept for the next long packet.
+    pub fn release(&mut self) {
+        self.buf.release();
     }
 
     /// One read attempt; while the stream has nothing, an empty buffer is given back.
@@ -188,7 +205,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         self.buf.make_room(MIN_READ_ROOM);
         let r = pin!(self.inner.read_buf(self.buf.bytes_mut())).poll(cx);
         if r.is_pending() {
-            self.buf.release();
+            self.buf.release_pooled();
         }
         r
     }
@@ -417,23 +434,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_buffer_grown_for_a_long_packet_is_freed_once_the_reader_waits() {
+    async fn a_buffer_grown_for_long_packets_serves_the_whole_exchange_then_is_freed() {
         let (mut peer, stream) = tokio::io::duplex(64 * 1024);
         let mut r = PacketReader::new(stream);
         let mut wire = Vec::new();
         put_packet(&mut wire, 0, &vec![7u8; 4 << 20]);
+        put_packet(&mut wire, 1, &vec![8u8; 4 << 20]);
         let writer = tokio::spawn(async move {
             peer.write_all(&wire).await.unwrap();
             peer
         });
-        let f = r.frame().await.unwrap();
-        assert_eq!(f.payload().len(), 4 << 20);
-        drop(f);
+        let first = r.frame().await.unwrap();
+        let at = first.raw().as_ptr();
+        assert_eq!(first.payload(), &vec![7u8; 4 << 20][..]);
+        drop(first);
+        let second = r.frame().await.unwrap();
+        assert_eq!(second.payload(), &vec![8u8; 4 << 20][..]);
+        assert_eq!(
+            second.raw().as_ptr(),
+            at,
+            "one allocation for both long packets"
+        );
+        drop(second);
         let mut peer = writer.await.unwrap();
+
         assert!(r.frame().now_or_never().is_none());
-        assert_eq!((r.capacity(), buffers_held()), (0, 0));
+        r.release();
+        assert_eq!(
+            (r.capacity(), buffers_held()),
+            (0, 0),
+            "freed at the exchange's end"
+        );
         let mut wire = Vec::new();
-        put_packet(&mut wire, 1, b"small");
+        put_packet(&mut wire, 2, b"small");
         peer.write_all(&wire).await.unwrap();
         assert_eq!(r.frame().await.unwrap().payload(), b"small");
         assert!(

@@ -66,6 +66,27 @@ pub enum HandshakeError {
     /// The target would negotiate other capabilities than the session has.
     #[error("target capabilities differ from the session's ({0:#x} missing)")]
     Capabilities(u32),
+    /// TLS with the server could not be set up (not offered, or the TLS handshake failed).
+    #[error("TLS with the server: {0}")]
+    Tls(String),
+}
+
+/// The SSL request a client sends (sequence 1) before its TLS handshake: the handshake
+/// response's first fixed fields, `CLIENT_SSL` set, and nothing after the filler.
+pub fn ssl_request(caps: u32, max_packet: u32, charset: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(RESP_USER_AT);
+    p.extend_from_slice(&(caps | caps::SSL).to_le_bytes());
+    p.extend_from_slice(&max_packet.to_le_bytes());
+    p.push(charset);
+    p.resize(RESP_USER_AT, 0);
+    p
+}
+
+/// Whether a client's first packet is an SSL request (`CLIENT_SSL` and no user name after the
+/// fixed fields) rather than a whole handshake response.
+pub fn is_ssl_request(p: &[u8]) -> bool {
+    let caps = get_arr(p, 0).map_or(0, u32::from_le_bytes);
+    caps & caps::SSL != 0 && caps & caps::PROTOCOL_41 != 0 && p.len() <= RESP_USER_AT
 }
 
 /// SHA1 of the concatenation of `parts`.
@@ -285,7 +306,13 @@ impl Greeting {
     /// Removes the capabilities a proxy does not follow ([`caps::HIDDEN`], MariaDB's extended
     /// ones) from this greeting's payload `p`, in place.
     pub fn sanitize(&self, p: &mut [u8]) {
-        let caps = self.caps & !caps::HIDDEN;
+        self.sanitize_offering(p, 0);
+    }
+
+    /// [`Greeting::sanitize`], then offering `offer` (e.g. [`caps::SSL`] when the proxy itself
+    /// terminates the client's TLS).
+    pub fn sanitize_offering(&self, p: &mut [u8], offer: u32) {
+        let caps = self.caps & !caps::HIDDEN | offer;
         if let Some(b) = p.get_mut(self.caps_lo..self.caps_lo + 2) {
             b.copy_from_slice(&(caps as u16).to_le_bytes());
         }

@@ -23,8 +23,8 @@ pub use fields::{
 };
 pub use frame::{flush, put_packet, Frame, PacketError, PacketReader, HEADER, MAX_PAYLOAD};
 pub use handshake::{
-    parse_auth_switch, parse_password_hash, server_version, Greeting, HandshakeError, NativeSecret,
-    Response, NATIVE_PASSWORD, SCRAMBLE_LEN,
+    is_ssl_request, parse_auth_switch, parse_password_hash, server_version, ssl_request, Greeting,
+    HandshakeError, NativeSecret, Response, NATIVE_PASSWORD, SCRAMBLE_LEN,
 };
 pub use packets::{
     eof_payload, err_payload, is_terminator, more_results, ok_payload, parse_err, parse_ok,

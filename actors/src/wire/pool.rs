@@ -18,6 +18,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 pub(super) const BUF_SIZE: usize = 16 * 1024;
 /// A write buffer that grew beyond this is freed rather than pooled.
 const KEEP_MAX: usize = 64 * 1024;
+/// Bytes at least this long are written through rather than queued ([`OutBuf::put_or_write`]).
+const WRITE_THROUGH_AT: usize = 64 * 1024;
 /// Buffers of each kind kept per thread. Few are ever out at once (a session holds one only
 /// while it has bytes in hand), so this bounds the pool, not the sessions.
 const POOL_MAX: usize = 64;
@@ -104,8 +106,11 @@ enum Held {
     Grown,
 }
 
-/// A packet reader's buffer. Empty, it can go back to the pool ([`ReadSpace::release`]); it
-/// knows whether it ever grew, so a buffer enlarged for one long packet is freed, not pooled.
+/// A packet reader's buffer. It knows whether it ever grew, so a buffer enlarged for a long
+/// packet is freed, not pooled: the reader gives a buffer of the usual size back whenever it
+/// waits with nothing buffered ([`ReadSpace::release_pooled`]), and a grown one when its owner
+/// says the exchange is over ([`ReadSpace::release`]), so a result of many long rows grows it
+/// once.
 #[derive(Debug, Default)]
 pub(super) struct ReadSpace {
     bytes: BytesMut,
@@ -134,18 +139,30 @@ impl ReadSpace {
         self.bytes.reserve(additional);
     }
 
-    /// At least `min` bytes of room to read into: a pooled buffer when nothing is buffered,
-    /// else room in the same buffer (a partial packet moves to its front rather than grow it).
+    /// At least `min` bytes of room to read into: the whole of the buffer held when the frames
+    /// split off it are gone, else a pooled one when nothing is buffered, else room in the same
+    /// buffer (a partial packet moves to its front rather than grow it).
     pub(super) fn make_room(&mut self, min: usize) {
         if self.bytes.capacity() - self.bytes.len() >= min {
             return;
         }
         if self.bytes.is_empty() {
+            if self.held != Held::Nothing && self.bytes.try_reclaim(BUF_SIZE.max(min)) {
+                return;
+            }
             self.release();
             self.bytes = take_read();
             self.held = Held::Pooled;
         } else {
             self.reserve(BUF_SIZE.saturating_sub(self.bytes.len()).max(min));
+        }
+    }
+
+    /// Gives a buffer of the usual size back to the pool when nothing is buffered; a grown one
+    /// is kept for the next long packet of the same exchange.
+    pub(super) fn release_pooled(&mut self) {
+        if self.held == Held::Pooled {
+            self.release();
         }
     }
 
@@ -202,6 +219,22 @@ impl OutBuf {
             self.release();
         }
         Ok(())
+    }
+
+    /// Queues `bytes` for `w`; a long run (64 KiB or more, e.g. one long packet) is instead
+    /// written at once, after what is queued, straight from where it lies: it is never copied
+    /// here and the buffer never grows for it.
+    pub async fn put_or_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        if bytes.len() < WRITE_THROUGH_AT {
+            self.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush_to(w).await?;
+        w.write_all(bytes).await
     }
 
     /// Drops what is queued and gives the buffer back (a grown one is freed). Call it where a
@@ -265,6 +298,22 @@ mod tests {
             "the pooled buffer is reused, not reallocated"
         );
         assert_eq!(&out[..], b"again");
+    }
+
+    #[tokio::test]
+    async fn a_long_run_is_written_through_in_order_without_growing_the_buffer() {
+        let mut out = OutBuf::new();
+        let mut sink = Vec::new();
+        out.put_or_write(&mut sink, b"head").await.unwrap();
+        assert!(sink.is_empty(), "a short run is queued");
+        let long = vec![9u8; 1 << 20];
+        out.put_or_write(&mut sink, &long).await.unwrap();
+        assert_eq!(out.capacity(), 0, "the long run never entered the buffer");
+        out.put_or_write(&mut sink, b"tail").await.unwrap();
+        out.flush_to(&mut sink).await.unwrap();
+        assert_eq!(&sink[..4], b"head");
+        assert_eq!(&sink[4..4 + long.len()], &long[..]);
+        assert_eq!(&sink[4 + long.len()..], b"tail");
     }
 
     #[tokio::test]

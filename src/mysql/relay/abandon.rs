@@ -74,7 +74,7 @@ impl Relay {
                 self.client.out.clear();
                 self.client
                     .send_err(
-                        seq,
+                        seq.wrapping_add(self.seq_shift),
                         code::ER_HANDSHAKE_ERROR,
                         sqlstate::COMM_LINK_FAILURE,
                         LOGIN_TIMEOUT_MSG,

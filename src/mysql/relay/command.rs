@@ -316,7 +316,7 @@ impl Relay {
         let mut last = first.seq();
         let mut total = first.payload().len();
         let mut more = first.continued();
-        self.backend.out.extend_from_slice(first.raw());
+        self.backend.relay(first).await.map_err(backend_err)?;
         while more {
             if self.backend.out.len() >= BACKEND_FLUSH_AT {
                 self.backend.flush().await.map_err(backend_err)?;
@@ -327,7 +327,7 @@ impl Relay {
             }
             last = f.seq();
             more = f.continued();
-            self.backend.out.extend_from_slice(f.raw());
+            self.backend.relay(&f).await.map_err(backend_err)?;
         }
         self.backend.flush().await.map_err(backend_err)?;
         Ok(last)
@@ -458,7 +458,7 @@ impl Relay {
                             }
                         }
                     }
-                    self.client.out.extend_from_slice(f.raw());
+                    self.client.relay(&f).await?;
                     if self.client.out.len() >= CLIENT_FLUSH_AT {
                         self.client.flush().await?;
                     }
@@ -468,7 +468,7 @@ impl Relay {
                     let f = self.client.reader.frame().await.map_err(client_err)?;
                     self.tracker.check_seq(&f).map_err(End::Client)?;
                     next = self.tracker.on_client(&f);
-                    self.backend.out.extend_from_slice(f.raw());
+                    self.backend.relay(&f).await.map_err(backend_err)?;
                     if next != Next::Client || self.backend.out.len() >= BACKEND_FLUSH_AT {
                         self.backend.flush().await.map_err(backend_err)?;
                     }

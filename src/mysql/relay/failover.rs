@@ -404,6 +404,7 @@ impl Relay {
         self.waiting = None;
         let deadline = Instant::now() + self.cfg.failover.timeout;
         let reroute = self.reroute.clone();
+        let link = self.backend.link.clone();
         let mut last = Refusal::NoBackend("none tried".into());
         for _ in 0..REATTACH_TRIES {
             let session = &self.session;
@@ -413,7 +414,10 @@ impl Relay {
                     .await
                     .map_err(|e| Refusal::NoBackend(e.to_string()))?;
                 let addr = routed.registration.backend().to_string();
+                // the stream came through `Via::connect` (PROXY header); the login's TLS upgrade
+                // needs the session's link, as on its first backend
                 let mut b = Backend::from_stream(addr.clone(), routed.backend);
+                b.link = link.clone();
                 let restored = async {
                     b.login(&response, negotiated, &secret)
                         .await

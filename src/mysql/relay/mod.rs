@@ -25,9 +25,6 @@ use switchyard::wire::{
     PacketError, PacketReader, Response,
 };
 use switchyard::{BackendInst, Registration};
-
-use crate::entry::Rerouter;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
@@ -35,7 +32,7 @@ use super::control::{Control, ControlRx};
 use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
-use crate::entry::Counted;
+use crate::entry::{Counted, Rerouter, StreamRead, StreamWrite};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +47,10 @@ pub(super) enum End {
     Backend(#[from] BackendError),
     #[error("login failed")]
     LoginFailed,
+    #[error("client TLS handshake: {0}")]
+    ClientTls(#[source] std::io::Error),
+    #[error("plain-text client refused: proxy.tls.required is set")]
+    TlsRequired,
     #[error("login did not finish within proxy.login_timeout")]
     LoginTimeout,
     #[error("closed at a safe point (drain or shutdown)")]
@@ -133,8 +134,8 @@ pub(super) struct Login {
 /// The client's socket: packets in, a pooled buffer out (neither holds memory while the session
 /// is idle). Both halves count what crosses them into `bytes_in_total` / `bytes_out_total`.
 pub(super) struct ClientSide {
-    pub(super) reader: PacketReader<Counted<OwnedReadHalf>>,
-    pub(super) writer: Counted<OwnedWriteHalf>,
+    pub(super) reader: PacketReader<Counted<StreamRead>>,
+    pub(super) writer: Counted<StreamWrite>,
     pub(super) out: OutBuf,
     /// Writes of response bytes so far: a read interrupted by a backend loss is re-run only when
     /// none of its response reached the client.
@@ -148,6 +149,15 @@ impl ClientSide {
         }
         self.out
             .flush_to(&mut self.writer)
+            .await
+            .map_err(|e| client_err(e.into()))
+    }
+
+    /// Queues `f` for the client; a long one is written at once, straight from the reader's
+    /// buffer, so it is never copied into `out` (see [`OutBuf::put_or_write`]).
+    pub(super) async fn relay(&mut self, f: &Frame) -> Result<(), End> {
+        self.out
+            .put_or_write(&mut self.writer, f.raw())
             .await
             .map_err(|e| client_err(e.into()))
     }
@@ -202,8 +212,13 @@ pub(super) struct Relay {
     pub(super) client_tracks: bool,
     /// Close at the next safe point.
     pub(super) closing: bool,
+    /// What to tell the client in an ERR packet when it is closed there (a drain's timeout).
+    pub(super) close_error: Option<String>,
     /// Whose packet the backend's login waits for (`Done` once logged in).
     pub(super) turn: Turn,
+    /// How far the client's sequence ids in the login run ahead of the backend's (a TLS
+    /// upgrade on one side only takes one id there).
+    pub(super) seq_shift: u8,
 }
 
 impl Relay {
@@ -242,8 +257,10 @@ impl Relay {
                 }
                 continue;
             }
-            // between commands: a buffer that grew for a long response goes back
+            // between commands: buffers that grew for long packets are freed
+            self.client.reader.release();
             self.client.out.release();
+            self.backend.reader.release();
             self.backend.out.release();
             let r = tokio::select! {
                 c = self.ctrl.recv() => {
@@ -273,6 +290,10 @@ impl Relay {
                 }
             }
             Some(Control::Close) => self.closing = true,
+            Some(Control::CloseWithError(why)) => {
+                self.closing = true;
+                self.close_error = Some(why);
+            }
             None => {}
         }
     }
@@ -326,7 +347,8 @@ impl Relay {
                             link.redirect_failed(to.addr());
                         }
                     }
-                    Some(Control::Close) => return Err(End::Drained),
+                    // untracked bytes: no point is safe for an ERR, so close as is
+                    Some(Control::Close | Control::CloseWithError(_)) => return Err(End::Drained),
                     None => {}
                 },
             }

@@ -73,6 +73,14 @@ impl Relay {
         }
         let blocker = self.session.blocker();
         if self.closing && !self.session.closing_waits() {
+            if let Some(why) = self.close_error.take() {
+                // between commands, as a server's own "connection was killed": sequence 0, read
+                // by the client as the answer to its next command
+                let msg = format!("switchyard: {why}");
+                self.client
+                    .send_err(0, code::ER_CONNECTION_KILLED, sqlstate::INTERRUPTED, &msg)
+                    .await;
+            }
             return Err(End::Drained);
         }
         let Some(to) = self.pending.take() else {
@@ -211,8 +219,9 @@ impl Relay {
         let deadline = Instant::now() + limit;
         let connect_timeout = self.cfg.connect_timeout;
         let addr = to.addr().to_string();
+        let link = self.backend.link.clone();
         let target = within(deadline, async {
-            let mut b = Backend::connect(&addr, connect_timeout)
+            let mut b = Backend::connect_like(&addr, connect_timeout, &link)
                 .await
                 .map_err(MoveError::Connect)?;
             b.login(&response, negotiated, &secret)

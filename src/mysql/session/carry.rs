@@ -13,10 +13,12 @@
 //! (`sql_select_limit`), `sql_big_selects` (`max_join_size`), backquoted names and hex or
 //! `''`-doubled literals (`ANSI_QUOTES`, `NO_BACKSLASH_ESCAPES`).
 
-use std::fmt::Write as _;
-
 use switchyard::wire::cmd;
 
+use super::snapshot::{
+    digest_sql, in_restore_order, last_insert_id_sql, quote_str, sysvars_sql, text, uservars_sql,
+    Snapshot, SysVar, UserVar, BIG_SELECTS, NO_LIMIT,
+};
 use super::state::Session;
 use crate::mysql::backend::{Backend, QueryError, Rows};
 
@@ -55,70 +57,12 @@ pub enum StateError {
     TooLarge,
 }
 
-/// A changed session variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SysVar {
-    /// Lower-cased name.
-    pub name: String,
-    /// `VARIABLE_TYPE` of `information_schema.SYSTEM_VARIABLES`; empty when the variable is known
-    /// from the server's session tracking (its value then decides how it is quoted).
-    pub ty: String,
-    /// Session value (`None` for NULL).
-    pub value: Option<String>,
-}
-
-/// A user variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserVar {
-    /// Name as the server reports it.
-    pub name: String,
-    /// `INT`, `DECIMAL`, `DOUBLE` or `VARCHAR`.
-    pub ty: String,
-    /// Character set (strings).
-    pub charset: Option<String>,
-    /// Value as text (numbers) — strings are taken from the digest as hex.
-    pub value: Option<String>,
-}
-
-/// What a move carries: read from the old backend, written to the new one.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// Changed session variables.
-    pub sysvars: Vec<SysVar>,
-    /// User variables.
-    pub uservars: Vec<UserVar>,
-    /// The digest query.
-    pub digest_sql: String,
-    /// Its one row on the old backend: schema, then variable values, then `LAST_INSERT_ID()`.
-    pub digest: Vec<Option<Vec<u8>>>,
-}
-
-/// Session-only or read-only variables never restored.
-const NOT_RESTORED: &[&str] = &[
-    "pseudo_thread_id",
-    "timestamp",
-    "warning_count",
-    "error_count",
-];
-
-/// The proxy's own settings ([`TRACKING_SQL`]): set on every backend by the proxy, never carried.
-const PROXY_OWNED_PREFIX: &str = "session_track_";
-
 /// The proxy's session-tracking settings, sent after every login (the client's and a move's)
 /// and after a reset, with `CLIENT_SESSION_TRACK` negotiated: the server then reports in OK
 /// packets every system variable and schema change and the transaction state.
 pub const TRACKING_SQL: &str = "SET SESSION session_track_system_variables = '*', \
      session_track_schema = ON, session_track_state_change = ON, \
      session_track_transaction_info = 'STATE'";
-
-/// Whether a move carries system variable `name` (lower-cased).
-pub fn restorable(name: &str) -> bool {
-    !NOT_RESTORED.contains(&name) && !name.starts_with(PROXY_OWNED_PREFIX)
-}
-
-/// An explicit `LIMIT` on every `SELECT` the proxy runs on a client's session: it overrides the
-/// session's `sql_select_limit`, which would otherwise cut the proxy's answers short.
-const NO_LIMIT: &str = " LIMIT 18446744073709551615";
 
 /// The session's `max_join_size` could refuse a read of `information_schema` (error 1104), so
 /// the read runs with `sql_big_selects` on; its session value is then read by the digest
@@ -130,71 +74,11 @@ const SYSVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
      ('CHARACTER_SET_CLIENT','CHARACTER_SET_CONNECTION','CHARACTER_SET_RESULTS','COLLATION_CONNECTION',\
      'SQL_BIG_SELECTS')) LIMIT 18446744073709551615";
 
-/// The variable [`SYSVARS_SQL`] overrides while it reads: always carried, its value taken from
-/// the digest (which reads it unaltered).
-const BIG_SELECTS: &str = "sql_big_selects";
-
 /// String values are not read here: the digest reads them as hex, which restores them exactly.
 const USERVARS_SQL: &str = "SET STATEMENT sql_big_selects = 1 FOR \
      SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME, \
      IF(VARIABLE_TYPE = 'VARCHAR', NULL, VARIABLE_VALUE) FROM information_schema.USER_VARIABLES \
      LIMIT 18446744073709551615";
-
-fn text(v: &Option<Vec<u8>>) -> Option<String> {
-    v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
-}
-
-fn quote_ident(out: &mut String, name: &str) {
-    out.push('`');
-    out.push_str(&name.replace('`', "``"));
-    out.push('`');
-}
-
-fn quote_str(out: &mut String, v: &str) {
-    if v.bytes().all(|b| (0x20..0x7F).contains(&b) && b != b'\\') {
-        out.push('\'');
-        out.push_str(&v.replace('\'', "''"));
-        out.push('\'');
-    } else {
-        out.push_str("CONVERT(X'");
-        for b in v.bytes() {
-            let _ = write!(out, "{b:02X}");
-        }
-        out.push_str("' USING utf8mb4)");
-    }
-}
-
-fn is_number(v: &str) -> bool {
-    !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-}
-
-impl Snapshot {
-    /// Takes the system variables' values from the digest row (read on the old backend), for
-    /// variables known by name only.
-    fn sysvar_values_from_digest(&mut self) {
-        for (i, v) in self.sysvars.iter_mut().enumerate() {
-            let d = self.digest.get(1 + i).unwrap_or(&None);
-            v.value = match (v.name == BIG_SELECTS, d.as_deref()) {
-                // the digest reads it as 0/1; the variable is set as OFF/ON
-                (true, Some(b"0")) => Some("OFF".into()),
-                (true, Some(b"1")) => Some("ON".into()),
-                _ => text(d),
-            };
-        }
-    }
-
-    /// The state right after a login: nothing to restore; the digest checks the schema.
-    pub fn login_defaults() -> Self {
-        Self {
-            sysvars: Vec::new(),
-            uservars: Vec::new(),
-            digest_sql: digest_sql(&[], &[]),
-            digest: Vec::new(),
-        }
-    }
-}
 
 /// Reads the answers to queries queued on `b`, in order. A server error is kept in its slot;
 /// a broken stream (framing, unexpected shape) ends the reading, since nothing after it can be
@@ -359,20 +243,6 @@ fn sysvars_from(rows: &Rows) -> Vec<SysVar> {
     in_restore_order(vars)
 }
 
-/// `vars` without those a move never carries, character sets first, then collations, then the
-/// rest by name.
-pub fn in_restore_order(vars: Vec<SysVar>) -> Vec<SysVar> {
-    let mut sysvars: Vec<SysVar> = vars.into_iter().filter(|v| restorable(&v.name)).collect();
-    sysvars.sort_by_key(|v| {
-        (
-            !v.name.starts_with("character_set"),
-            !v.name.starts_with("collation"),
-            v.name.clone(),
-        )
-    });
-    sysvars
-}
-
 /// The user variables from [`USERVARS_SQL`]'s rows, by name.
 fn uservars_from(rows: &Rows) -> Vec<UserVar> {
     let mut uservars: Vec<UserVar> = rows
@@ -390,106 +260,6 @@ fn uservars_from(rows: &Rows) -> Vec<UserVar> {
     uservars
 }
 
-/// `SELECT DATABASE(), @@session.v…, <user variables…>`: one row that must read the same on
-/// both backends.
-fn digest_sql(sysvars: &[SysVar], uservars: &[UserVar]) -> String {
-    let mut sql = String::from("SELECT DATABASE()");
-    for v in sysvars {
-        sql.push_str(", @@session.");
-        quote_ident(&mut sql, &v.name);
-    }
-    for u in uservars {
-        if u.ty == "VARCHAR" {
-            sql.push_str(", HEX(@");
-            quote_ident(&mut sql, &u.name);
-            sql.push_str("), COLLATION(@");
-            quote_ident(&mut sql, &u.name);
-            sql.push(')');
-        } else {
-            sql.push_str(", @");
-            quote_ident(&mut sql, &u.name);
-        }
-    }
-    sql.push_str(", LAST_INSERT_ID()");
-    sql.push_str(NO_LIMIT);
-    sql
-}
-
-/// The `SET SESSION …` restoring the changed variables (`None` when there are none).
-pub fn sysvars_sql(vars: &[SysVar]) -> Option<String> {
-    if vars.is_empty() {
-        return None;
-    }
-    let mut sql = String::from("SET ");
-    for (i, v) in vars.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("SESSION ");
-        quote_ident(&mut sql, &v.name);
-        sql.push_str(" = ");
-        match &v.value {
-            None => sql.push_str("NULL"),
-            Some(val)
-                if (v.ty.contains("INT") || v.ty == "DOUBLE" || v.ty.is_empty())
-                    && is_number(val) =>
-            {
-                sql.push_str(val)
-            }
-            Some(val) => quote_str(&mut sql, val),
-        }
-    }
-    Some(sql)
-}
-
-/// The `SET @…` restoring user variables; string values come from the digest row (hex).
-pub fn uservars_sql(snap: &Snapshot) -> Option<String> {
-    if snap.uservars.is_empty() {
-        return None;
-    }
-    let mut col = 1 + snap.sysvars.len();
-    let mut sql = String::from("SET ");
-    for (i, u) in snap.uservars.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('@');
-        quote_ident(&mut sql, &u.name);
-        sql.push_str(" = ");
-        if u.ty == "VARCHAR" {
-            let hex = snap.digest.get(col).cloned().flatten();
-            let coll = snap.digest.get(col + 1).cloned().flatten();
-            col += 2;
-            // a string variable set to NULL keeps its character set and collation
-            let value = match hex {
-                None => "NULL".to_string(),
-                Some(h) => format!("X'{}'", String::from_utf8_lossy(&h)),
-            };
-            let cs = u.charset.clone().unwrap_or_else(|| "binary".into());
-            let _ = write!(sql, "CONVERT({value} USING ");
-            quote_ident(&mut sql, &cs);
-            sql.push(')');
-            if let Some(c) = coll.filter(|_| cs != "binary") {
-                sql.push_str(" COLLATE ");
-                quote_ident(&mut sql, &String::from_utf8_lossy(&c));
-            }
-        } else {
-            col += 1;
-            match &u.value {
-                None => sql.push_str("NULL"),
-                Some(v) if is_number(v) => {
-                    sql.push_str(v);
-                    if u.ty == "DOUBLE" && !v.contains(['e', 'E']) {
-                        sql.push_str("e0");
-                    }
-                }
-                Some(v) => quote_str(&mut sql, v),
-            }
-        }
-    }
-    Some(sql)
-}
-
 /// What a restore set up on the target.
 #[derive(Debug)]
 pub struct Restored {
@@ -497,19 +267,6 @@ pub struct Restored {
     pub ids: Vec<(u32, u32)>,
     /// The target tracks the session for the proxy ([`TRACKING_SQL`] was accepted).
     pub tracking: bool,
-}
-
-/// `SELECT LAST_INSERT_ID(n)` restoring the session's last insert id, the digest's last column
-/// (`None` when it is 0, as on a fresh session, or not a plain number).
-pub fn last_insert_id_sql(snap: &Snapshot) -> Option<String> {
-    let id = snap.digest.last()?.as_deref()?;
-    if id.is_empty() || !id.iter().all(u8::is_ascii_digit) || id == b"0" {
-        return None;
-    }
-    Some(format!(
-        "SELECT LAST_INSERT_ID({}){NO_LIMIT}",
-        String::from_utf8_lossy(id)
-    ))
 }
 
 /// Turns session tracking on (when the target negotiated it), writes the snapshot, the SQL
@@ -624,97 +381,5 @@ mod tests {
         assert!(SYSVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
         assert!(USERVARS_SQL.starts_with("SET STATEMENT sql_big_selects = 1 FOR SELECT"));
         assert!(SYSVARS_SQL.contains("'SQL_BIG_SELECTS'"));
-    }
-
-    #[test]
-    fn the_last_insert_id_is_restored_from_the_digests_last_column() {
-        let mut snap = Snapshot::login_defaults();
-        snap.digest = vec![Some(b"app".to_vec()), Some(b"42".to_vec())];
-        assert_eq!(
-            last_insert_id_sql(&snap).as_deref(),
-            Some("SELECT LAST_INSERT_ID(42) LIMIT 18446744073709551615")
-        );
-        snap.digest = vec![None, Some(b"0".to_vec())];
-        assert_eq!(last_insert_id_sql(&snap), None, "a fresh session has 0");
-        snap.digest = vec![None, Some(b"1; DROP".to_vec())];
-        assert_eq!(last_insert_id_sql(&snap), None, "only a plain number");
-    }
-
-    #[test]
-    fn a_string_with_a_quote_and_a_backslash_is_written_as_hex() {
-        let vars = vec![SysVar {
-            name: "init_connect".into(),
-            ty: "VARCHAR".into(),
-            value: Some("it's \\".into()),
-        }];
-        // hex survives NO_BACKSLASH_ESCAPES and ANSI_QUOTES alike
-        assert_eq!(
-            sysvars_sql(&vars).unwrap(),
-            "SET SESSION `init_connect` = CONVERT(X'69742773205C' USING utf8mb4)"
-        );
-    }
-
-    #[test]
-    fn restore_statements_quote_by_type() {
-        let vars = vec![
-            SysVar {
-                name: "sql_mode".into(),
-                ty: "SET".into(),
-                value: Some("ANSI_QUOTES".into()),
-            },
-            SysVar {
-                name: "wait_timeout".into(),
-                ty: "BIGINT UNSIGNED".into(),
-                value: Some("123".into()),
-            },
-            SysVar {
-                name: "character_set_results".into(),
-                ty: "ENUM".into(),
-                value: None,
-            },
-        ];
-        assert_eq!(
-            sysvars_sql(&vars).unwrap(),
-            "SET SESSION `sql_mode` = 'ANSI_QUOTES', SESSION `wait_timeout` = 123, \
-             SESSION `character_set_results` = NULL"
-        );
-        let snap = Snapshot {
-            sysvars: vec![],
-            uservars: vec![
-                UserVar {
-                    name: "a".into(),
-                    ty: "VARCHAR".into(),
-                    charset: Some("utf8mb4".into()),
-                    value: None,
-                },
-                UserVar {
-                    name: "d".into(),
-                    ty: "DOUBLE".into(),
-                    charset: None,
-                    value: Some("1.5".into()),
-                },
-                UserVar {
-                    name: "n".into(),
-                    ty: "VARCHAR".into(),
-                    charset: Some("utf8mb4".into()),
-                    value: None,
-                },
-            ],
-            digest_sql: String::new(),
-            digest: vec![
-                None,
-                Some(b"78".to_vec()),
-                Some(b"utf8mb4_bin".to_vec()),
-                Some(b"1.5".to_vec()),
-                None,
-                Some(b"utf8mb4_general_ci".to_vec()),
-            ],
-        };
-        // a string set to NULL keeps its collation (its digest would differ otherwise)
-        assert_eq!(
-            uservars_sql(&snap).unwrap(),
-            "SET @`a` = CONVERT(X'78' USING `utf8mb4`) COLLATE `utf8mb4_bin`, @`d` = 1.5e0, \
-             @`n` = CONVERT(NULL USING `utf8mb4`) COLLATE `utf8mb4_general_ci`"
-        );
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use super::carry::{in_restore_order, restorable, Snapshot, SysVar, UserVar};
+use super::snapshot::{in_restore_order, restorable, Snapshot, SysVar, UserVar};
 
 /// System variables that change together: setting one may change the others without the server
 /// reporting them (`SET NAMES` reports the character sets but not `collation_connection`;

@@ -3,7 +3,8 @@
 //!
 //! The server reports most of the state a move carries (variables, schema, whether a
 //! transaction is open): through session tracking in its OK packets as it changes ([`known`]),
-//! and by answering the snapshot at the move ([`carry`]). What it cannot report — SQL
+//! and by answering the snapshot at the move ([`carry`], which reads and writes the
+//! [`snapshot`]). What it cannot report — SQL
 //! `PREPARE`d statement texts, temporary tables, `GET_LOCK`s, `LOCK TABLES`, `HANDLER`s, XA — is
 //! learnt by a conservative scan of the client's statements ([`scan`]; a text too long to
 //! scan is only searched, [`long_text`]) and kept in the
@@ -18,12 +19,14 @@ pub mod long_text;
 pub mod pin;
 pub mod readonly;
 pub mod scan;
+pub mod snapshot;
 pub mod state;
 mod statement;
 pub mod stmts;
 
-pub use carry::{restore, snapshot, Restored, Snapshot, StateError, SysVar, UserVar};
+pub use carry::{restore, snapshot, Restored, StateError};
 pub use pin::Pin;
 pub use scan::{analyze, Effect, Pending};
+pub use snapshot::{Snapshot, SysVar, UserVar};
 pub use state::{Outcome, Session};
 pub use stmts::Stmt;

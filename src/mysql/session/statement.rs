@@ -3,7 +3,61 @@
 //! [`super::scan`] splits a query into statements and calls these per statement.
 
 use super::lex::{name_at, word, Tok};
-use super::scan::{Effect, Kind};
+
+/// An effect a statement has on untracked session state, applied when its response is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `CREATE TEMPORARY TABLE name`.
+    CreateTemp(String),
+    /// `DROP [TEMPORARY] TABLE names`.
+    DropTables(Vec<String>),
+    /// `LOCK TABLES` / `FLUSH TABLES WITH READ LOCK`.
+    LockTables,
+    /// `UNLOCK TABLES`.
+    UnlockTables,
+    /// `GET_LOCK('name', …)`; `None` when the name is not a literal.
+    GetLock(Option<String>),
+    /// `RELEASE_ALL_LOCKS()`.
+    ReleaseAllLocks,
+    /// `PREPARE name FROM 'text'` (the whole statement) or `FROM @var` (`None`).
+    Prepare(String, Option<Vec<u8>>),
+    /// `DEALLOCATE PREPARE name` / `DROP PREPARE name`.
+    Deallocate(String),
+    /// `HANDLER t OPEN`.
+    HandlerOpen(String),
+    /// `HANDLER t CLOSE`.
+    HandlerClose(String),
+    /// `XA START` / `XA BEGIN`.
+    XaStart,
+    /// `XA COMMIT` / `XA ROLLBACK`.
+    XaEnd,
+    /// `EXECUTE name`: the effects of the statement prepared under that name.
+    Execute(String),
+    /// `SET ROLE name` (`false`: `SET ROLE NONE`).
+    SetRole(bool),
+    /// `BACKUP STAGE …` / `BACKUP LOCK t` (`true`), `BACKUP STAGE END` / `BACKUP UNLOCK`.
+    BackupLock(bool),
+    /// `SET TRANSACTION …` without `SESSION` or `GLOBAL`: characteristics for the next
+    /// transaction only, which the server does not report.
+    TxOnce,
+    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, `XA …`: a transaction starts (and
+    /// takes the one-shot characteristics) or ends (and drops them).
+    TxBoundary,
+}
+
+/// How far the scan can see into one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Its effects are all in its text.
+    #[default]
+    Plain,
+    /// It runs code the scan cannot see (`CALL`, a compound statement, `EXECUTE IMMEDIATE` of a
+    /// computed text): it may have changed anything.
+    Opaque,
+    /// It defines a routine, trigger, event or view: nothing in it runs now, and the rest of
+    /// the query may be its body.
+    Definition,
+}
 
 /// First words of compound statements, which MariaDB runs outside stored programs too.
 const COMPOUND_FIRST_WORDS: &[&str] = &["IF", "CASE", "LOOP", "WHILE", "REPEAT", "FOR", "DECLARE"];

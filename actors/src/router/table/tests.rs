@@ -9,11 +9,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
+use crate::error::InvariantError;
 
 /// What the links of one table share: the redirects asked, and per-connection answers.
 #[derive(Debug, Default)]
 struct Wire {
     asked: Vec<(u64, String)>,
+    closed: Vec<u64>,
     answers: HashMap<u64, Delivery>,
 }
 
@@ -38,6 +40,19 @@ impl ConnLink for Link {
             .unwrap_or(Delivery::Sent);
         if answer == Delivery::Sent {
             wire.asked.push((self.id, to.addr().to_string()));
+        }
+        answer
+    }
+
+    fn close(&self, _reason: &str) -> Delivery {
+        let mut wire = self.wire.borrow_mut();
+        let answer = wire
+            .answers
+            .get(&self.id)
+            .copied()
+            .unwrap_or(Delivery::Sent);
+        if answer == Delivery::Sent {
+            wire.closed.push(self.id);
         }
         answer
     }
@@ -91,7 +106,7 @@ impl Harness {
             .iter()
             .map(|(a, h)| (a.to_string(), h.clone()))
             .collect();
-        self.table.backends_changed(backends, None);
+        self.table.backends_changed(backends, None, self.now);
         self.ok();
     }
 
@@ -118,7 +133,7 @@ impl Harness {
 
     /// Routes and registers a connection; returns its id and backend.
     fn connect(&mut self) -> (u64, String) {
-        let inst = self.table.route(&[]).expect("a backend");
+        let inst = self.table.route(&[], self.now).expect("a backend");
         let link = self.link();
         let id = link.id;
         self.table.conn_created(inst.addr(), Some(link));
@@ -161,7 +176,7 @@ impl Harness {
 #[test]
 fn an_empty_table_routes_nowhere() {
     let mut h = harness();
-    assert_eq!(h.table.route(&[]), Err(RouteError::NoBackend));
+    assert_eq!(h.table.route(&[], h.now), Err(RouteError::NoBackend));
     h.ok();
 }
 
@@ -169,8 +184,8 @@ fn an_empty_table_routes_nowhere() {
 fn a_route_goes_to_the_idlest_backend_and_counts_as_pending_until_it_is_settled() {
     let mut h = harness();
     h.healthy(&["a", "b"]);
-    let first = h.table.route(&[]).expect("a backend");
-    let second = h.table.route(&[]).expect("a backend");
+    let first = h.table.route(&[], h.now).expect("a backend");
+    let second = h.table.route(&[], h.now).expect("a backend");
     assert_ne!(
         first.addr(),
         second.addr(),
@@ -186,11 +201,11 @@ fn a_route_skips_excluded_backends() {
     let mut h = harness();
     h.healthy(&["a", "b"]);
     for _ in 0..3 {
-        let inst = h.table.route(&["a".to_string()]).expect("b is left");
+        let inst = h.table.route(&["a".to_string()], h.now).expect("b is left");
         assert_eq!(inst.addr(), "b");
     }
     assert_eq!(
-        h.table.route(&["a".to_string(), "b".to_string()]),
+        h.table.route(&["a".to_string(), "b".to_string()], h.now),
         Err(RouteError::NoBackend)
     );
     h.ok();
@@ -200,7 +215,7 @@ fn a_route_skips_excluded_backends() {
 fn a_failed_connect_takes_the_pending_point_back() {
     let mut h = harness();
     h.healthy(&["a"]);
-    let inst = h.table.route(&[]).expect("a backend");
+    let inst = h.table.route(&[], h.now).expect("a backend");
     h.table.conn_created(inst.addr(), None);
     h.ok();
     assert_eq!(h.conn_score("a"), 0);
@@ -220,11 +235,11 @@ fn a_registered_connection_replaces_its_pending_point() {
 fn a_down_backend_gets_no_routes_and_its_handle_says_so() {
     let mut h = harness();
     h.healthy(&["a", "b"]);
-    let inst = h.table.route(&["b".to_string()]).expect("a");
+    let inst = h.table.route(&["b".to_string()], h.now).expect("a");
     h.down("a");
     assert!(!inst.healthy(), "a connection's handle sees the new status");
     for _ in 0..3 {
-        assert_eq!(h.table.route(&[]).expect("b").addr(), "b");
+        assert_eq!(h.table.route(&[], h.now).expect("b").addr(), "b");
     }
 }
 
@@ -249,10 +264,11 @@ fn a_discovery_error_refuses_routes_until_a_clean_report() {
     let mut h = harness();
     h.healthy(&["a"]);
     let err = ObserveError::Fetch(crate::FetchError::new("etcd is down"));
-    h.table.backends_changed(HashMap::new(), Some(err.clone()));
-    assert_eq!(h.table.route(&[]), Err(RouteError::Observe(err)));
-    h.table.backends_changed(HashMap::new(), None);
-    assert!(h.table.route(&[]).is_ok());
+    h.table
+        .backends_changed(HashMap::new(), Some(err.clone()), h.now);
+    assert_eq!(h.table.route(&[], h.now), Err(RouteError::Observe(err)));
+    h.table.backends_changed(HashMap::new(), None, h.now);
+    assert!(h.table.route(&[], h.now).is_ok());
     h.ok();
 }
 
@@ -293,7 +309,7 @@ fn a_drained_backend_gets_no_routes_and_is_kept_while_drained_even_down_and_empt
     h.table.set_drained("a", true).expect("known");
     h.ok();
     for _ in 0..3 {
-        assert_eq!(h.table.route(&[]).expect("b").addr(), "b");
+        assert_eq!(h.table.route(&[], h.now).expect("b").addr(), "b");
     }
     h.down("a");
     assert!(h.snap("a").is_some(), "kept while drained");
@@ -550,7 +566,7 @@ fn a_connection_id_registered_twice_replaces_the_first() {
         id,
         wire: h.wire.clone(),
     };
-    let inst = h.table.route(&[]).expect("a backend");
+    let inst = h.table.route(&[], h.now).expect("a backend");
     h.table.conn_created(inst.addr(), Some(twin));
     h.ok();
     assert_eq!(h.table.conn_count(), 1);
@@ -674,7 +690,7 @@ fn the_invariant_check_names_a_connection_missing_from_its_backend() {
 fn a_suspect_backend_gets_no_routes_at_once_and_its_handle_says_so() {
     let mut h = harness();
     h.healthy(&["a", "b"]);
-    let inst_a = h.table.route(&["b".to_string()]).expect("a");
+    let inst_a = h.table.route(&["b".to_string()], h.now).expect("a");
     h.table.conn_created("a", None);
     assert!(h.table.backend_suspect("a", "connection reset"));
     h.ok();
@@ -684,7 +700,7 @@ fn a_suspect_backend_gets_no_routes_at_once_and_its_handle_says_so() {
     }
     assert!(
         matches!(
-            h.table.route(&["b".to_string()]),
+            h.table.route(&["b".to_string()], h.now),
             Err(RouteError::NoBackend)
         ),
         "a suspect is never a fallback"
@@ -712,10 +728,10 @@ fn a_report_naming_the_suspect_settles_it_and_the_rise_brings_it_back() {
     h.report(&[]);
     h.report(&[]);
     h.report(&[]);
-    assert!(h.table.route(&["b".to_string()]).is_err());
+    assert!(h.table.route(&["b".to_string()], h.now).is_err());
     // its rise: the observer reports it healthy again
     h.healthy(&["a"]);
-    let inst = h.table.route(&["b".to_string()]).expect("a is back");
+    let inst = h.table.route(&["b".to_string()], h.now).expect("a is back");
     assert_eq!(inst.addr(), "a");
     assert!(inst.healthy());
 }
@@ -730,13 +746,13 @@ fn a_suspicion_the_health_check_does_not_confirm_ends_after_fall_plus_one_clean_
     h.report(&[]);
     h.report(&[]);
     assert!(
-        h.table.route(&["b".to_string()]).is_err(),
+        h.table.route(&["b".to_string()], h.now).is_err(),
         "two reports may predate the failure"
     );
     h.report(&[]);
     assert_eq!(
         h.table
-            .route(&["b".to_string()])
+            .route(&["b".to_string()], h.now)
             .expect("routable again")
             .addr(),
         "a"
@@ -752,11 +768,12 @@ fn a_discovery_error_does_not_count_towards_ending_a_suspicion() {
         h.table.backends_changed(
             HashMap::new(),
             Some(ObserveError::Fetch(crate::FetchError::new("etcd"))),
+            h.now,
         );
         h.ok();
     }
     h.report(&[]);
-    assert!(h.table.route(&["b".to_string()]).is_err());
+    assert!(h.table.route(&["b".to_string()], h.now).is_err());
 }
 
 #[test]
@@ -774,7 +791,7 @@ fn a_suspect_report_for_an_unknown_or_down_backend_changes_nothing() {
     );
     h.healthy(&["a"]);
     assert!(
-        h.table.route(&["b".to_string()]).is_ok(),
+        h.table.route(&["b".to_string()], h.now).is_ok(),
         "a was never suspect"
     );
 }
@@ -793,3 +810,5 @@ fn a_suspect_backend_keeps_its_connections_and_closes_them_cleanly() {
     }
     assert_eq!(h.table.conn_count(), 0);
 }
+
+mod controls;
