@@ -265,6 +265,9 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
         "only {on_victim} idle sessions on the victim"
     );
     // a session pinned by a temporary table, on the victim
+    // sessions that land elsewhere stay open until one lands on the victim: a closed one would
+    // leave the loads as they were, and the same least-loaded node would get every try
+    let mut elsewhere = Vec::new();
     let mut pinned = loop {
         let mut c = Conn::new(opts(proxy)).await.unwrap();
         if port(&mut c).await == victim {
@@ -273,7 +276,12 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
                 .unwrap();
             break c;
         }
+        elsewhere.push(c);
+        assert!(elsewhere.len() < 20, "no new session lands on the victim");
     };
+    for c in elsewhere {
+        c.disconnect().await.unwrap();
+    }
 
     // autocommit reads and transactions, running through the kill
     let stop = Arc::new(AtomicBool::new(false));
