@@ -50,6 +50,27 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
+        "switchyard_failover_reattached_total",
+        "MySQL sessions re-attached to a healthy backend after theirs was lost."
+    );
+    describe_counter!(
+        "switchyard_failover_retried_total",
+        "Side-effect-free reads in flight re-run on the new backend after a loss."
+    );
+    describe_counter!(
+        "switchyard_failover_replayed_total",
+        "Transactions replayed after a backend loss, by result (ok, mismatch, overflow, timeout)."
+    );
+    describe_counter!(
+        "switchyard_failover_errors_total",
+        "Errors clients saw because their backend was lost, by reason."
+    );
+    describe_histogram!(
+        "switchyard_failover_stall_seconds",
+        Unit::Seconds,
+        "How long a session waited from noticing its backend was lost to going on (or giving up)."
+    );
+    describe_counter!(
         "switchyard_connections_accepted_total",
         "Client connections accepted."
     );
@@ -236,6 +257,34 @@ pub fn record_backends(backends: &[BackendSnapshot], drained: &[String], gone: &
                 .set(if s == BackendStatus::CannotConnect { 1.0 } else { 0.0 });
         }
     }
+}
+
+/// Counts a MySQL session re-attached to a new backend after its own was lost.
+pub fn failover_reattached() {
+    metrics::counter!("switchyard_failover_reattached_total").increment(1);
+}
+
+/// Counts a read in flight re-run on the new backend after a loss.
+pub fn failover_retried() {
+    metrics::counter!("switchyard_failover_retried_total").increment(1);
+}
+
+/// Counts one transaction replay after a loss, by result (`ok`, `mismatch`, `overflow`,
+/// `timeout`).
+pub fn failover_replayed(result: &'static str) {
+    metrics::counter!("switchyard_failover_replayed_total", "result" => result).increment(1);
+}
+
+/// Counts an error a client saw because its backend was lost, by why (see
+/// `mysql::relay::failover::Refusal::label`).
+pub fn failover_error(reason: &'static str) {
+    metrics::counter!("switchyard_failover_errors_total", "reason" => reason).increment(1);
+}
+
+/// Records how long a session stalled between noticing its backend was lost and going on (or
+/// giving up).
+pub fn failover_stall(took: Duration) {
+    metrics::histogram!("switchyard_failover_stall_seconds").record(took.as_secs_f64());
 }
 
 /// Sets the routing gauges from the router's view: weights per backend, panic mode and the wait

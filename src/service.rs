@@ -115,6 +115,7 @@ pub fn start_conn(cfg: &Config) -> (StartConn, Option<Addr<MysqlSessions>>) {
                     user => user.to_string(),
                 },
                 move_timeout: cfg.mysql_move_timeout,
+                failover: cfg.failover.clone(),
                 front_tls: cfg.door.tls.clone(),
                 ..Default::default()
             });

@@ -125,10 +125,11 @@ pub use model::{BackendHealth, BackendInfo, BackendInst, BackendSnapshot, Backen
 pub use observation::{BackendsChanged, BackendsListed, GetObserved, Refresh, StopObserver};
 pub use observer::BackendObserver;
 pub use router::{
-    valid_weight, BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated,
-    DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance, RedirectConnections,
-    RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy, RouterConfig,
-    RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter, SLOW_START_FLOOR,
+    valid_weight, BackendSuspect, BackendWeight, CheckInvariants, ConnClosed, ConnCount,
+    ConnCreated, DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance,
+    RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy,
+    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    SLOW_START_FLOOR,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

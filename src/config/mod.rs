@@ -10,6 +10,7 @@ mod backends;
 mod balance;
 mod cluster;
 mod door;
+mod failover;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -193,6 +194,8 @@ pub struct Config {
     /// Bound on one move of a MySQL session (`mysql.move_timeout`): target login, snapshot and
     /// restore; a frozen old backend gets one more before its session is closed.
     pub mysql_move_timeout: Duration,
+    /// What a MySQL session does when its backend is lost (`failover.*`).
+    pub failover: crate::mysql::FailoverConfig,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Log format.
@@ -225,6 +228,8 @@ struct RawConfig {
     balance: balance::RawBalance,
     #[serde(default)]
     mysql: RawMysql,
+    #[serde(default)]
+    failover: failover::RawFailover,
     #[serde(default)]
     log: RawLog,
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -442,6 +447,7 @@ impl RawConfig {
         positive("proxy.login_timeout", self.proxy.login_timeout)?;
         positive("proxy.half_close_timeout", self.proxy.half_close_timeout)?;
         positive("mysql.move_timeout", self.mysql.move_timeout)?;
+        let failover = self.failover.validate()?;
         let admin_listen = listen_addr("admin.listen", &self.admin.listen)?;
         if proxy_listen == admin_listen {
             return Err(ConfigError::new(
@@ -541,6 +547,7 @@ impl RawConfig {
             weights,
             mysql_users,
             mysql_move_timeout: self.mysql.move_timeout,
+            failover,
             log_level: self.log.level,
             log_format: self.log.format,
             shutdown_timeout: self.shutdown_timeout,

@@ -101,6 +101,29 @@ fn the_front_door_keys_are_read_and_their_timeouts_must_be_positive() {
 }
 
 #[test]
+fn failover_settings_default_to_on_1_mib_and_10_seconds_and_read_byte_sizes() {
+    let c = load(MINIMAL).unwrap();
+    assert!(c.failover.reattach && c.failover.replay_transactions);
+    assert_eq!(c.failover.max_replay_bytes, 1 << 20);
+    assert_eq!(c.failover.timeout, Duration::from_secs(10));
+    let c = load(
+        "backends: { static: [127.0.0.1:1] }\nfailover: { reattach: false, replay_transactions: false, max_replay_bytes: 512KiB, timeout: 3s }\n",
+    )
+    .unwrap();
+    assert!(!c.failover.reattach && !c.failover.replay_transactions);
+    assert_eq!(c.failover.max_replay_bytes, 512 << 10);
+    assert_eq!(c.failover.timeout, Duration::from_secs(3));
+    let c = load("backends: { static: [127.0.0.1:1] }\nfailover: { max_replay_bytes: 4096 }\n")
+        .unwrap();
+    assert_eq!(c.failover.max_replay_bytes, 4096);
+    let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { max_replay_bytes: lots }\n")
+        .unwrap_err();
+    assert_eq!(e.key, "failover.max_replay_bytes", "{e}");
+    let e = load("backends: { static: [127.0.0.1:1] }\nfailover: { timeout: 0s }\n").unwrap_err();
+    assert_eq!(e.key, "failover.timeout", "{e}");
+}
+
+#[test]
 fn the_mysql_move_timeout_defaults_to_five_seconds_and_must_be_positive() {
     assert_eq!(
         load(MINIMAL).unwrap().mysql_move_timeout,

@@ -22,7 +22,7 @@ use switchyard::ScoreRouter;
 pub use front::{Door, DoorError, Passed, Via};
 pub use live::{LiveConns, LiveGuard};
 pub use socket::{connect_backend, tune, Counted};
-pub use start::{ConnStart, Routed};
+pub use start::{ConnStart, Rerouter, Routed};
 pub use stream::{Stream, StreamRead, StreamWrite, Tls};
 
 use crate::metrics::ProxyMetrics;

@@ -10,11 +10,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use actix::prelude::*;
-use switchyard::{CloseConnection, ConnHandle, ConnectError, Connector, Redirect, Registration};
+use switchyard::{
+    BackendSuspect, CloseConnection, ConnHandle, ConnectError, Connector, Redirect, Registration,
+    ScoreRouter,
+};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::front::{DoorError, Passed};
+use super::front::{DoorError, Passed, Via};
 use super::{socket, Entry, LiveGuard, NewConn, Stream};
 use crate::metrics::ProxyMetrics;
 
@@ -202,20 +205,75 @@ impl ConnStart {
         redirect: Recipient<Redirect>,
         close: Option<Recipient<CloseConnection>>,
     ) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
-        let router = self.entry.router.clone();
-        let timeout = self.entry.connect_timeout;
-        let metrics = self.entry.metrics.clone();
-        let handle = ConnHandle::new(self.id, redirect);
-        let handle = match close {
+        self.rerouter(redirect, close).connect()
+    }
+
+    /// What this connection needs to route and connect again later, on its own (a session
+    /// re-attaching after its backend was lost), and to report a backend suspect: the router,
+    /// where it sends `Redirect`s and `CloseConnection`, and how backends are reached (TLS,
+    /// PROXY header naming this client).
+    pub fn rerouter(
+        &self,
+        redirect: Recipient<Redirect>,
+        close: Option<Recipient<CloseConnection>>,
+    ) -> Rerouter {
+        Rerouter {
+            id: self.id,
+            router: self.entry.router.clone(),
+            timeout: self.entry.connect_timeout,
+            metrics: self.entry.metrics.clone(),
+            redirect,
+            close,
+            via: self.entry.door.backend.clone(),
+            client: self.peer,
+            local: self.local,
+        }
+    }
+}
+
+/// Routes and connects one connection, as often as it needs to: the first time, and again when
+/// its backend is lost. Every backend that refused or timed out is reported suspect.
+#[derive(Clone)]
+pub struct Rerouter {
+    id: u64,
+    router: Addr<ScoreRouter>,
+    timeout: std::time::Duration,
+    metrics: ProxyMetrics,
+    redirect: Recipient<Redirect>,
+    close: Option<Recipient<CloseConnection>>,
+    via: Via,
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+}
+
+impl Rerouter {
+    /// Tells the router that `addr` failed under this connection (passive outlier detection):
+    /// it routes no new connection there until its health check settles it.
+    pub fn suspect(&self, addr: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        debug!(conn_id = self.id, backend = %addr, reason = %reason, "reporting backend suspect");
+        self.router.do_send(BackendSuspect {
+            addr: addr.to_string(),
+            reason,
+        });
+    }
+
+    /// Routes and connects to a backend (each at most once, `proxy.connect_timeout` each),
+    /// registering this connection there, through [`Via::connect`] (PROXY header, and TLS when
+    /// it starts at connect). The future owns what it needs.
+    pub fn connect(&self) -> impl Future<Output = Result<Routed, ConnectError>> + 'static {
+        let this = self.clone();
+        let handle = ConnHandle::new(self.id, self.redirect.clone());
+        let handle = match self.close.clone() {
             Some(close) => handle.with_close(close),
             None => handle,
         };
-        let (via, client, local) = (self.entry.door.backend.clone(), self.peer, self.local);
         async move {
-            let connected = Connector::new(&router, timeout)
-                .connect(handle, |inst| {
-                    let via = via.clone();
-                    async move { via.connect(inst.addr(), timeout, client, local).await }
+            let (router, timeout, metrics) = (&this.router, this.timeout, &this.metrics);
+            let (via, client, local) = (&this.via, this.client, this.local);
+            let connected = Connector::new(router, timeout)
+                .connect(handle, |inst| async move {
+                    via.connect(inst.addr(), timeout, client, local).await
                 })
                 .await;
             let failures = match &connected {
@@ -224,6 +282,7 @@ impl ConnStart {
             };
             for f in failures {
                 crate::metrics::connect_failed(&f.backend);
+                this.suspect(&f.backend, f.error.to_string());
             }
             match connected {
                 Ok(c) => {

@@ -131,11 +131,10 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         reader: PacketReader::new(Counted::new(r, metrics.bytes_in.clone())),
         writer: Counted::new(w, metrics.bytes_out.clone()),
         out: OutBuf::new(),
+        writes: 0,
     };
-    let routed = match conn
-        .connect(me.clone().recipient(), Some(me.recipient()))
-        .await
-    {
+    let reroute = conn.rerouter(me.clone().recipient(), Some(me.recipient()));
+    let routed = match reroute.connect().await {
         Ok(routed) => routed,
         Err(e) => {
             let msg = format!("switchyard: {e}");
@@ -166,7 +165,10 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         session: Session::new(),
         tracker: Tracker::new(0),
         login: None,
-        link: routed.registration,
+        link: Some(routed.registration),
+        reroute,
+        doomed: false,
+        refresh_refused: None,
         cfg,
         ctrl,
         pending: None,
@@ -182,7 +184,7 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         End::Client(_) => {
             warn!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "closing client")
         }
-        End::Backend(_) => {
+        End::Backend(_) | End::Lost(_) => {
             warn!(conn_id = id, client = %relay.peer, backend = %relay.backend.addr, reason = %end, "closing session")
         }
         _ => {

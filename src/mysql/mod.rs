@@ -116,6 +116,35 @@ pub struct MysqlConfig {
     pub max_snapshot: usize,
     /// `proxy.tls`: offered to clients in the greeting (`CLIENT_SSL`), required when it says so.
     pub front_tls: Option<crate::tls::FrontTls>,
+    /// What the proxy hides from a client when its backend is lost (`failover.*`).
+    pub failover: FailoverConfig,
+}
+
+/// `failover.*`: what a session does when its backend is lost unplanned (see
+/// `docs/failover.md`).
+#[derive(Debug, Clone)]
+pub struct FailoverConfig {
+    /// Re-attach a session whose backend was lost to a healthy one, with its state
+    /// (`failover.reattach`); also retries reads in flight. Off: such a session is closed.
+    pub reattach: bool,
+    /// Replay the open transaction on the new backend (`failover.replay_transactions`).
+    pub replay_transactions: bool,
+    /// Most bytes of statements a transaction's replay log keeps (`failover.max_replay_bytes`);
+    /// a longer transaction is not replayed.
+    pub max_replay_bytes: usize,
+    /// Bound on one re-attach: route, login, restore, replay (`failover.timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            reattach: true,
+            replay_transactions: true,
+            max_replay_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for MysqlConfig {
@@ -127,6 +156,7 @@ impl Default for MysqlConfig {
             max_packet: 1 << 30,
             probe_user: switchyard::HealthCheckConfig::default().probe_user,
             max_snapshot: 4 << 20,
+            failover: FailoverConfig::default(),
             front_tls: None,
         }
     }

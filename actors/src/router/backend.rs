@@ -31,6 +31,9 @@ pub(crate) struct Backend {
     pub(crate) inst: BackendInst,
     pub(crate) health: BackendHealth,
     pub(crate) drained: bool,
+    /// A connection reported it failing ([`super::BackendSuspect`]): clean observer reports
+    /// seen since, while the health check has not confirmed it either way.
+    pub(crate) suspect: Option<u32>,
     /// Registered connections by arrival: `seq -> conn id`.
     pub(crate) conns: BTreeMap<u64, u64>,
     /// Routes handed out and not yet finished.
@@ -64,6 +67,7 @@ impl Backend {
             name,
             health,
             drained: false,
+            suspect: None,
             conns: BTreeMap::new(),
             pending: 0,
             incoming: 0,
@@ -126,7 +130,13 @@ impl Backend {
 
     /// May take new routes: healthy enough, not drained, not at its cap.
     pub(crate) fn routable(&self) -> bool {
-        self.health.status.routable() && !self.drained && !self.full()
+        self.healthy() && !self.drained && !self.full()
+    }
+
+    /// Healthy as far as the router can tell: the observer says so and no connection reported
+    /// it failing since. What its [`BackendInst::healthy`] shows.
+    pub(crate) fn healthy(&self) -> bool {
+        self.health.status.routable() && self.suspect.is_none()
     }
 
     /// Down, empty and not held by an operator: nothing refers to it any more.

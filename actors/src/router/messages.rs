@@ -68,6 +68,25 @@ pub struct ConnClosed {
     pub conn_id: u64,
 }
 
+/// A connection's passive report that `addr` failed under it: a connect refused or reset, or a
+/// session that died mid-command or between commands.
+///
+/// The router stops routing to `addr` at once (passive outlier detection: the next health check
+/// may be seconds away) and asks its observer for a cycle now. It is not a health verdict: the
+/// observer's [`crate::BackendsChanged`] stays the one source of truth. A report naming the
+/// backend ends the suspicion (down: the health takes over, and its `rise` brings the backend
+/// back; healthy: it came back); `fall` + 1 clean reports that do not name it end it too — the
+/// check saw the backend healthy, so the failure was the connection's alone. A backend the
+/// router does not know, or knows as down already, is left as it is.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct BackendSuspect {
+    /// The backend's SQL address.
+    pub addr: String,
+    /// What the connection saw, for the log.
+    pub reason: String,
+}
+
 /// Ask the observer for a cycle now.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]

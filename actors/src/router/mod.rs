@@ -1,7 +1,7 @@
 //! `ScoreRouter`: the actor that owns the score table and talks to connections and its observer.
 //!
 //! Inbound: routes ([`Route`], [`ConnCreated`]), connection events ([`RedirectSucceeded`],
-//! [`RedirectFailed`], [`ConnClosed`]), observer reports ([`BackendsChanged`],
+//! [`RedirectFailed`], [`ConnClosed`], [`BackendSuspect`]), observer reports ([`BackendsChanged`],
 //! [`BackendsListed`]) and operator requests ([`SetDrained`], [`DrainThenClose`], [`Rebalance`],
 //! [`RedirectConnections`], queries). Outbound: [`crate::Redirect`] and
 //! [`crate::CloseConnection`] to connections and [`Refresh`] to its observer.
@@ -36,9 +36,10 @@ use table::{ConnLink, Delivery, ScoreTable};
 
 pub use config::RouterConfig;
 pub use messages::{
-    BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated, DrainThenClose,
-    GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance, RedirectConnections, RedirectFailed,
-    RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion, SetDrained, StopRouter,
+    BackendSuspect, BackendWeight, CheckInvariants, ConnClosed, ConnCount, ConnCreated,
+    DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance, RedirectConnections,
+    RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion,
+    SetDrained, StopRouter,
 };
 pub use policy::{valid_weight, RoutePolicy, SLOW_START_FLOOR};
 
@@ -144,10 +145,14 @@ impl ScoreRouter {
         H: HealthCheck,
     {
         let receiver = ctx.address().recipient::<BackendsChanged>();
+        let fall = health.fall;
         let observer = BackendObserver::new(fetcher, health_check, health, receiver)
             .with_listing(ctx.address().recipient())
             .start();
         let mut router = ScoreRouter::new(cfg);
+        router
+            .table
+            .set_suspect_reports(fall.max(1).saturating_add(1));
         router.observer = Some(ObserverLink {
             refresh: observer.clone().recipient(),
             stop: observer.clone().recipient(),
@@ -376,6 +381,17 @@ impl Handler<BackendsListed> for ScoreRouter {
     fn handle(&mut self, msg: BackendsListed, _: &mut Context<Self>) {
         self.table.set_listing(msg.backends, Instant::now());
         self.changed();
+    }
+}
+
+/// Passive outlier detection: the backend leaves the routes now, and the observer checks it now.
+impl Handler<BackendSuspect> for ScoreRouter {
+    type Result = ();
+    fn handle(&mut self, msg: BackendSuspect, _: &mut Context<Self>) {
+        if self.table.backend_suspect(&msg.addr, &msg.reason) {
+            self.refresh_observer();
+        }
+        self.check();
     }
 }
 

@@ -99,6 +99,9 @@ pub(crate) struct ScoreTable<C> {
     peer_view_new: bool,
     /// The routable backends when the last budget was granted.
     granted_routable: Vec<Name>,
+    /// Clean observer reports that end a suspicion they do not confirm (see
+    /// [`ScoreTable::backend_suspect`]).
+    suspect_reports: u32,
 }
 
 impl<C: ConnLink> ScoreTable<C> {
@@ -120,6 +123,7 @@ impl<C: ConnLink> ScoreTable<C> {
             peer_budget: None,
             peer_view_new: false,
             granted_routable: Vec::new(),
+            suspect_reports: suspect::DEFAULT_SUSPECT_REPORTS,
         }
     }
 
@@ -234,7 +238,7 @@ impl<C: ConnLink> ScoreTable<C> {
             .find(|name| !excluded.iter().any(|e| e.as_str() == &***name))
             .cloned();
         let Some(name) = chosen else {
-            return Err(self.none_routable(excluded, |b| b.health.status.routable() && !b.drained));
+            return Err(self.none_routable(excluded, |b| b.healthy() && !b.drained));
         };
         let inst = self.update(&name, |b| {
             b.pending += 1;
@@ -415,6 +419,7 @@ impl<C: ConnLink> ScoreTable<C> {
         if self.observe_error.take().is_some() {
             info!("backend discovery recovered");
         }
+        self.settle_suspects(&backends);
         let serving = self.backends.values().any(|b| b.health.status.routable());
         for (addr, health) in backends {
             if health.status == BackendStatus::Healthy && !health.server_version.is_empty() {
@@ -428,8 +433,8 @@ impl<C: ConnLink> ScoreTable<C> {
                         info!(backend = %b.name, from = %b.health.status, to = %health.status,
                               reason = health.ping_err.as_deref().unwrap_or(""), "backend status changed");
                     }
-                    b.inst.set_healthy(health.status.routable());
                     b.health = health;
+                    b.inst.set_healthy(b.healthy());
                     (was, b.health.status.routable())
                 });
                 match became {
@@ -585,5 +590,6 @@ impl<C: ConnLink> ScoreTable<C> {
 mod controls;
 mod invariants;
 mod peers;
+mod suspect;
 #[cfg(test)]
 mod tests;

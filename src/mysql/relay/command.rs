@@ -8,6 +8,7 @@
 use switchyard::wire::{cmd, code, get_cstr, get_u16, marker, sqlstate, Frame, PacketError};
 use tracing::debug;
 
+use super::failover::InFlight;
 use super::{backend_err, client_err, End, Relay};
 use crate::mysql::session::long_text::EffectWatch;
 use crate::mysql::session::stmts::UnknownStmt;
@@ -31,6 +32,10 @@ const CLIENT_FLUSH_AT: usize = 256 * 1024;
 const BACKEND_FLUSH_AT: usize = 1 << 20;
 /// Sequence id of the proxy's answer to a command it refuses.
 const ANSWER_SEQ: u8 = 1;
+/// Times one read is re-run after losses (each loss takes a backend out of the routes).
+const MAX_RERUNS: u32 = 2;
+/// The function whose value a re-attach restores, named in a statement that may set it.
+const LAST_INSERT_ID: &[u8] = b"LAST_INSERT_ID";
 
 /// What a command leaves for its `after` hook.
 enum Hook {
@@ -73,8 +78,49 @@ fn stmt_handler(code: u8) -> Option<&'static str> {
 }
 
 impl Relay {
-    /// Relays one client command and its response.
-    pub(super) async fn command(&mut self, mut first: Frame) -> Result<(), End> {
+    /// Relays one client command and its response. When the backend is lost in flight, a read
+    /// that may run again runs on the backend the session re-attaches to; anything else is
+    /// answered with an error (see `failover`).
+    pub(super) async fn command(&mut self, first: Frame) -> Result<(), End> {
+        if self.answer_doomed(&first).await? {
+            return Ok(());
+        }
+        let mut rerun = self.rerunnable(&first);
+        let may_commit = self.may_commit(&first);
+        let mut frame = first;
+        let mut reruns = 0;
+        loop {
+            let writes = self.client.writes;
+            let single = !frame.continued();
+            let first_seq = frame.seq();
+            let again = rerun.as_ref().map(|f| Frame::new(f.seq(), f.payload()));
+            match self.command_once(frame).await {
+                Err(End::Backend(e)) if super::failover::is_loss(&e) => {
+                    let sent = self.client.writes != writes;
+                    let answer_seq = match single {
+                        true => first_seq.wrapping_add(1),
+                        false => self.tracker.next_seq(),
+                    };
+                    let rerun_now = rerun.take().filter(|_| reruns < MAX_RERUNS);
+                    match self
+                        .lost_in_flight(e, rerun_now, may_commit, sent, answer_seq)
+                        .await?
+                    {
+                        InFlight::Answered => return Ok(()),
+                        InFlight::Rerun(f) => {
+                            reruns += 1;
+                            rerun = again;
+                            frame = f;
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Relays one client command and its response, once.
+    async fn command_once(&mut self, mut first: Frame) -> Result<(), End> {
         if first.seq() != 0 {
             return Err(End::Client(PacketError::Sequence {
                 got: first.seq(),
@@ -86,6 +132,7 @@ impl Relay {
             return self.untracked(first).await;
         };
         let mut hook = self.before(code, &mut first);
+        self.note_carried_changes(code, &hook, &first);
         if let Hook::UnknownStmt(id) = hook {
             return self.unknown_stmt(code, &first, id).await;
         }
@@ -111,6 +158,35 @@ impl Relay {
             self.enable_tracking().await?;
         }
         Ok(())
+    }
+
+    /// What a command may change that the state kept for a re-attach does not show: the
+    /// current schema, `LAST_INSERT_ID()`. Also lets a refused read of the state be tried again.
+    fn note_carried_changes(&mut self, code: u8, hook: &Hook, first: &Frame) {
+        if !self.cfg.failover.reattach {
+            return;
+        }
+        let arg = first.payload().get(1..).unwrap_or_default();
+        let names_insert_id = |sql: &[u8]| {
+            sql.windows(LAST_INSERT_ID.len())
+                .any(|w| w.eq_ignore_ascii_case(LAST_INSERT_ID))
+        };
+        match hook {
+            Hook::Query(p) => {
+                if !p.inert() {
+                    self.state_may_have_changed();
+                }
+                if names_insert_id(arg) {
+                    self.session.digest_changed();
+                }
+            }
+            Hook::Execute(id) if self.session.stmt_sql(*id).is_some_and(names_insert_id) => {
+                self.session.digest_changed();
+            }
+            Hook::ResetConnection | Hook::ChangeUser => self.state_may_have_changed(),
+            _ if code == cmd::INIT_DB => self.session.digest_changed(),
+            _ => {}
+        }
     }
 
     /// A `COM_STMT_*` command naming a statement the session does not have: execute, fetch and
@@ -259,7 +335,7 @@ impl Relay {
 
     /// Reads and drops the continuation packets of a command the proxy answers itself; returns
     /// the sequence id of its last packet.
-    async fn skip_rest(&mut self, first: &Frame) -> Result<u8, End> {
+    pub(super) async fn skip_rest(&mut self, first: &Frame) -> Result<u8, End> {
         let mut last = first.seq();
         let mut total = first.payload().len();
         let mut more = first.continued();

@@ -10,6 +10,7 @@
 
 mod abandon;
 mod command;
+mod failover;
 mod login;
 mod moves;
 mod track;
@@ -31,7 +32,7 @@ use super::control::{Control, ControlRx};
 use super::session::{Pin, Session};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
-use crate::entry::{Counted, StreamRead, StreamWrite};
+use crate::entry::{Counted, Rerouter, StreamRead, StreamWrite};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,9 @@ pub(super) enum End {
     LoginTimeout,
     #[error("closed at a safe point (drain or shutdown)")]
     Drained,
+    /// The backend was lost and the session could not go on elsewhere; the client was told why.
+    #[error("backend lost: {0}")]
+    Lost(String),
 }
 
 /// What went wrong on the backend side of a session.
@@ -78,6 +82,9 @@ pub(super) enum BackendError {
     /// check).
     #[error("proxy query: {0}")]
     Proxy(#[source] QueryError),
+    /// The server said it is shutting down (sent to idle sessions before it closes them).
+    #[error("server shutting down: {0}")]
+    ShuttingDown(String),
     /// The backend closed while the session was relayed as raw bytes.
     #[error("closed during raw relay")]
     ClosedInRawRelay,
@@ -88,10 +95,12 @@ pub(super) enum BackendError {
 
 /// Reports a redirect of connection `id` from `from` to `to` that did not happen, and why (also
 /// while the session's state is borrowed by a move).
-fn refused(link: &Registration, id: u64, from: &str, to: &BackendInst, reason: &str) {
+fn refused(link: &Option<Registration>, id: u64, from: &str, to: &BackendInst, reason: &str) {
     crate::metrics::migration(false, Duration::ZERO);
     info!(conn_id = id, from, to = %to.addr(), reason, "redirect refused");
-    link.redirect_failed(to.addr());
+    if let Some(link) = link {
+        link.redirect_failed(to.addr());
+    }
 }
 
 /// Counts and logs one redirect a session cannot follow now, and why: the one place reasons are
@@ -128,10 +137,16 @@ pub(super) struct ClientSide {
     pub(super) reader: PacketReader<Counted<StreamRead>>,
     pub(super) writer: Counted<StreamWrite>,
     pub(super) out: OutBuf,
+    /// Writes of response bytes so far: a read interrupted by a backend loss is re-run only when
+    /// none of its response reached the client.
+    pub(super) writes: u64,
 }
 
 impl ClientSide {
     async fn flush(&mut self) -> Result<(), End> {
+        if !self.out.is_empty() {
+            self.writes = self.writes.wrapping_add(1);
+        }
         self.out
             .flush_to(&mut self.writer)
             .await
@@ -175,7 +190,17 @@ pub(super) struct Relay {
     pub(super) session: Session,
     pub(super) tracker: Tracker,
     pub(super) login: Option<Login>,
-    pub(super) link: Registration,
+    /// The registration on the backend the session is on (`None` only while a re-attach
+    /// looks for a new one).
+    pub(super) link: Option<Registration>,
+    /// Routes and connects again when the backend is lost; reports suspects.
+    pub(super) reroute: Rerouter,
+    /// Why the state could not be read afresh, until the session changes it again: a re-attach
+    /// then refuses with it.
+    pub(super) refresh_refused: Option<String>,
+    /// The session's transaction was lost between two commands and the session re-attached:
+    /// its next command is answered with the rollback error, not run.
+    pub(super) doomed: bool,
     pub(super) cfg: Arc<MysqlConfig>,
     pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.
@@ -219,9 +244,18 @@ impl Relay {
         if let Err(e) = self.enable_tracking().await {
             return e;
         }
+        if let Err(e) = self.read_login_state().await {
+            return e;
+        }
         loop {
             if let Err(e) = self.at_safe_point().await {
                 return e;
+            }
+            if let Err(e) = self.keep_carried().await {
+                if let Err(e) = self.lost_idle(e).await {
+                    return e;
+                }
+                continue;
             }
             // between commands: buffers that grew for long packets are freed
             self.client.reader.release();
@@ -240,7 +274,9 @@ impl Relay {
                 f = self.backend.reader.frame() => self.unsolicited(f).await,
             };
             if let Err(e) = r {
-                return e;
+                if let Err(e) = self.lost_idle(e).await {
+                    return e;
+                }
             }
         }
     }
@@ -265,6 +301,9 @@ impl Relay {
     /// A backend packet between commands: passed on to the client.
     async fn unsolicited(&mut self, f: Result<Frame, PacketError>) -> Result<(), End> {
         let f = f.map_err(backend_err)?;
+        if let Some(lost) = self.unsolicited_err(&f) {
+            return Err(backend_err(lost));
+        }
         // e.g. the server's "connection was killed" ERR before it closes
         if f.first() == marker::ERR {
             let e = parse_err(f.payload());
@@ -304,7 +343,9 @@ impl Relay {
                     Some(Control::Redirect(to)) => {
                         pinned(self.id, &to, crate::mysql::session::Pin::RawRelay, None);
                         crate::metrics::migration(false, Duration::ZERO);
-                        self.link.redirect_failed(to.addr());
+                        if let Some(link) = &self.link {
+                            link.redirect_failed(to.addr());
+                        }
                     }
                     // untracked bytes: no point is safe for an ERR, so close as is
                     Some(Control::Close | Control::CloseWithError(_)) => return Err(End::Drained),

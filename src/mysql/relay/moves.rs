@@ -147,7 +147,9 @@ impl Relay {
                 let old = std::mem::replace(&mut self.backend, target);
                 crate::metrics::migration(true, started.elapsed());
                 info!(conn_id = self.id, from = %old.addr, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, "session moved");
-                self.link.redirect_succeeded(&self.backend.addr);
+                if let Some(link) = &mut self.link {
+                    link.redirect_succeeded(&self.backend.addr);
+                }
                 quit(old);
                 Ok(())
             }

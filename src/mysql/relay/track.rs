@@ -4,8 +4,8 @@
 //! packets a direct connection would.
 
 use switchyard::wire::{
-    clear_eof_state_flag, eof_status, has_session_state, session_state, state_changes, status,
-    strip_session_state, Frame,
+    clear_eof_state_flag, eof_status, has_session_state, parse_ok, session_state, state_changes,
+    status, strip_session_state, Frame,
 };
 use tracing::debug;
 
@@ -41,6 +41,12 @@ impl Relay {
     /// information in an OK, or an EOF saying some waits for the next OK), and hides it from a
     /// client that did not ask for it. Call after the tracker has seen the packet.
     pub(super) fn status_packet(&mut self, f: &mut Frame) {
+        if self.tracker.carrier == Carrier::Ok
+            && parse_ok(f.payload()).is_some_and(|ok| ok.last_insert_id != 0)
+        {
+            // LAST_INSERT_ID() may have changed: the state kept for a re-attach is read again
+            self.session.digest_changed();
+        }
         if !self.backend.session_track {
             return;
         }

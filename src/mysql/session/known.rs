@@ -46,6 +46,9 @@ pub struct Known {
     /// The server may hold reports the proxy has not seen (the last status packet was an EOF
     /// saying so, or the response ended in ERR).
     reports_pending: bool,
+    /// The current schema or `LAST_INSERT_ID()` may differ from `base`'s (a move reads both
+    /// afresh; a re-attach cannot).
+    digest_changed: bool,
 }
 
 /// What a move must read from the old backend, and what it already knows.
@@ -144,6 +147,27 @@ impl Known {
             sysvars: in_restore_order(sysvars),
             uservars: base.map(|b| b.uservars.clone()).unwrap_or_default(),
         }
+    }
+
+    /// Whether nothing carried may have changed since `base` was read: then `base` (or the
+    /// login's defaults) is the session's state, exactly, and a session whose backend is lost can
+    /// be restored from it.
+    pub fn unchanged(&self) -> bool {
+        self.sysvars.is_empty()
+            && !self.digest_changed
+            && !self.sysvars_unknown
+            && !self.uservars_changed
+            && !self.reports_pending
+    }
+
+    /// The current schema or `LAST_INSERT_ID()` may have changed: `base` no longer shows them.
+    pub fn digest_changed(&mut self) {
+        self.digest_changed = true;
+    }
+
+    /// The state last read from a backend (`None`: the login's defaults, never read).
+    pub fn base(&self) -> Option<&Snapshot> {
+        self.base.as_ref()
     }
 
     /// A move carried `snap` to a backend where tracking is `tracking`.

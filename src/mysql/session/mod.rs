@@ -17,6 +17,7 @@ pub mod known;
 mod lex;
 pub mod long_text;
 pub mod pin;
+pub mod readonly;
 pub mod scan;
 pub mod snapshot;
 pub mod state;

@@ -241,7 +241,8 @@ impl Session {
                     self.trx_open = matches!(st.first(), Some(b'T' | b'I'));
                 }
                 StateChange::Malformed => self.known.mark_unknown(),
-                StateChange::Schema(_) | StateChange::StateChanged | StateChange::Other(_) => {}
+                StateChange::Schema(_) => self.known.digest_changed(),
+                StateChange::StateChanged | StateChange::Other(_) => {}
             }
         }
     }
@@ -305,6 +306,50 @@ impl Session {
         self.trx_open = false;
         self.trx_unverified = false;
         self.stmts.moved(ids);
+    }
+
+    /// The state as last read from the backend, when nothing carried may have changed since:
+    /// what a session whose backend was lost is restored from. `None` when it may have changed,
+    /// or was never read.
+    pub fn exact_state(&self) -> Option<&Snapshot> {
+        self.known.unchanged().then(|| self.known.base()).flatten()
+    }
+
+    /// The state was read afresh from the session's own backend (`snap`): it is the carried
+    /// state now, as after a move, without one.
+    pub fn refreshed(&mut self, snap: Snapshot) {
+        let tracking = self.known.tracking();
+        self.known.moved(snap, tracking);
+    }
+
+    /// The current schema or `LAST_INSERT_ID()` may have changed (`COM_INIT_DB`, an OK packet
+    /// with an insert id, a statement naming `LAST_INSERT_ID`): the state last read no longer
+    /// shows them.
+    pub fn digest_changed(&mut self) {
+        self.known.digest_changed();
+    }
+
+    /// The backend holding the session's transaction was lost, and the transaction with it: the
+    /// session goes on outside one, on its new backend.
+    pub fn transaction_lost(&mut self) {
+        self.status &= !(status::IN_TRANS | status::IN_TRANS_READONLY);
+        self.trx_open = false;
+        self.trx_unverified = false;
+        self.tx_once = false;
+    }
+
+    /// The SQL text of binary statement `id` (a client id), if the session has it.
+    pub fn stmt_sql(&self, id: u32) -> Option<&[u8]> {
+        self.stmts
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| s.sql.as_slice())
+    }
+
+    /// Whether the session runs in autocommit mode with no transaction open: a statement's
+    /// effects are then its own, and a read may be re-run elsewhere.
+    pub fn autocommit_idle(&self) -> bool {
+        self.status & status::AUTOCOMMIT != 0 && !self.in_transaction() && !self.xa
     }
 
     /// A statement-running command (`COM_QUERY`, `COM_STMT_EXECUTE`) ended: after an ERR the

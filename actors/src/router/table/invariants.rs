@@ -58,7 +58,7 @@ impl<C: ConnLink> ScoreTable<C> {
                     counted_outgoing,
                 });
             }
-            if b.inst.healthy() != b.health.status.routable() {
+            if b.inst.healthy() != b.healthy() {
                 return Err(InvariantError::HandleHealth {
                     backend: name.to_string(),
                     handle_healthy: b.inst.healthy(),

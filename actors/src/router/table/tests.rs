@@ -686,4 +686,129 @@ fn the_invariant_check_names_a_connection_missing_from_its_backend() {
     );
 }
 
+#[test]
+fn a_suspect_backend_gets_no_routes_at_once_and_its_handle_says_so() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    let inst_a = h.table.route(&["b".to_string()], h.now).expect("a");
+    h.table.conn_created("a", None);
+    assert!(h.table.backend_suspect("a", "connection reset"));
+    h.ok();
+    assert!(!inst_a.healthy(), "the handle shows the suspicion");
+    for _ in 0..3 {
+        assert_eq!(h.connect().1, "b");
+    }
+    assert!(
+        matches!(
+            h.table.route(&["b".to_string()], h.now),
+            Err(RouteError::NoBackend)
+        ),
+        "a suspect is never a fallback"
+    );
+    assert!(
+        !h.table.backend_suspect("a", "again"),
+        "a second report is not news"
+    );
+}
+
+#[test]
+fn a_report_naming_the_suspect_settles_it_and_the_rise_brings_it_back() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    h.connect_n(2);
+    h.table.backend_suspect("a", "reset");
+    h.ok();
+    // the health check confirms: down, as any down backend
+    h.down("a");
+    assert_eq!(
+        h.snap("a").unwrap().health.status,
+        BackendStatus::CannotConnect
+    );
+    // clean reports after the confirmation do not make it routable: only its health can
+    h.report(&[]);
+    h.report(&[]);
+    h.report(&[]);
+    assert!(h.table.route(&["b".to_string()], h.now).is_err());
+    // its rise: the observer reports it healthy again
+    h.healthy(&["a"]);
+    let inst = h.table.route(&["b".to_string()], h.now).expect("a is back");
+    assert_eq!(inst.addr(), "a");
+    assert!(inst.healthy());
+}
+
+#[test]
+fn a_suspicion_the_health_check_does_not_confirm_ends_after_fall_plus_one_clean_reports() {
+    let mut h = harness();
+    h.table.set_suspect_reports(3);
+    h.healthy(&["a", "b"]);
+    h.table.backend_suspect("a", "one connection was killed");
+    h.ok();
+    h.report(&[]);
+    h.report(&[]);
+    assert!(
+        h.table.route(&["b".to_string()], h.now).is_err(),
+        "two reports may predate the failure"
+    );
+    h.report(&[]);
+    assert_eq!(
+        h.table
+            .route(&["b".to_string()], h.now)
+            .expect("routable again")
+            .addr(),
+        "a"
+    );
+}
+
+#[test]
+fn a_discovery_error_does_not_count_towards_ending_a_suspicion() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    h.table.backend_suspect("a", "reset");
+    for _ in 0..5 {
+        h.table.backends_changed(
+            HashMap::new(),
+            Some(ObserveError::Fetch(crate::FetchError::new("etcd"))),
+            h.now,
+        );
+        h.ok();
+    }
+    h.report(&[]);
+    assert!(h.table.route(&["b".to_string()], h.now).is_err());
+}
+
+#[test]
+fn a_suspect_report_for_an_unknown_or_down_backend_changes_nothing() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    h.connect_n(2);
+    assert!(!h.table.backend_suspect("zz", "reset"));
+    h.down("a");
+    assert!(!h.table.backend_suspect("a", "reset"));
+    h.ok();
+    assert!(
+        h.snap("zz").is_none(),
+        "no backend is made up from a suspicion"
+    );
+    h.healthy(&["a"]);
+    assert!(
+        h.table.route(&["b".to_string()], h.now).is_ok(),
+        "a was never suspect"
+    );
+}
+
+#[test]
+fn a_suspect_backend_keeps_its_connections_and_closes_them_cleanly() {
+    let mut h = harness();
+    h.healthy(&["a", "b"]);
+    let conns: Vec<(u64, String)> = (0..4).map(|_| h.connect()).collect();
+    h.table.backend_suspect("a", "reset");
+    h.ok();
+    assert_eq!(h.count("a"), 2, "a suspicion moves nothing by itself");
+    for (id, addr) in conns {
+        h.table.conn_closed(&addr, id);
+        h.ok();
+    }
+    assert_eq!(h.table.conn_count(), 0);
+}
+
 mod controls;

@@ -252,3 +252,53 @@ fn closing_a_backend_asks_each_of_its_connections_and_no_other() {
     assert_eq!(closed, expected);
     assert_eq!(h.table.close_conns_on("nowhere", "test"), 0);
 }
+
+#[test]
+fn a_suspect_backend_is_no_candidate_for_the_wait_queue() {
+    let mut h = harness();
+    h.policy(capped(1));
+    h.healthy(&["a", "b"]);
+    h.connect_n(2);
+    h.table.backend_suspect("b", "reset");
+    h.ok();
+    assert_eq!(
+        h.table.route(&["a".to_string()], h.now),
+        Err(RouteError::NoBackend),
+        "only the suspect is left: no room will come there, so the route does not wait"
+    );
+    assert_eq!(
+        h.table.route(&[], h.now),
+        Err(RouteError::AllFull),
+        "the healthy backend is full: the route may wait for it"
+    );
+}
+
+#[test]
+fn a_suspicion_neither_starts_panic_mode_nor_a_slow_start() {
+    let mut h = harness();
+    h.policy(RoutePolicy {
+        panic_threshold: 0.5,
+        slow_start: Duration::from_secs(10),
+        ..RoutePolicy::default()
+    });
+    h.healthy(&["a", "b", "c"]);
+    h.table.backend_suspect("a", "reset");
+    h.table.backend_suspect("b", "reset");
+    h.ok();
+    assert!(
+        !h.table.panic(),
+        "panic mode counts the observer's word, not a connection's"
+    );
+    let got = h.spread(3);
+    assert_eq!(got.get("c"), Some(&3), "the suspects get no routes");
+    for _ in 0..suspect::DEFAULT_SUSPECT_REPORTS {
+        h.report(&[]);
+    }
+    let got = h.spread(3);
+    assert_eq!(
+        got.get("c"),
+        None,
+        "an unconfirmed suspicion ends at full weight (no slow start): {got:?}"
+    );
+    assert_eq!(got.len(), 2, "both suspects are routable again: {got:?}");
+}
