@@ -7,10 +7,13 @@
 #      backends, each with a `cluster` section (lease_ttl $LEASE_TTL, publish_interval $PUBLISH);
 #   2. skew: backend 2 is drained through A (a cluster-wide drain), and $N_A idle PyMySQL
 #      sessions are opened through A, so all sit on backend 1;
-#   3. backend 2 is undrained through A, and at once $N_BC idle sessions are opened through B and
-#      C, alternating. From that moment (t0) the global counts (the sum of `GET /backends`
+#   3. backend 2 is undrained through A; once every instance has applied the undrain (it reaches
+#      B and C through etcd within publish_interval; OPEN_BC=undrain: at once, so B and C still
+#      route their first sessions as if backend 2 were drained), $N_BC idle sessions are opened
+#      through B and C, alternating. From that moment (t0) the global counts (the sum of `GET /backends`
 #      conn_count over the three instances, polled every 50 ms) are watched: the time until all
-#      sessions are open and busiest ÷ idlest <= 1.2, and whether it stays there for $WATCH s;
+#      sessions are open and busiest ÷ idlest <= 1.2 first, the worst ratio over the next $WATCH s,
+#      and the time from which it stays <= 1.2 for good;
 #   4. moves: the sum of `switchyard_migrations_total{result="succeeded"}` over the instances;
 #      sessions moved twice: (instance, conn_id) pairs that appear more than once in the
 #      instances' "session moved" info logs (target 0); then every session must answer a ping;
@@ -21,7 +24,7 @@
 #
 # Needs: etcd, mariadbd + mariadb-install-db + mariadb, python3 with pymysql, curl.
 # Usage: benches/cluster_bench.sh   (ROUNDS=3 N_A=300 N_BC=300 LEASE_TTL=3s PUBLISH=500ms
-#        QUIET=10 WATCH=10 by default; OUT=cluster-bench-results.md)
+#        QUIET=10 WATCH=10 OPEN_BC=applied by default; OUT=cluster-bench-results.md)
 #        SWITCHYARD_BIN=path/to/switchyard benches/cluster_bench.sh
 #        KEEP_WORK=1 keeps the servers' and instances' logs (the work directory is printed).
 set -euo pipefail
@@ -35,6 +38,8 @@ PUBLISH=${PUBLISH:-500ms}
 QUIET=${QUIET:-10}
 WATCH=${WATCH:-10}
 OUT=${OUT:-cluster-bench-results.md}
+OPEN_BC=${OPEN_BC:-applied}
+[[ $OPEN_BC == applied || $OPEN_BC == undrain ]] || { echo "OPEN_BC is applied or undrain" >&2; exit 2; }
 BIN=$(bench_bin)
 bench_init cluster-bench
 PY=/usr/bin/python3
@@ -205,6 +210,11 @@ def watch():
         time.sleep(0.05)
 t0 = time.time()
 post(f"http://127.0.0.1:{A['admin']}/backends/{db2}/undrain")
+applied = None
+if cfg["open_bc"] == "applied":  # B and C open only once every instance routes to backend 2 again
+    wait_until(lambda: drained_everywhere(False), 10, "the undrain to reach B and C")
+    applied = time.time() - t0
+    t0 = time.time()
 w = threading.Thread(target=watch); w.start()
 bc = [B, C]
 for k in range(cfg["n_bc"]):
@@ -225,6 +235,15 @@ if conv is not None:
     time.sleep(cfg["watch"])
 stop.set(); w.join()
 after = [s for s in samples if conv is not None and s[0] >= conv]
+# Settled: from this sample on, every sample had all sessions and busiest ÷ idlest <= 1.2.
+settled = None
+for s in reversed(samples):
+    if s[1] + s[2] == total and min(s[1], s[2]) > 0 and max(s[1], s[2]) / min(s[1], s[2]) <= 1.2:
+        settled = s[0]
+    else:
+        break
+if settled is not None and settled == samples[-1][0]:
+    settled = None                # even only at the very last sample: not shown to stay
 worst_after = max((max(a, b) / max(min(a, b), 1) for _, a, b in after), default=None)
 final = counts()
 
@@ -274,7 +293,8 @@ for _, s in sessions:
     except Exception:
         pass
 print(json.dumps({
-    "opened_s": round(opened, 2), "converged_s": None if conv is None else round(conv, 2),
+    "undrain_applied_s": None if applied is None else round(applied, 2), "opened_s": round(opened, 2), "converged_s": None if conv is None else round(conv, 2),
+    "settled_s": None if settled is None else round(settled, 2),
     "worst_ratio_after": None if worst_after is None else round(worst_after, 3),
     "final": [final[db1], final[db2]], "moves": int(moves), "failed": int(failed),
     "moved_log_lines": moved_lines, "moved_per_instance": per_instance, "moved_twice": twice,
@@ -296,8 +316,8 @@ for r in $(seq "$ROUNDS"); do
     start_instance "sy-$r-$n" "$n" "bench$r" "$l" "$a"
     INST+=("{\"name\":\"$n\",\"port\":$l,\"admin\":$a,\"log\":\"$WORK/sy-$r-$n.log\",\"pid\":$SY_PID}")
   done
-  CFG=$(printf '{"db1":"127.0.0.1:%s","db2":"127.0.0.1:%s","etcd":"%s","relay_count":"%s","n_a":%s,"n_bc":%s,"watch":%s,"quiet":%s,"instances":[%s]}' \
-    "$DB1" "$DB2" "$ETCD" "$WORK/relay-$r.count" "$N_A" "$N_BC" "$WATCH" "$QUIET" "$(IFS=,; echo "${INST[*]}")")
+  CFG=$(printf '{"db1":"127.0.0.1:%s","db2":"127.0.0.1:%s","etcd":"%s","relay_count":"%s","n_a":%s,"n_bc":%s,"watch":%s,"quiet":%s,"open_bc":"%s","instances":[%s]}' \
+    "$DB1" "$DB2" "$ETCD" "$WORK/relay-$r.count" "$N_A" "$N_BC" "$WATCH" "$QUIET" "$OPEN_BC" "$(IFS=,; echo "${INST[*]}")")
   "$PY" "$WORK/skew.py" "$CFG" | tee -a "$WORK/rounds.jsonl" >&2
   # Fresh setup next round: stop this round's instances and etcd.
   for p in $(python3 -c 'import json,sys; print(" ".join(str(i["pid"]) for i in json.loads(sys.argv[1])["instances"]))' "$CFG") "$ETCD_PID" "$RELAY_PID"; do
@@ -306,9 +326,9 @@ for r in $(seq "$ROUNDS"); do
   sleep 2   # let both servers close the sessions
 done
 
-python3 - "$WORK/rounds.jsonl" "$N_A" "$N_BC" "$LEASE_TTL" "$PUBLISH" "$QUIET" "$(nproc)" <<'PY' | tee "$OUT"
+python3 - "$WORK/rounds.jsonl" "$N_A" "$N_BC" "$LEASE_TTL" "$PUBLISH" "$QUIET" "$(nproc)" "$OPEN_BC" "$WATCH" <<'PY' | tee "$OUT"
 import json, sys, statistics as st, datetime
-path, n_a, n_bc, ttl, pub, quiet, cores = sys.argv[1:]
+path, n_a, n_bc, ttl, pub, quiet, cores, open_bc, watch = sys.argv[1:]
 rs = [json.loads(l) for l in open(path) if l.strip()]
 def med(k):
     xs = [r[k] for r in rs if r[k] is not None]
@@ -319,15 +339,17 @@ def fmt(k, unit="", nd=2):
 print(f"### Results ({datetime.date.today()}, {cores} cores)\n")
 print(f"3 switchyard instances (`protocol: mysql`, `cluster` with lease_ttl {ttl}, publish_interval {pub}), "
       f"2 MariaDB backends, one etcd; {n_a} idle PyMySQL sessions through A while backend 2 is drained, "
-      f"then backend 2 undrained and {n_bc} more opened through B and C; {len(rs)} rounds, each a fresh "
+      f"then backend 2 undrained and {n_bc} more opened through B and C "
+      f"({'once every instance applied the undrain' if open_bc == 'applied' else 'at once, before B and C applied the undrain'}); {len(rs)} rounds, each a fresh "
       f"etcd and fresh instances. Median (min–max):\n")
-print("| round | B/C sessions opened in s | until busiest ÷ idlest ≤ 1.2, s | worst ratio afterwards | final (b1, b2) | moves | failed moves | sessions moved twice | etcd bytes on the wire / instance / s | etcd gRPC bytes / instance / s | etcd calls / instance / s | sessions answering a ping |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| round | undrain applied everywhere after s | B/C sessions opened in s | until busiest ÷ idlest ≤ 1.2 first, s | worst ratio afterwards | until ≤ 1.2 for good, s | final (b1, b2) | moves | failed moves | sessions moved twice | etcd bytes on the wire / instance / s | etcd gRPC bytes / instance / s | etcd calls / instance / s | sessions answering a ping |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n, r in enumerate(rs, 1):
-    print(f"| {n} | {r['opened_s']} | {r['converged_s']} | {r['worst_ratio_after']} | {r['final'][0]}, {r['final'][1]} | {r['moves']} | {r['failed']} | "
+    print(f"| {n} | {r['undrain_applied_s'] if r['undrain_applied_s'] is not None else '-'} | {r['opened_s']} | {r['converged_s']} | {r['worst_ratio_after']} | {r['settled_s']} | {r['final'][0]}, {r['final'][1]} | {r['moves']} | {r['failed']} | "
           f"**{r['moved_twice']}** | {r['etcd_wire_bytes_per_inst_s']} | {r['etcd_grpc_bytes_per_inst_s']} | {r['etcd_calls_per_inst_s']} | {r['pings_ok']}/{r['sessions']} |")
 print()
-print(f"Time from undrain + first B/C session until the global pool is even (≤ 1.2, all sessions open): **{fmt('converged_s', ' s')}**; "
+print(f"Time from the first B/C session ({'opened once the undrain was applied everywhere' if open_bc == 'applied' else 'opened with the undrain'}) until the global pool is even (≤ 1.2, all sessions open): first **{fmt('converged_s', ' s')}**, "
+      f"for good (every later sample over the next {watch} s) **{fmt('settled_s', ' s')}**; "
       f"moves {fmt('moves', '', 0)}; sessions moved twice: **{sum(r['moved_twice'] for r in rs)}** in all; "
       f"extra etcd traffic per instance over a quiet {quiet} s window (sessions held, nothing changing): "
       f"**{fmt('etcd_wire_bytes_per_inst_s', ' B/s', 0)}** on the wire (HTTP/JSON both ways, counted by a relay in front of etcd), "
