@@ -1,5 +1,5 @@
 //! `failover`: what a MySQL session does when its backend is lost (re-attach, replay, their
-//! bounds), read into [`crate::mysql::FailoverConfig`]. Byte sizes read as people write them
+//! bounds), read into [`FailoverConfig`]. Byte sizes read as people write them
 //! (`1MiB`, `512KiB`, `65536`).
 
 use std::time::Duration;
@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{positive, ConfigError};
-use crate::mysql::FailoverConfig;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,5 +85,32 @@ impl RawBytes {
             _ => return None,
         };
         num.checked_mul(scale)
+    }
+}
+
+/// `failover.*`: what a session does when its backend is lost unplanned (see
+/// `docs/failover.md`).
+#[derive(Debug, Clone)]
+pub struct FailoverConfig {
+    /// Re-attach a session whose backend was lost to a healthy one, with its state
+    /// (`failover.reattach`); also retries reads in flight. Off: such a session is closed.
+    pub reattach: bool,
+    /// Replay the open transaction on the new backend (`failover.replay_transactions`).
+    pub replay_transactions: bool,
+    /// Most bytes of statements a transaction's replay log keeps (`failover.max_replay_bytes`);
+    /// a longer transaction is not replayed.
+    pub max_replay_bytes: usize,
+    /// Bound on one re-attach: route, login, restore, replay (`failover.timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            reattach: true,
+            replay_transactions: true,
+            max_replay_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+        }
     }
 }

@@ -23,6 +23,7 @@ use switchyard::{EtcdConfig, HealthCheckConfig, Probe, RoutePolicy, RouterConfig
 use thiserror::Error;
 
 pub use cluster::ClusterConfig;
+pub use failover::FailoverConfig;
 
 /// A configuration problem: which key, and what was wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -195,7 +196,7 @@ pub struct Config {
     /// restore; a frozen old backend gets one more before its session is closed.
     pub mysql_move_timeout: Duration,
     /// What a MySQL session does when its backend is lost (`failover.*`).
-    pub failover: crate::mysql::FailoverConfig,
+    pub failover: FailoverConfig,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Log format.

@@ -120,32 +120,8 @@ pub struct MysqlConfig {
     pub failover: FailoverConfig,
 }
 
-/// `failover.*`: what a session does when its backend is lost unplanned (see
-/// `docs/failover.md`).
-#[derive(Debug, Clone)]
-pub struct FailoverConfig {
-    /// Re-attach a session whose backend was lost to a healthy one, with its state
-    /// (`failover.reattach`); also retries reads in flight. Off: such a session is closed.
-    pub reattach: bool,
-    /// Replay the open transaction on the new backend (`failover.replay_transactions`).
-    pub replay_transactions: bool,
-    /// Most bytes of statements a transaction's replay log keeps (`failover.max_replay_bytes`);
-    /// a longer transaction is not replayed.
-    pub max_replay_bytes: usize,
-    /// Bound on one re-attach: route, login, restore, replay (`failover.timeout`).
-    pub timeout: Duration,
-}
-
-impl Default for FailoverConfig {
-    fn default() -> Self {
-        Self {
-            reattach: true,
-            replay_transactions: true,
-            max_replay_bytes: 1 << 20,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+/// `failover.*` (defined with the configuration, which owns every typed setting).
+pub use crate::config::FailoverConfig;
 
 impl Default for MysqlConfig {
     fn default() -> Self {
