@@ -7,21 +7,16 @@
 //! listener starting one `MysqlConn` per client). Where `mysql_async` cannot say what a test
 //! needs (`COM_SET_OPTION`, `LOCAL INFILE` chunking) the proxy's own small client speaks raw.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix::prelude::*;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use switchyard::wire::{caps, cmd, marker, put_packet, NativeSecret, Response, MAX_PAYLOAD};
-use switchyard::{
-    BackendHealth, BackendsChanged, GetBackends, Rebalance, RouterConfig, ScoreRouter, SetDrained,
-};
-use switchyard_server::entry::{ConnStart, Entry};
+use switchyard::{GetBackends, Rebalance, SetDrained};
 use switchyard_server::mysql::backend::Backend;
-use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
+use switchyard_server::mysql::MysqlUsers;
 use switchyard_testkit::MariaDb;
 
 mod support;
@@ -53,52 +48,13 @@ fn servers() -> Option<&'static (MariaDb, MariaDb)> {
     .as_ref()
 }
 
-struct Proxy {
-    addr: SocketAddr,
-    router: Addr<ScoreRouter>,
-}
+use support::mysql_proxy::{add_backends, Proxy};
 
-/// A router over `backends` and a listener starting a `MysqlConn` per client.
+/// The in-process proxy over `backends`, for the test user.
 async fn proxy(backends: &[String]) -> Proxy {
-    let router = ScoreRouter::new(RouterConfig {
-        rebalance_interval: Duration::ZERO,
-        redirect_fail_backoff: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .start();
-    add_backends(&router, backends).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let mut users = MysqlUsers::new();
     users.add(USER, Some(PASSWORD), None).unwrap();
-    let cfg = Arc::new(MysqlConfig {
-        users,
-        move_timeout: MOVE_TIMEOUT,
-        ..Default::default()
-    });
-    let entry = Entry::new(router.clone(), Duration::from_secs(2));
-    actix::spawn(async move {
-        let mut id = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            id += 1;
-            MysqlConn::new(ConnStart::from_stream(id, stream, &entry), cfg.clone()).start();
-        }
-    });
-    Proxy { addr, router }
-}
-
-async fn add_backends(router: &Addr<ScoreRouter>, backends: &[String]) {
-    let changed: HashMap<String, BackendHealth> = backends
-        .iter()
-        .map(|a| (a.clone(), BackendHealth::healthy()))
-        .collect();
-    router
-        .send(BackendsChanged {
-            backends: changed,
-            error: None,
-        })
-        .await
-        .unwrap();
+    support::mysql_proxy::start(backends, users, MOVE_TIMEOUT, Duration::from_millis(200)).await
 }
 
 fn addr(db: &MariaDb) -> String {

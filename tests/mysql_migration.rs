@@ -7,18 +7,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix::prelude::*;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
-use switchyard::{
-    BackendHealth, BackendsChanged, GetBackends, Rebalance, RouterConfig, ScoreRouter, SetDrained,
-};
-use switchyard_server::entry::{ConnStart, Entry};
-use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
+use switchyard::{BackendHealth, BackendsChanged, GetBackends, Rebalance, SetDrained};
+use switchyard_server::mysql::MysqlUsers;
 use switchyard_testkit::MariaDb;
+
+mod support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,46 +46,17 @@ fn servers() -> Option<&'static (MariaDb, MariaDb)> {
     .as_ref()
 }
 
-struct Proxy {
-    addr: SocketAddr,
-    router: Addr<ScoreRouter>,
-}
+use support::mysql_proxy::Proxy;
 
-/// A router over `backends` and a listener starting a `MysqlConn` per client.
+/// The in-process proxy over `backends` for `users`.
 async fn proxy(backends: &[String], users: MysqlUsers) -> Proxy {
-    let router = ScoreRouter::new(RouterConfig {
-        rebalance_interval: Duration::ZERO,
-        redirect_fail_backoff: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .start();
-    let changed: HashMap<String, BackendHealth> = backends
-        .iter()
-        .map(|a| (a.clone(), BackendHealth::healthy()))
-        .collect();
-    router
-        .send(BackendsChanged {
-            backends: changed,
-            error: None,
-        })
-        .await
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = Arc::new(MysqlConfig {
+    support::mysql_proxy::start(
+        backends,
         users,
-        move_timeout: Duration::from_secs(2),
-        ..Default::default()
-    });
-    let entry = Entry::new(router.clone(), Duration::from_secs(2));
-    actix::spawn(async move {
-        let mut id = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            id += 1;
-            MysqlConn::new(ConnStart::from_stream(id, stream, &entry), cfg.clone()).start();
-        }
-    });
-    Proxy { addr, router }
+        Duration::from_secs(2),
+        Duration::from_millis(200),
+    )
+    .await
 }
 
 fn users() -> MysqlUsers {

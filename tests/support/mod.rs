@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mysql_proxy;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
