@@ -45,6 +45,10 @@ pub struct BackendView {
     pub server_version: String,
     /// Whether an operator drained it.
     pub drained: bool,
+    /// A session saw it fail (reset, refused, died mid-command) since its last health check:
+    /// it takes no new routes until the check confirms or clears it (docs/failover.md).
+    #[serde(default)]
+    pub suspect: bool,
     /// Its configured or discovered weight (1 unless set).
     #[serde(default = "one")]
     pub weight: f64,
@@ -264,6 +268,7 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
             score: health.status.score(),
             addr,
             conn_count: 0,
+            suspect: false,
             server_version: health.server_version,
         })
         .collect();
@@ -279,6 +284,7 @@ async fn backend_views(state: &AdminState) -> Option<Vec<BackendView>> {
                 addr: b.addr,
                 score: b.score,
                 conn_count: b.conn_count,
+                suspect: b.suspect,
                 server_version: b.health.server_version,
             })
             .chain(unseen)

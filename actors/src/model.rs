@@ -188,4 +188,7 @@ pub struct BackendSnapshot {
     pub conn_count: usize,
     /// Conn score: connections + pending routes + incoming redirects − outgoing redirects.
     pub conn_score: i64,
+    /// A connection reported it failing (`BackendSuspect`) since the last health report: it takes
+    /// no new routes until the health check clears or confirms it.
+    pub suspect: bool,
 }

@@ -126,6 +126,7 @@ impl Handler<GetBackends> for StaticRouter {
                     score: n as i64,
                     conn_count: n,
                     conn_score: n as i64,
+                    suspect: false,
                 }
             })
             .collect()

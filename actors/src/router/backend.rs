@@ -156,6 +156,7 @@ impl Backend {
             score: self.score(),
             conn_count: self.conns.len(),
             conn_score: self.conn_score(),
+            suspect: self.suspect.is_some(),
         }
     }
 }
