@@ -266,7 +266,15 @@ fn line(path: Via, round: usize, node: usize, r: &RunResult) -> String {
         r.reader_stall_p99_ms,
         r.reader_stall_max_ms,
         r.out_of_route_ms.map_or("never".into(), |v| format!("{v:.0} ms")),
-        if path == Via::Switchyard { format!("{}", c("reattached_total")) } else { "–".into() },
+        if path == Via::Switchyard {
+            format!(
+                "{} (stall p99 ≤ {} ms)",
+                c("reattached_total"),
+                c("stall_p99_bucket_s") * 1e3
+            )
+        } else {
+            "–".into()
+        },
         if replayed.is_empty() { "–".into() } else { replayed.join(" ") },
         if fo_errors.is_empty() { "–".into() } else { fo_errors.join(" ") },
     )
@@ -408,7 +416,7 @@ fn main() {
         "# failover benchmark\n\n{} rounds; oltp_read_write transactions on {} writers ({} × {} rows), {} idle sessions, {} readers; kill -9 at {} s, {} s after; idle sessions checked {} s after the kill. {:?} in all.\n\n",
         k.rounds, k.threads, TABLES, TABLE_SIZE, k.idle, k.readers, k.kill_at.as_secs(), k.after.as_secs(), k.check_after.as_secs(), started.elapsed()
     ));
-    md.push_str("| path | round | killed | committed trx | trx errors from the kill on, by phase and code (before it) | trx latency p99 / max ms near the kill | reader errors | idle errors (slowest check) | idle login errors | reader latency p99 / max ms near the kill | out of route | re-attached | replayed | failover errors |\n");
+    md.push_str("| path | round | killed | committed trx | trx errors from the kill on, by phase and code (before it) | trx latency p99 / max ms near the kill | reader errors | idle errors (slowest check) | idle login errors | reader latency p99 / max ms near the kill | out of route | re-attached (proxy's stall histogram) | replayed | failover errors |\n");
     md.push_str("|---|---:|---|---:|---|---:|---|---|---|---:|---:|---:|---|---|\n");
     for l in &lines {
         md.push_str(l);
