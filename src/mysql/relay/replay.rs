@@ -186,8 +186,8 @@ impl Relay {
             len: payload.len(),
             pinned,
         });
-        if opening {
-            debug!(conn_id = self.id, replayable = self.txlog.replayable(), why = ?self.txlog.refused(), "transaction began");
+        if let (true, Some(why)) = (opening, self.txlog.refused()) {
+            debug!(conn_id = self.id, why = %why, "transaction began; it cannot be replayed");
         }
     }
 
