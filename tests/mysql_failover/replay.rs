@@ -1,9 +1,11 @@
 //! Transaction replay against the real cluster: one node is killed while transactions on it
 //! are (a) idle after a binary UPDATE and a SELECT, (b) running a slow statement, (c) holding a
 //! read another client changed since, (d) over a tiny `max_replay_bytes`, (e) past an answered
-//! `COMMIT` with the statement after it in flight, and (f) behind a proxy with replay off. (a)
-//! and (b) go on and commit exactly once; (c), (d) and (f) get 1213 with nothing of them
-//! committed; (e) gets 1180 and its commit stands once. The metrics count each outcome.
+//! `COMMIT` with the statement after it in flight, (f) behind a proxy with replay off, and (g)
+//! whose replay waits on a row lock past `failover.timeout`. (a) and (b) go on and commit
+//! exactly once; (c), (d), (f) and (g) get 1213 with nothing of them committed (and (g)'s stuck
+//! replay is killed at once); (e) gets 1180 and its commit stands once. The metrics count each
+//! outcome.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -43,6 +45,16 @@ fn code(e: &mysql_async::Error) -> u16 {
         mysql_async::Error::Server(s) => s.code,
         _ => 0,
     }
+}
+
+/// Connection options straight to a node, bypassing the proxy.
+fn opts_direct(node: SocketAddr) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(node.ip().to_string())
+        .tcp_port(node.port())
+        .user(Some(USER))
+        .pass(Some(PASSWORD))
+        .prefer_socket(false)
 }
 
 /// A new session through `proxy` on the node whose SQL port is `node`. Sessions that land
@@ -105,10 +117,10 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
              GRANT ALL ON *.* TO '{USER}'@'%'; \
              DROP DATABASE IF EXISTS rp; CREATE DATABASE rp; \
              CREATE TABLE rp.t (id INT PRIMARY KEY, n INT NOT NULL); \
-             INSERT INTO rp.t VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0)"
+             INSERT INTO rp.t VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0)"
         ),
     );
-    wait_rows(g, "1=0,2=0,3=0,4=0,5=0,6=0,7=0").await;
+    wait_rows(g, "1=0,2=0,3=0,4=0,5=0,6=0,7=0,8=0").await;
     let (proxy, _router) = proxy(g).await;
     // a log bound that BEGIN fits and the UPDATE after it does not
     let tiny = FailoverConfig {
@@ -121,6 +133,11 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         ..Default::default()
     };
     let (off, _off_router) = proxy_with(g, off).await;
+    let short = FailoverConfig {
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (short, _short_router) = proxy_with(g, short).await;
 
     // (a) idle inside a transaction, after a binary UPDATE and a SELECT
     let mut a = Conn::new(opts(proxy)).await.unwrap();
@@ -165,6 +182,23 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         .await
         .unwrap();
 
+    // (g) a transaction whose replay waits for a row lock longer than failover.timeout: every
+    // other node has the row locked by a transaction of its own
+    let mut lockers = Vec::new();
+    for node in (0..g.addrs().len()).filter(|&n| n != victim_node) {
+        let mut l = Conn::new(opts_direct(g.addr(node))).await.unwrap();
+        l.query_drop("BEGIN").await.unwrap();
+        l.query_drop("SELECT n FROM rp.t WHERE id = 8 FOR UPDATE")
+            .await
+            .unwrap();
+        lockers.push(l);
+    }
+    let mut w = on_node(short, victim, &mut elsewhere).await;
+    w.query_drop("BEGIN").await.unwrap();
+    w.query_drop("UPDATE rp.t SET n = n + 1 WHERE id = 8")
+        .await
+        .unwrap();
+
     // (b) a slow statement in flight inside a transaction (the slow ones start last, so both
     // still run at the kill)
     let mut b = on_node(proxy, victim, &mut elsewhere).await;
@@ -195,11 +229,12 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         assert!(Instant::now() < deadline, "the slow statements never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_rows(g, "1=0,2=0,3=7,4=0,5=0,6=10000,7=0").await;
+    wait_rows(g, "1=0,2=0,3=7,4=0,5=0,6=10000,7=0,8=0").await;
     let before = [
         replayed("ok"),
         replayed("mismatch"),
         replayed("overflow"),
+        replayed("timeout"),
         failover_errors("transaction_lost"),
         failover_errors("commit_unknown"),
     ];
@@ -256,6 +291,28 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
     let err = f.query_drop("COMMIT").await.expect_err("replay is off");
     assert_eq!(code(&err), 1213, "{err}");
 
+    // (g) the replay timed out: its stuck statement was killed at once (not after the server's
+    // 50 s lock wait), and the client gets 1213
+    let stuck = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE INFO = 'UPDATE rp.t SET n = n + 1 WHERE id = 8'";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while replayed("timeout") - before[3] < 1.0
+        || (0..g.addrs().len())
+            .filter(|&n| g.is_running(n))
+            .any(|n| g.sql(n, stuck).trim() != "0")
+    {
+        assert!(Instant::now() < deadline, "the stuck replay was not ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = w
+        .query_drop("COMMIT")
+        .await
+        .expect_err("the replay timed out");
+    assert_eq!(code(&err), 1213, "{err}");
+    for mut l in lockers {
+        l.query_drop("ROLLBACK").await.unwrap();
+    }
+
     // (e) the COMMIT was answered before the statement after it was lost: 1180
     let err = e
         .await
@@ -263,20 +320,21 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         .expect_err("a statement lost after a COMMIT");
     assert_eq!(code(&err), 1180, "{err}");
 
-    // committed exactly once each; nothing of (c), (d) or (f)
-    wait_rows(g, "1=11,2=1,3=7,4=0,5=0,6=10000,7=0").await;
+    // committed exactly once each; nothing of (c), (d), (f) or (g)
+    wait_rows(g, "1=11,2=1,3=7,4=0,5=0,6=10000,7=0,8=0").await;
     let after = [
         replayed("ok"),
         replayed("mismatch"),
         replayed("overflow"),
+        replayed("timeout"),
         failover_errors("transaction_lost"),
         failover_errors("commit_unknown"),
     ];
     let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(
         delta,
-        [2.0, 1.0, 1.0, 3.0, 1.0],
-        "replayed ok, mismatch, overflow; errors transaction_lost, commit_unknown"
+        [2.0, 1.0, 1.0, 1.0, 4.0, 1.0],
+        "replayed ok, mismatch, overflow, timeout; errors transaction_lost, commit_unknown"
     );
     for c in elsewhere {
         let _ = c.disconnect().await;

@@ -173,11 +173,13 @@ impl Relay {
         let open = self.session.transaction_open();
         let ends = class != Class::Harmless && may_commit;
         let opening = open && (ends || !self.txlog.is_open());
-        let pinned = match (opening, self.session.held()) {
-            (false, _) => None,
-            (true, Some(Pin::Xa)) => Some(XA),
-            (true, Some(_)) => Some(HELD),
-            (true, None) => (!self.session.named_locks().is_empty()).then_some(HELD),
+        let pinned = match opening {
+            false => None,
+            true => match self.session.held() {
+                Some(Pin::Xa) => Some(XA),
+                Some(_) => Some(HELD),
+                None => (!self.session.named_locks().is_empty()).then_some(HELD),
+            },
         };
         self.txlog.settle(After {
             open,
@@ -222,7 +224,13 @@ impl Relay {
         } = self
             .attach(replay.start(), deadline)
             .await
-            .map_err(Unreplayed::Refused)?;
+            .map_err(|refusal| match refusal {
+                Refusal::Timeout => {
+                    crate::metrics::failover_replayed(TIMEOUT);
+                    Unreplayed::Failed(TIMEOUT)
+                }
+                refusal => Unreplayed::Refused(refusal),
+            })?;
         let run = run_log(&mut backend, replay.entries(), &restored.ids, negotiated);
         let failed = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(flags)) => match flags {
