@@ -1,10 +1,11 @@
 //! Transaction replay against the real cluster: one node is killed while transactions on it
 //! are (a) idle after a binary UPDATE and a SELECT, (b) running a slow statement, (c) holding a
 //! read another client changed since, (d) over a tiny `max_replay_bytes`, (e) past an answered
-//! `COMMIT` with the statement after it in flight, (f) behind a proxy with replay off, and (g)
-//! whose replay waits on a row lock past `failover.timeout`. (a) and (b) go on and commit
-//! exactly once; (c), (d), (f) and (g) get 1213 with nothing of them committed (and (g)'s stuck
-//! replay is killed at once); (e) gets 1180 and its commit stands once. The metrics count each
+//! `COMMIT` with the statement after it in flight, (f) behind a proxy with replay off, (g) waiting
+//! in their replay on a row lock past `failover.timeout`, and (h) in a session holding a
+//! temporary table. (a) and (b) go on and commit exactly once; (c), (d), (f) and (g) get 1213
+//! with nothing of them committed (and (g)'s stuck replay is killed at once); (h) is told its
+//! temporary table was lost; (e) gets 1180 and its commit stands once. The metrics count each
 //! outcome.
 
 use std::net::SocketAddr;
@@ -199,6 +200,17 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         .await
         .unwrap();
 
+    // (h) a transaction in a session with a temporary table from before it: the table is lost
+    // with its node, so the session cannot go on (not a 1213 that leaves it silently gone)
+    let mut h = on_node(proxy, victim, &mut elsewhere).await;
+    h.query_drop("CREATE TEMPORARY TABLE rp.scratch (a INT)")
+        .await
+        .unwrap();
+    h.query_drop("BEGIN").await.unwrap();
+    h.query_drop("SELECT COUNT(*) FROM rp.scratch")
+        .await
+        .unwrap();
+
     // (b) a slow statement in flight inside a transaction (the slow ones start last, so both
     // still run at the kill)
     let mut b = on_node(proxy, victim, &mut elsewhere).await;
@@ -312,6 +324,13 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
     for mut l in lockers {
         l.query_drop("ROLLBACK").await.unwrap();
     }
+
+    // (h) told what was lost
+    let err = h
+        .query_drop("COMMIT")
+        .await
+        .expect_err("a temporary table cannot be re-attached");
+    assert!(err.to_string().contains("temporary_table"), "{err}");
 
     // (e) the COMMIT was answered before the statement after it was lost: 1180
     let err = e
