@@ -5,10 +5,13 @@
 //! Idle sessions and reads see no error; a session pinned by a temporary table gets an error
 //! naming it; transactions either commit or get the documented error (1213: rolled back, run it
 //! again; 1180: the COMMIT's answer was lost); no transaction whose COMMIT returned OK is lost,
-//! and none is applied twice.
+//! and none is applied twice. A transaction open at the kill is replayed on another node and goes
+//! on (idle, or with a statement in flight); one whose replay gets another answer, or whose log
+//! overflowed, gets 1213 with nothing of it committed.
 //!
 //! The proxy runs at the actor level with a real observer (static list, `mysql` probe): the
-//! passive `BackendSuspect` and the health check both take part.
+//! passive `BackendSuspect` and the health check both take part. The tests share one cluster and
+//! each kills a node: they take turns ([`KILLS`]), and each starts with every node up.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,13 +26,27 @@ use switchyard::{
     DefaultHealthCheck, GetBackends, HealthCheckConfig, RouterConfig, ScoreRouter, StaticFetcher,
 };
 use switchyard_server::entry::{ConnStart, Entry};
-use switchyard_server::mysql::{MysqlConfig, MysqlConn, MysqlUsers};
+use switchyard_server::mysql::{FailoverConfig, MysqlConfig, MysqlConn, MysqlUsers};
 use switchyard_testkit::Galera;
 use tokio::net::TcpListener;
 
 const USER: &str = "app";
 const PASSWORD: &str = "app-pw";
 const ACCOUNTS: i64 = 4;
+
+/// Transaction replay: its own scenarios, one kill for all of them.
+#[path = "mysql_failover/replay.rs"]
+mod replay;
+
+/// One test at a time kills a node of the shared cluster.
+static KILLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Brings back any node an earlier test killed, so the cluster has all its nodes.
+fn all_nodes_up(g: &Galera) {
+    for node in 0..g.addrs().len() {
+        g.restart(node);
+    }
+}
 
 fn opts(proxy: SocketAddr) -> OptsBuilder {
     OptsBuilder::default()
@@ -41,8 +58,13 @@ fn opts(proxy: SocketAddr) -> OptsBuilder {
 }
 
 /// A router observing the cluster (checks every 500 ms) and a listener starting a `MysqlConn`
-/// per client.
+/// per client, with the default `failover` settings.
 async fn proxy(g: &Galera) -> (SocketAddr, Addr<ScoreRouter>) {
+    proxy_with(g, FailoverConfig::default()).await
+}
+
+/// [`proxy`] with these `failover` settings.
+async fn proxy_with(g: &Galera, failover: FailoverConfig) -> (SocketAddr, Addr<ScoreRouter>) {
     let addrs: Vec<String> = g.addrs().iter().map(|a| a.to_string()).collect();
     let health = HealthCheckConfig {
         interval: Duration::from_millis(500),
@@ -63,6 +85,7 @@ async fn proxy(g: &Galera) -> (SocketAddr, Addr<ScoreRouter>) {
     users.add(USER, Some(PASSWORD), None).unwrap();
     let cfg = Arc::new(MysqlConfig {
         users,
+        failover,
         ..Default::default()
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -236,6 +259,8 @@ async fn a_killed_node_is_hidden_from_idle_sessions_and_reads_and_transactions_g
         .with_test_writer()
         .try_init();
     let Some(g) = Galera::shared() else { return };
+    let _turn = KILLS.lock().await;
+    all_nodes_up(g);
     g.sql(
         0,
         &format!(

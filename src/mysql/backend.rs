@@ -43,6 +43,9 @@ pub struct Backend {
     pub session_track: bool,
     /// How this session reaches backends (TLS, PROXY header), for its logins and its moves.
     pub link: Link,
+    /// The server's id for this connection (from its greeting, once the proxy logged in):
+    /// what a `KILL` names when a replay on it has to be stopped.
+    pub thread_id: u32,
 }
 
 /// How one session reaches its backends: `backends.tls` and `backends.send_proxy_protocol`,
@@ -118,6 +121,7 @@ impl Backend {
             deprecate_eof: false,
             session_track: false,
             link: Link::default(),
+            thread_id: 0,
         }
     }
 
@@ -189,6 +193,7 @@ impl Backend {
         self.reader.set_max_payload(LOGIN_MAX_PAYLOAD);
         let g = self.reader.frame_seq(0).await?;
         let greeting = Greeting::parse(g.payload())?;
+        self.thread_id = greeting.connection_id;
         let server_caps = greeting.caps & !caps::HIDDEN;
         let missing = session_caps & !server_caps;
         if missing != 0 {

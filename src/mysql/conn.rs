@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::backend::{Backend, Link};
 use super::control::{control, Control, ControlRx, ControlTx};
 use super::relay::{ClientSide, End, Relay, Turn};
-use super::session::Session;
+use super::session::{Session, TxLog};
 use super::tracker::Tracker;
 use super::MysqlConfig;
 use crate::entry::{ConnStart, Counted};
@@ -167,7 +167,11 @@ async fn run(start: Start, me: Addr<MysqlConn>, ctrl: ControlRx) {
         login: None,
         link: Some(routed.registration),
         reroute,
-        doomed: false,
+        doomed: None,
+        txlog: TxLog::new(
+            cfg.failover.reattach && cfg.failover.replay_transactions,
+            cfg.failover.max_replay_bytes,
+        ),
         refresh_refused: None,
         cfg,
         ctrl,

@@ -94,16 +94,17 @@ impl Relay {
             let single = !frame.continued();
             let first_seq = frame.seq();
             let again = rerun.as_ref().map(|f| Frame::new(f.seq(), f.payload()));
-            match self.command_once(frame).await {
+            match self.command_once(frame, may_commit).await {
                 Err(End::Backend(e)) if super::failover::is_loss(&e) => {
                     let sent = self.client.writes != writes;
                     let answer_seq = match single {
                         true => first_seq.wrapping_add(1),
                         false => self.tracker.next_seq(),
                     };
-                    let rerun_now = rerun.take().filter(|_| reruns < MAX_RERUNS);
+                    let may_rerun = reruns < MAX_RERUNS;
+                    let rerun_now = rerun.take().filter(|_| may_rerun);
                     match self
-                        .lost_in_flight(e, rerun_now, may_commit, sent, answer_seq)
+                        .lost_in_flight(e, rerun_now, may_rerun, may_commit, sent, answer_seq)
                         .await?
                     {
                         InFlight::Answered => return Ok(()),
@@ -119,8 +120,9 @@ impl Relay {
         }
     }
 
-    /// Relays one client command and its response, once.
-    async fn command_once(&mut self, mut first: Frame) -> Result<(), End> {
+    /// Relays one client command and its response, once; `may_commit`: inside a transaction it
+    /// may end it (see [`Relay::may_commit`]).
+    async fn command_once(&mut self, mut first: Frame, may_commit: bool) -> Result<(), End> {
         if first.seq() != 0 {
             return Err(End::Client(PacketError::Sequence {
                 got: first.seq(),
@@ -136,6 +138,19 @@ impl Relay {
         if let Hook::UnknownStmt(id) = hook {
             return self.unknown_stmt(code, &first, id).await;
         }
+        let (client_stmt, begins, closed) = match &hook {
+            Hook::Execute(id) => (Some(*id), false, None),
+            Hook::Query(p) => (None, p.may_begin_transaction(), None),
+            Hook::CloseStmt(id) => (None, false, Some(*id)),
+            _ => (None, false, None),
+        };
+        self.record_command(
+            first.payload(),
+            first.continued(),
+            client_stmt,
+            begins,
+            may_commit,
+        );
         // a query over 16 MiB: the scan saw its first packet, the watch sees the rest
         let mut watch =
             (code == cmd::QUERY && first.continued()).then(|| EffectWatch::after(first.payload()));
@@ -153,7 +168,9 @@ impl Relay {
             _ => None,
         };
         self.relay_response(kind, last, prepare_sql).await?;
-        if self.after(kind, hook, &first) {
+        let reset = self.after(kind, hook, &first);
+        self.settle_log(first.payload(), first.continued(), may_commit, closed);
+        if reset {
             // the reset took the proxy's session-tracking settings with it
             self.enable_tracking().await?;
         }
@@ -447,6 +464,7 @@ impl Relay {
                     let mut f = self.backend_frame().await?;
                     self.tracker.check_seq(&f).map_err(backend_err)?;
                     next = self.tracker.on_server(&f).map_err(backend_err)?;
+                    self.record_answer(f.payload());
                     self.status_packet(&mut f);
                     if let Some(ok) = self.tracker.prepared {
                         if f.first() == marker::OK && !f.continued() {
@@ -464,6 +482,7 @@ impl Relay {
                     }
                 }
                 Next::Client => {
+                    self.record_infile();
                     self.client.flush().await?;
                     let f = self.client.reader.frame().await.map_err(client_err)?;
                     self.tracker.check_seq(&f).map_err(End::Client)?;

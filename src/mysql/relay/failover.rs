@@ -6,16 +6,23 @@
 //! while the backend lives: read once after login, and read afresh at the next safe point after
 //! anything may have changed it ([`Relay::keep_carried`]: one round trip, the move's snapshot).
 //! A loss between commands re-attaches at once; a side-effect-free read in flight is re-run;
-//! any other statement in flight gets an error (a write's fate is unknown and it is never
-//! re-run). The router hears of the loss at once ([`crate::entry::Rerouter::suspect`]).
+//! an open transaction is replayed ([`super::replay`]) and, with its answers all the same, goes
+//! on; any other statement in flight gets an error (a write's fate is unknown and it is never
+//! re-run, nor is a `COMMIT`). The router hears of the loss at once
+//! ([`crate::entry::Rerouter::suspect`]).
 
-use switchyard::wire::{caps, cmd, code, get_u32, marker, parse_err, sqlstate, Frame, PacketError};
+use switchyard::wire::{
+    caps, cmd, code, get_u32, marker, parse_err, sqlstate, Frame, NativeSecret, PacketError,
+    Response,
+};
+use switchyard::Registration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::replay::Unreplayed;
 use super::{backend_err, BackendError, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
-use crate::mysql::session::{self, readonly, Pin, Snapshot, StateError};
+use crate::mysql::session::{self, readonly, Pin, Restored, Snapshot, StateError};
 
 /// MariaDB's "server shutdown in progress": sent to idle sessions before a clean stop closes them.
 pub(super) const ER_SERVER_SHUTDOWN: u16 = 1053;
@@ -36,6 +43,14 @@ const NEXT_COMMAND_SEQ: u8 = 1;
 /// Backends one re-attach tries (a new backend that refuses the login or the restore is
 /// reported suspect, and the next is tried).
 const REATTACH_TRIES: u32 = 2;
+/// `switchyard_failover_errors_total` reason of a rollback error for a transaction that was lost
+/// and not replayed (or whose replay failed, counted in `switchyard_failover_replayed_total`).
+pub(super) const TRANSACTION_LOST: &str = "transaction_lost";
+/// The same for a transaction that could not be replayed at all (see `txlog`).
+pub(super) const NOT_REPLAYABLE: &str = "not_replayable";
+/// Message of the rollback error.
+const ROLLED_BACK: &str =
+    "switchyard: the backend was lost; the transaction was rolled back, run it again";
 
 /// Why a session could not go on after its backend was lost: told to the client, counted.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +106,17 @@ pub(super) fn is_loss(e: &BackendError) -> bool {
         _ => false,
     }
 }
+
+/// A session on a new backend, logged in and with a state restored, not yet the session's.
+pub(super) struct Attached {
+    pub(super) backend: Backend,
+    pub(super) registration: Registration,
+    pub(super) restored: Restored,
+}
+
+/// What the session logs in with elsewhere: its handshake response (asking for session
+/// tracking), negotiated capabilities and secret.
+pub(super) type Credentials = (Response, u32, NativeSecret);
 
 /// How a command whose backend was lost in flight ends.
 pub(super) enum InFlight {
@@ -199,6 +225,28 @@ impl Relay {
         self.reroute.suspect(&lost, be.to_string());
         let in_trx =
             !self.session.autocommit_idle() && self.session.blocker() == Some(Pin::InTransaction);
+        let mut reason = TRANSACTION_LOST;
+        if in_trx && self.txlog.enabled() {
+            match self.replay_transaction(false).await {
+                Ok(_) => {
+                    crate::metrics::failover_stall(started.elapsed());
+                    info!(conn_id = self.id, from = %lost, to = %self.backend.addr, took_ms = started.elapsed().as_millis() as u64, error = %be, "backend lost inside a transaction; transaction replayed, session goes on");
+                    return Ok(());
+                }
+                Err(Unreplayed::Refused(refusal)) => {
+                    crate::metrics::failover_stall(started.elapsed());
+                    let msg = format!(
+                        "switchyard: the backend was lost and the session cannot go on: {refusal}"
+                    );
+                    self.refuse(NEXT_COMMAND_SEQ, &refusal, &msg).await;
+                    return Err(End::Lost(msg));
+                }
+                Err(u) => {
+                    info!(conn_id = self.id, from = %lost, outcome = %u, "transaction lost with its backend; the client gets the rollback error");
+                    reason = u.reason();
+                }
+            }
+        }
         let r = self.reattach(in_trx).await;
         crate::metrics::failover_stall(started.elapsed());
         match r {
@@ -206,7 +254,7 @@ impl Relay {
                 crate::metrics::failover_reattached();
                 if in_trx {
                     // its next command learns that the transaction is gone
-                    self.doomed = true;
+                    self.doomed = Some(reason);
                 }
                 info!(conn_id = self.id, from = %lost, to = %self.backend.addr, in_transaction = in_trx, took_ms = started.elapsed().as_millis() as u64, error = %be, "backend lost between commands; session re-attached");
                 Ok(())
@@ -221,13 +269,16 @@ impl Relay {
         }
     }
 
-    /// The backend broke while command `first` (its last packet `last_seq`) was in flight, the
-    /// client having been sent `sent` writes of its response. `rerun`: the command's copy when it
-    /// is a read that may run again.
+    /// The backend broke while a command was in flight, the client having been sent part of
+    /// its response when `sent`. `rerun`: the command's copy when it is a read that may run
+    /// again; `may_rerun`: it has not been run again too often yet (inside a transaction, it
+    /// runs again after the transaction's replay); `answer_seq`: the sequence id an answer in its
+    /// place carries.
     pub(super) async fn lost_in_flight(
         &mut self,
         e: BackendError,
         rerun: Option<Frame>,
+        may_rerun: bool,
         may_commit: bool,
         sent: bool,
         answer_seq: u8,
@@ -237,6 +288,29 @@ impl Relay {
         self.reroute.suspect(&lost, e.to_string());
         let in_trx = !self.session.autocommit_idle();
         let read = rerun.is_some();
+        let mut trx_reason = TRANSACTION_LOST;
+        if in_trx && !may_commit && !sent && may_rerun && self.txlog.enabled() {
+            // nothing of the answer reached the client: replay, then run it again
+            self.client.out.clear();
+            match self.replay_transaction(true).await {
+                Ok(Some(payload)) => {
+                    crate::metrics::failover_stall(started.elapsed());
+                    info!(conn_id = self.id, from = %lost, to = %self.backend.addr, error = %e, "backend lost during a statement inside a transaction; transaction replayed, running the statement again");
+                    return Ok(InFlight::Rerun(Frame::new(0, &payload)));
+                }
+                Ok(None) => {}
+                Err(Unreplayed::Refused(refusal)) => {
+                    crate::metrics::failover_stall(started.elapsed());
+                    let msg = format!("switchyard: the backend was lost during the statement and the session cannot go on: {refusal}");
+                    self.refuse(answer_seq, &refusal, &msg).await;
+                    return Err(End::Lost(msg));
+                }
+                Err(u) => {
+                    info!(conn_id = self.id, from = %lost, outcome = %u, "transaction lost with its backend; the client gets the rollback error");
+                    trx_reason = u.reason();
+                }
+            }
+        }
         if let (Some(frame), false) = (rerun, sent) {
             // nothing of the answer reached the client: run it again, elsewhere
             self.client.out.clear();
@@ -274,7 +348,7 @@ impl Relay {
             (
                 code::ER_LOCK_DEADLOCK,
                 sqlstate::SERIALIZATION_FAILURE,
-                "switchyard: the backend was lost; the transaction was rolled back, run it again",
+                ROLLED_BACK,
                 true,
             )
         } else if read {
@@ -295,7 +369,7 @@ impl Relay {
         let reason = if in_trx && may_commit {
             "commit_unknown"
         } else if in_trx {
-            "transaction_lost"
+            trx_reason
         } else if read {
             "read_interrupted"
         } else {
@@ -342,18 +416,20 @@ impl Relay {
     /// A command arriving after the session's transaction was lost between commands: answered
     /// with the rollback error, not run (`COM_QUIT` still ends the session).
     pub(super) async fn answer_doomed(&mut self, first: &Frame) -> Result<bool, End> {
-        if !self.doomed || first.first() == cmd::QUIT {
+        if first.first() == cmd::QUIT {
             return Ok(false);
         }
-        self.doomed = false;
+        let Some(reason) = self.doomed.take() else {
+            return Ok(false);
+        };
         let last = self.skip_rest(first).await?;
-        crate::metrics::failover_error("transaction_lost");
+        crate::metrics::failover_error(reason);
         self.client
             .answer_err(
                 last.wrapping_add(1),
                 code::ER_LOCK_DEADLOCK,
                 sqlstate::SERIALIZATION_FAILURE,
-                "switchyard: the backend was lost; the transaction was rolled back, run it again",
+                ROLLED_BACK,
             )
             .await?;
         Ok(true)
@@ -371,38 +447,71 @@ impl Relay {
 
     /// Opens a session on a healthy backend through the normal route, logs in as the session's
     /// user and restores its exactly known state there; `in_trx`: the lost backend held an open
-    /// transaction, which is gone (the session goes on outside one). Within `failover.timeout`.
+    /// transaction, which is gone (the session goes on outside one; what else it held must not
+    /// be). Within `failover.timeout`.
     async fn reattach(&mut self, in_trx: bool) -> Result<(), Refusal> {
         if !self.cfg.failover.reattach {
             return Err(Refusal::Disabled);
         }
-        match self.session.blocker() {
-            Some(Pin::InTransaction) if in_trx => {}
-            Some(pin) => return Err(Refusal::Pinned(pin)),
-            None => {}
+        let held = match in_trx {
+            true => self.session.held(),
+            false => self.session.blocker(),
+        };
+        if let Some(pin) = held {
+            return Err(Refusal::Pinned(pin));
         }
         if !self.session.named_locks().is_empty() {
             return Err(Refusal::Pinned(Pin::UserLock));
         }
-        let (mut response, negotiated, secret) = match &self.login {
-            None => return Err(Refusal::Pinned(Pin::NotLoggedIn)),
-            Some(l) => match l.secret {
-                None => return Err(Refusal::Pinned(Pin::UnknownUser)),
-                Some(s) => (l.response.clone(), l.negotiated, s),
-            },
-        };
+        self.credentials()?;
         if let Some(why) = &self.refresh_refused {
             return Err(Refusal::StateUnknown(why.clone()));
         }
         let snap = self.session.exact_state().cloned().ok_or_else(|| {
             Refusal::StateUnknown("it changed since the proxy last read it".into())
         })?;
-        response.caps |= caps::SESSION_TRACK;
+        let deadline = Instant::now() + self.cfg.failover.timeout;
+        let a = self.attach(&snap, deadline).await?;
+        self.session
+            .moved(snap, &a.restored.ids, a.restored.tracking);
+        if in_trx {
+            self.session.transaction_lost();
+            self.txlog.clear();
+        }
+        self.backend = a.backend;
+        self.link = Some(a.registration);
+        Ok(())
+    }
+
+    /// What the session logs in with on a new backend, or why it cannot.
+    pub(super) fn credentials(&self) -> Result<Credentials, Refusal> {
+        match &self.login {
+            None => Err(Refusal::Pinned(Pin::NotLoggedIn)),
+            Some(l) => match l.secret {
+                None => Err(Refusal::Pinned(Pin::UnknownUser)),
+                Some(s) => {
+                    let mut response = l.response.clone();
+                    response.caps |= caps::SESSION_TRACK;
+                    Ok((response, l.negotiated, s))
+                }
+            },
+        }
+    }
+
+    /// Routes, connects, logs in and restores `snap` (with the session's prepared statements) on
+    /// a healthy backend, by `deadline`; a backend that refuses the login or the restore is
+    /// reported suspect and the next one tried. The router forgets the lost backend's session
+    /// first. The session itself is not changed: the caller makes the new backend its own.
+    pub(super) async fn attach(
+        &mut self,
+        snap: &Snapshot,
+        deadline: Instant,
+    ) -> Result<Attached, Refusal> {
+        let (response, negotiated, secret) = self.credentials()?;
         // the router forgets the session on the lost backend (and any redirect in flight)
         self.link = None;
         self.pending = None;
         self.waiting = None;
-        let deadline = Instant::now() + self.cfg.failover.timeout;
         let reroute = self.reroute.clone();
         let link = self.backend.link.clone();
         let mut last = Refusal::NoBackend("none tried".into());
@@ -422,13 +531,17 @@ impl Relay {
                     b.login(&response, negotiated, &secret)
                         .await
                         .map_err(|e| format!("login: {e}"))?;
-                    session::restore(&mut b, session, &snap, negotiated)
+                    session::restore(&mut b, session, snap, negotiated)
                         .await
                         .map_err(|e| e.to_string())
                 }
                 .await;
                 match restored {
-                    Ok(restored) => Ok((b, routed.registration, restored)),
+                    Ok(restored) => Ok(Attached {
+                        backend: b,
+                        registration: routed.registration,
+                        restored,
+                    }),
                     Err(e) => {
                         reroute.suspect(&addr, format!("re-attach: {e}"));
                         Err(Refusal::Restore(format!("{addr}: {e}")))
@@ -439,15 +552,7 @@ impl Relay {
                 Err(_) => return Err(Refusal::Timeout),
                 Ok(Err(e @ Refusal::NoBackend(_))) => return Err(e),
                 Ok(Err(e)) => last = e,
-                Ok(Ok((b, registration, restored))) => {
-                    self.session.moved(snap, &restored.ids, restored.tracking);
-                    if in_trx {
-                        self.session.transaction_lost();
-                    }
-                    self.backend = b;
-                    self.link = Some(registration);
-                    return Ok(());
-                }
+                Ok(Ok(a)) => return Ok(a),
             }
         }
         Err(last)

@@ -5,7 +5,8 @@
 //! Split by phase: [`login`] passes the first login through, [`command`] parses each command,
 //! runs the session's before/after hooks around it and forwards it and its response, and
 //! [`moves`] carries the session to another backend; [`abandon`] finishes a backend login the
-//! client gave up on. This file holds the loop that chooses between them and the errors that
+//! client gave up on; [`failover`] hides a backend lost unplanned, and [`replay`] runs a lost
+//! transaction again on the new backend. This file holds the loop that chooses between them and the errors that
 //! end a session.
 
 mod abandon;
@@ -13,6 +14,7 @@ mod command;
 mod failover;
 mod login;
 mod moves;
+mod replay;
 mod track;
 
 pub(super) use abandon::Turn;
@@ -29,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::backend::{Backend, QueryError};
 use super::control::{Control, ControlRx};
-use super::session::{Pin, Session};
+use super::session::{Pin, Session, TxLog};
 use super::tracker::{TrackError, Tracker};
 use super::MysqlConfig;
 use crate::entry::{Counted, Rerouter, StreamRead, StreamWrite};
@@ -199,8 +201,11 @@ pub(super) struct Relay {
     /// then refuses with it.
     pub(super) refresh_refused: Option<String>,
     /// The session's transaction was lost between two commands and the session re-attached:
-    /// its next command is answered with the rollback error, not run.
-    pub(super) doomed: bool,
+    /// its next command is answered with the rollback error, not run. The reason it is counted
+    /// under (`switchyard_failover_errors_total{reason}`).
+    pub(super) doomed: Option<&'static str>,
+    /// The open transaction's replay log (`failover.replay_transactions`).
+    pub(super) txlog: TxLog,
     pub(super) cfg: Arc<MysqlConfig>,
     pub(super) ctrl: ControlRx,
     /// A redirect waiting for the next safe point.

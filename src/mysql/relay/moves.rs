@@ -289,7 +289,7 @@ async fn within<T>(
 }
 
 /// Says goodbye to a backend the session left.
-fn quit(mut old: Backend) {
+pub(super) fn quit(mut old: Backend) {
     actix::spawn(async move {
         put_packet(&mut old.out, 0, &[cmd::QUIT]);
         let _ = old.flush().await;

@@ -10,7 +10,9 @@
 //! scan is only searched, [`long_text`]) and kept in the
 //! [`Session`] ([`state`]), beside the binary prepared statements ([`stmts`]), whose ids are
 //! virtualised so a client keeps the ids it was given when its statements are re-prepared on a
-//! target. Every reason a session cannot move is a [`Pin`].
+//! target. Every reason a session cannot move is a [`Pin`]. The open transaction's commands and
+//! a checksum of each answer are kept in its replay log ([`txlog`]), which a session whose backend
+//! is lost mid-transaction runs again elsewhere.
 
 pub mod carry;
 pub mod known;
@@ -23,6 +25,7 @@ pub mod snapshot;
 pub mod state;
 mod statement;
 pub mod stmts;
+pub mod txlog;
 
 pub use carry::{restore, snapshot, Restored, StateError};
 pub use pin::Pin;
@@ -30,3 +33,4 @@ pub use scan::{analyze, Effect, Pending};
 pub use snapshot::{Snapshot, SysVar, UserVar};
 pub use state::{Outcome, Session};
 pub use stmts::Stmt;
+pub use txlog::TxLog;

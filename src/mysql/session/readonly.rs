@@ -298,6 +298,19 @@ pub fn transaction_boundary(sql: &[u8]) -> bool {
         .all(|t| matches!(t, Tok::Word(w, false) if TRANSACTION_WORDS.contains(&w.as_str())))
 }
 
+/// Whether `sql` is one statement that opens a transaction (`BEGIN`, `START TRANSACTION …`) and
+/// does nothing else: a transaction's replay log may start with it.
+pub fn begins_transaction(sql: &[u8]) -> bool {
+    if !transaction_boundary(sql) {
+        return false;
+    }
+    let stmts = statements(sql);
+    matches!(
+        stmts.as_slice(),
+        [(toks, _)] if matches!(word(toks.first()), Some("BEGIN" | "START"))
+    )
+}
+
 /// First words of statements that never end the transaction they run in: lost in flight inside
 /// a transaction, they leave it uncommitted (the server rolls it back as it dies).
 const STAYS_IN_TRANSACTION: &[&str] = &[
@@ -314,13 +327,15 @@ const STAYS_IN_TRANSACTION: &[&str] = &[
     "DESCRIBE",
     "EXPLAIN",
     "SAVEPOINT",
+    "RELEASE",
     "DO",
     "ROLLBACK",
 ];
 
 /// Whether `sql`, run inside a transaction, may have committed it: `COMMIT`, a statement with
 /// an implicit commit (DDL, `BEGIN`, `SET autocommit = 1`, `LOCK TABLES`, …), or anything the
-/// scan cannot name. `ROLLBACK … AND CHAIN` / `ROLLBACK TO SAVEPOINT` never commit.
+/// scan cannot name. `ROLLBACK … AND CHAIN` / `ROLLBACK TO SAVEPOINT` / `RELEASE SAVEPOINT`
+/// never commit.
 pub fn may_commit(sql: &[u8]) -> bool {
     let stmts = statements(sql);
     stmts.iter().any(|(toks, _)| {
@@ -401,6 +416,7 @@ mod tests {
             "SELECT * FROM t FOR UPDATE",
             "ROLLBACK",
             "SAVEPOINT s",
+            "RELEASE SAVEPOINT s",
         ] {
             assert!(!may_commit(sql.as_bytes()), "{sql}");
         }
@@ -425,6 +441,30 @@ mod tests {
             "SELECT 1",
         ] {
             assert!(!transaction_boundary(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_a_lone_begin_or_start_transaction_begins_a_replay_log() {
+        for sql in [
+            "BEGIN",
+            "begin work",
+            "START TRANSACTION",
+            "START TRANSACTION READ ONLY",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT;",
+        ] {
+            assert!(begins_transaction(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "COMMIT",
+            "COMMIT AND CHAIN",
+            "ROLLBACK AND CHAIN",
+            "BEGIN; UPDATE t SET a = 1",
+            "INSERT INTO t VALUES (1); BEGIN",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "SELECT 1",
+        ] {
+            assert!(!begins_transaction(sql.as_bytes()), "{sql}");
         }
     }
 

@@ -65,6 +65,14 @@ impl Pending {
                 .all(|p| p.kind == Kind::Plain && p.effects.is_empty())
     }
 
+    /// Whether a statement opens or ends a transaction (`BEGIN`, `START TRANSACTION`, `COMMIT`,
+    /// `ROLLBACK`): the cheap test before the replay log looks closer.
+    pub fn may_begin_transaction(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| p.effects.contains(&Effect::TxBoundary))
+    }
+
     /// Whether any statement is opaque.
     pub fn opaque(&self) -> bool {
         self.parts.iter().any(|p| p.kind == Kind::Opaque)

@@ -133,6 +133,16 @@ impl Session {
         if self.in_transaction() || self.savepoint {
             return Some(Pin::InTransaction);
         }
+        self.held()
+    }
+
+    /// What the session holds besides an open transaction that a move or a re-attach cannot
+    /// carry, in the order [`Session::blocker`] names it. A re-attach of a session whose
+    /// transaction was lost checks this: the transaction is gone, the rest must not be.
+    pub fn held(&self) -> Option<Pin> {
+        if self.xa {
+            return Some(Pin::Xa);
+        }
         if self.tx_once {
             return Some(Pin::OneShotTransaction);
         }
@@ -194,6 +204,22 @@ impl Session {
     /// A transaction is open, as the status flags or the server's transaction tracker say.
     fn in_transaction(&self) -> bool {
         self.status & (status::IN_TRANS | status::IN_TRANS_READONLY) != 0 || self.trx_open
+    }
+
+    /// Whether the server says a transaction is open: what the replay log follows.
+    pub fn transaction_open(&self) -> bool {
+        self.in_transaction()
+    }
+
+    /// Whether autocommit is on, as the last status flags say: off, a statement outside a
+    /// transaction begins one.
+    pub fn autocommit(&self) -> bool {
+        self.status & status::AUTOCOMMIT != 0
+    }
+
+    /// A one-shot `SET TRANSACTION …` waits for the next transaction (see `tx_once`).
+    pub fn one_shot_pending(&self) -> bool {
+        self.tx_once
     }
 
     /// `COM_SET_OPTION` with `option` succeeded.
@@ -336,6 +362,26 @@ impl Session {
         self.trx_open = false;
         self.trx_unverified = false;
         self.tx_once = false;
+    }
+
+    /// The open transaction was replayed on the session's new backend, after [`Session::moved`]
+    /// restored the state it began from: the server's status after the replay (`status`, `None`
+    /// when nothing ran) is the session's again, the transaction check stays as it was before the
+    /// loss (`unverified`), and the statements replayed may have changed carried state, which is
+    /// read afresh at the next safe point, as after the statements themselves.
+    pub fn replayed(&mut self, status: Option<u16>, unverified: bool) {
+        if let Some(flags) = status {
+            self.status = flags;
+        }
+        self.trx_unverified = unverified;
+        self.known.mark_unknown();
+        self.known.digest_changed();
+    }
+
+    /// An execute of binary statement `id` as a transaction's replay log keeps it (see
+    /// [`super::stmts::Stmts::replay_payload`]).
+    pub fn replay_payload(&self, id: u32, payload: &[u8]) -> Vec<u8> {
+        self.stmts.replay_payload(id, payload)
     }
 
     /// The SQL text of binary statement `id` (a client id), if the session has it.

@@ -49,6 +49,17 @@ pub fn write_id(payload: &mut [u8], id: u32) {
     }
 }
 
+/// An execute payload with `new_params_bound_flag` (at `flag_at`) set and `types` after it.
+fn with_types(payload: &[u8], flag_at: usize, types: &[u8]) -> Option<Vec<u8>> {
+    let (head, tail) = (payload.get(..flag_at)?, payload.get(flag_at + 1..)?);
+    let mut np = Vec::with_capacity(payload.len() + types.len());
+    np.extend_from_slice(head);
+    np.push(TYPES_BOUND);
+    np.extend_from_slice(types);
+    np.extend_from_slice(tail);
+    Some(np)
+}
+
 /// One binary prepared statement, under the id the client knows.
 #[derive(Debug, Clone)]
 pub struct Stmt {
@@ -193,18 +204,33 @@ impl Stmts {
                 None
             }
             Some(&TYPES_NOT_BOUND) if s.needs_types && !continued => {
-                let types = s.types.as_deref()?;
-                let (head, tail) = (payload.get(..flag_at)?, payload.get(flag_at + 1..)?);
-                let mut np = Vec::with_capacity(payload.len() + types.len());
-                np.extend_from_slice(head);
-                np.push(TYPES_BOUND);
-                np.extend_from_slice(types);
-                np.extend_from_slice(tail);
+                let np = with_types(payload, flag_at, s.types.as_deref()?)?;
                 s.needs_types = false;
                 (np.len() < MAX_PAYLOAD).then_some(np)
             }
             _ => None,
         }
+    }
+
+    /// An execute of `id` (its payload as forwarded, after [`Stmts::map`] and
+    /// [`Stmts::bind_types`]) as a transaction's replay log keeps it: under the client's id, and
+    /// with the parameter types it runs with bound, so it runs the same on a backend where the
+    /// statement was just prepared again.
+    pub fn replay_payload(&self, id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = self
+            .by_id
+            .get(&id)
+            .filter(|s| s.params > 0)
+            .and_then(|s| {
+                let flag_at = EXECUTE_NULL_BITMAP_AT + usize::from(s.params).div_ceil(8);
+                match payload.get(flag_at) {
+                    Some(&TYPES_NOT_BOUND) => with_types(payload, flag_at, s.types.as_deref()?),
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(|| payload.to_vec());
+        write_id(&mut out, id);
+        out
     }
 
     /// An execute of `id` ended: its long data is consumed, a cursor is open when the server
@@ -363,6 +389,27 @@ mod tests {
         assert_eq!(rewritten, execute(id, 2, Some(&types)));
         assert_eq!(t.bind_types(id, &execute(id, 2, None), false), None);
         assert_eq!(t.bind_types(id, &[cmd::STMT_EXECUTE], false), None);
+    }
+
+    #[test]
+    fn an_execute_in_the_replay_log_has_the_client_id_and_the_types_it_ran_with() {
+        let mut t = Stmts::default();
+        let id = t.add(5, b"SELECT ?, ?".to_vec(), 2, 2);
+        let types = [3, 0, 253, 0];
+        let mut first = execute(id, 2, Some(&types));
+        t.map(&mut first).unwrap();
+        t.bind_types(id, &first, false);
+        assert_eq!(t.replay_payload(id, &first), execute(id, 2, Some(&types)));
+        // the client relies on the types bound before: the log binds them itself
+        let mut next = execute(id, 2, None);
+        t.map(&mut next).unwrap();
+        assert_eq!(get_u32(&next, STMT_ID_AT), Some(5));
+        assert_eq!(t.replay_payload(id, &next), execute(id, 2, Some(&types)));
+        let none = t.add(6, b"SELECT 1".to_vec(), 0, 1);
+        assert_eq!(
+            t.replay_payload(none, &execute(6, 0, None)),
+            execute(none, 0, None)
+        );
     }
 
     #[test]

@@ -57,6 +57,30 @@ fn blockers_follow_the_tracked_state() {
 }
 
 #[test]
+fn inside_a_transaction_held_names_what_a_lost_transaction_cannot_take_along() {
+    let mut s = Session::new();
+    run(&mut s, "CREATE TEMPORARY TABLE t (a int)", OK);
+    s.set_status(status::AUTOCOMMIT | status::IN_TRANS);
+    assert_eq!(s.blocker(), Some(Pin::InTransaction));
+    assert_eq!(s.held(), Some(Pin::TemporaryTable));
+    assert!(s.transaction_open() && s.autocommit());
+    run(&mut s, "DROP TABLE t", OK);
+    assert_eq!(s.held(), None);
+    s.set_status(status::IN_TRANS);
+    assert!(!s.autocommit());
+}
+
+#[test]
+fn after_a_replay_the_carried_state_is_read_afresh_and_the_transaction_is_open() {
+    let mut s = Session::new();
+    s.moved(Snapshot::login_defaults(), &[], true);
+    assert!(s.exact_state().is_some());
+    s.replayed(Some(status::AUTOCOMMIT | status::IN_TRANS), false);
+    assert!(s.exact_state().is_none() && !s.exact());
+    assert_eq!(s.blocker(), Some(Pin::InTransaction));
+}
+
+#[test]
 fn the_transaction_state_follows_the_server_reports_and_a_failure_leaves_it_unverified() {
     let mut s = Session::new();
     s.server_reports([StateChange::TransactionState(b"I___W___")].into_iter());
