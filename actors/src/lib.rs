@@ -129,7 +129,7 @@ pub use router::{
     ConnCreated, DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance,
     RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy,
     RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter,
-    SLOW_START_FLOOR,
+    COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

@@ -12,6 +12,14 @@ use std::time::Duration;
 /// but few (Envoy's `min_weight_percent` defaults to the same 10 %).
 pub const SLOW_START_FLOOR: f64 = 0.1;
 
+/// How many publish intervals a connection a rebalance moved stays out of rebalance in a cluster
+/// ([`RoutePolicy::cluster_cooldown`]). A move reaches the peers' routing only after this
+/// instance publishes and they read (up to two intervals), and their answer to it comes back
+/// the same way (two more): only after four can this instance's view show what its move and
+/// the peers' reactions made of the pool. The timed model in `tests/router_cluster.rs` still
+/// moves sessions twice with three.
+pub const COOLDOWN_PUBLISH_INTERVALS: u32 = 4;
+
 /// Controls over where new connections may go; every one is off by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
@@ -31,6 +39,12 @@ pub struct RoutePolicy {
     /// (`balance.panic_threshold`): routes then go to every known, non-drained backend, whatever
     /// its health, rather than overload the few. 0 = never.
     pub panic_threshold: f64,
+    /// A connection a rebalance moved off a healthy backend is not a rebalance candidate again
+    /// for this long; zero = off. Instances of a cluster act on views of each other that lag
+    /// (the service sets it from `cluster.publish_interval`): a pool that overshot because
+    /// peers routed on a view without this instance's moves is evened by sessions that have not
+    /// just moved, never by moving these back. Moves off a drained or failing backend ignore it.
+    pub rebalance_cooldown: Duration,
 }
 
 impl Default for RoutePolicy {
@@ -41,6 +55,7 @@ impl Default for RoutePolicy {
             queue_timeout: Duration::from_secs(5),
             queue_limit: 10_000,
             panic_threshold: 0.0,
+            rebalance_cooldown: Duration::ZERO,
         }
     }
 }
@@ -54,6 +69,18 @@ impl RoutePolicy {
         }
         let t = elapsed.as_secs_f64() / self.slow_start.as_secs_f64();
         SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * t
+    }
+
+    /// The rebalance cooldown of an instance that shares its pool with peers publishing every
+    /// `publish_interval`: [`COOLDOWN_PUBLISH_INTERVALS`] of them.
+    pub fn cluster_cooldown(publish_interval: Duration) -> Duration {
+        publish_interval.saturating_mul(COOLDOWN_PUBLISH_INTERVALS)
+    }
+
+    /// Until when a connection that a rebalance moved `at` stays out of rebalance; `None` when
+    /// the cooldown is off.
+    pub fn cooled_until(&self, at: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        (!self.rebalance_cooldown.is_zero()).then(|| at + self.rebalance_cooldown)
     }
 
     /// Whether `healthy` of `known` backends is panic: below the threshold's share. Never with
