@@ -129,7 +129,7 @@ pub use router::{
     valid_weight, BackendSuspect, BackendWeight, CheckInvariants, ConnClosed, ConnCount,
     ConnCreated, DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance,
     RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy,
-    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter,
+    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter, COOLDOWN_LIMIT,
     COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR,
 };
 pub use selector::BackendSelector;

@@ -203,6 +203,8 @@ struct TimedCluster {
     drained: bool,
     now: Duration,
     backends: Vec<String>,
+    /// When each move finished, by (instance, connection).
+    landed: BTreeMap<(usize, u64), Vec<Duration>>,
 }
 
 impl TimedCluster {
@@ -231,6 +233,7 @@ impl TimedCluster {
             drained: false,
             now: Duration::ZERO,
             backends: vec![Tester::backend_name(0), Tester::backend_name(1)],
+            landed: BTreeMap::new(),
         }
     }
 
@@ -251,7 +254,7 @@ impl TimedCluster {
         tokio::time::sleep(STEP).await;
         self.now += STEP;
         let now = self.now;
-        for m in self.members.iter_mut() {
+        for (i, m) in self.members.iter_mut().enumerate() {
             m.t.flush().await;
             let asked: Vec<u64> =
                 m.t.conns
@@ -271,6 +274,7 @@ impl TimedCluster {
             for id in due {
                 m.finishes.remove(&id);
                 m.t.finish_redirect(id, true).await;
+                self.landed.entry((i, id)).or_default().push(now);
             }
         }
         for i in 0..self.members.len() {
@@ -318,17 +322,14 @@ impl TimedCluster {
         self.members.iter().all(|m| m.drained == self.drained)
     }
 
-    /// Every connection that moved more than once, as (instance, id, moves).
-    fn moved_twice(&self) -> Vec<(usize, u64, u32)> {
-        let mut twice = Vec::new();
-        for (i, m) in self.members.iter().enumerate() {
-            for (id, c) in &m.t.conns {
-                if c.moves > 1 {
-                    twice.push((i, *id, c.moves));
-                }
-            }
-        }
-        twice
+    /// Every connection that moved more than once, as (instance, id) and when its moves
+    /// finished.
+    fn moved_twice(&self) -> Vec<((usize, u64), Vec<Duration>)> {
+        self.landed
+            .iter()
+            .filter(|(_, at)| at.len() > 1)
+            .map(|(k, at)| (*k, at.clone()))
+            .collect()
     }
 
     fn moves(&self) -> u32 {
@@ -340,24 +341,43 @@ impl TimedCluster {
     }
 }
 
+/// When B and C open their sessions.
+#[derive(Debug, Clone, Copy)]
+enum OpenBc {
+    /// Once every instance applied the undrain (the benchmark's default).
+    Applied,
+    /// At the undrain, while B and C still see backend 1 drained (`OPEN_BC=undrain`).
+    AtOnce,
+}
+
 /// What one run of the skew came to.
 struct Outcome {
     moves: u32,
-    moved_twice: Vec<(usize, u64, u32)>,
+    moved_twice: Vec<((usize, u64), Vec<Duration>)>,
     /// From the first B/C session until the pool was even (all sessions open, busiest ÷
     /// idlest ≤ 1.2) for good.
     even_after: Option<Duration>,
     global: BTreeMap<String, usize>,
 }
 
+impl Outcome {
+    fn describe(&self) -> String {
+        format!(
+            "{} moves, even for good after {:?}, now {:?}, moved twice {:?}",
+            self.moves, self.even_after, self.global, self.moved_twice
+        )
+    }
+}
+
 /// The benchmark's skew on the model: 300 sessions through A while backend 1 is drained, the
 /// undrain through A `undrain_ms` into the publish interval, then 300 sessions through B and C
-/// (alternating) once every instance applied it, watched for 4 s. B and C route them on a view
-/// of A that may not show A's moves yet, so backend 1 overshoots and sessions must move back.
+/// (alternating), watched for `watch`. B and C route them on a view of A that may not show A's
+/// moves yet, so backend 1 overshoots and sessions must move back.
 async fn skew_on_lagging_views(
     policy: RoutePolicy,
-    phases_ms: [u64; 3],
-    undrain_ms: u64,
+    (phases_ms, undrain_ms): ([u64; 3], u64),
+    open: OpenBc,
+    watch: Duration,
 ) -> Outcome {
     let mut c = TimedCluster::new(policy, phases_ms).await;
     c.drain_through(0, true).await;
@@ -367,13 +387,15 @@ async fn skew_on_lagging_views(
         c.step().await;
     }
     c.drain_through(0, false).await;
-    while !c.applied_everywhere() {
-        c.step().await;
+    if let OpenBc::Applied = open {
+        while !c.applied_everywhere() {
+            c.step().await;
+        }
     }
     let opened = c.now;
     let mut even_since: Option<Duration> = None;
     let mut next = 0;
-    while c.now < opened + Duration::from_secs(4) {
+    while c.now < opened + watch {
         for _ in 0..OPENED_PER_STEP {
             if next < SESSIONS {
                 c.members[1 + next % 2].t.add_conns(1).await;
@@ -410,27 +432,52 @@ const PHASES: [([u64; 3], u64); 4] = [
     ([200, 210, 220], 100),
 ];
 
+/// The policy the service sets with a `cluster` section publishing every [`PUBLISH`].
+fn clustered() -> RoutePolicy {
+    RoutePolicy {
+        rebalance_cooldown: RoutePolicy::cluster_cooldown(PUBLISH),
+        ..RoutePolicy::default()
+    }
+}
+
 #[actix_rt::test]
 async fn sessions_arriving_on_lagging_views_while_the_pool_rebalances_never_move_twice() {
     tokio::time::pause();
-    let policy = RoutePolicy {
-        rebalance_cooldown: RoutePolicy::cluster_cooldown(PUBLISH),
-        ..RoutePolicy::default()
-    };
-    for (phases, undrain) in PHASES {
-        let o = skew_on_lagging_views(policy.clone(), phases, undrain).await;
-        let at = format!(
-            "phases {phases:?}, undrain at {undrain} ms: {} moves, {:?}",
-            o.moves, o.global
-        );
-        assert_eq!(o.moved_twice, Vec::new(), "sessions moved twice; {at}");
+    for phases in PHASES {
+        let o = skew_on_lagging_views(clustered(), phases, OpenBc::Applied, Duration::from_secs(4))
+            .await;
+        let at = format!("{phases:?}: {}", o.describe());
+        assert!(o.moved_twice.is_empty(), "sessions moved twice; {at}");
         let even = o
             .even_after
             .unwrap_or_else(|| panic!("never even for good; {at}"));
-        assert!(
-            even <= Duration::from_millis(1_500),
-            "even for good only after {even:?}; {at}"
-        );
+        assert!(even <= Duration::from_millis(1_500), "{at}");
+    }
+}
+
+/// Sessions opened through B and C while they still see backend 1 drained all go to backend 0,
+/// and every instance moves its share on views that disagree: the pool can overshoot so far
+/// that only connections that already moved are left to even it out. They wait for the
+/// cooldown's limit then, and the pool is even for good soon after.
+#[actix_rt::test]
+async fn sessions_arriving_before_peers_apply_the_undrain_move_twice_only_past_the_cooldown_limit()
+{
+    tokio::time::pause();
+    let limit = clustered().cooldown_limit();
+    for phases in [PHASES[0], PHASES[2]] {
+        let o = skew_on_lagging_views(clustered(), phases, OpenBc::AtOnce, Duration::from_secs(6))
+            .await;
+        let at = format!("{phases:?}: {}", o.describe());
+        for (_, landed) in &o.moved_twice {
+            assert!(
+                landed[1] - landed[0] >= limit,
+                "moved twice within the limit; {at}"
+            );
+        }
+        let even = o
+            .even_after
+            .unwrap_or_else(|| panic!("never even for good; {at}"));
+        assert!(even <= limit + PUBLISH * 2, "{at}");
     }
 }
 
@@ -439,12 +486,17 @@ async fn sessions_arriving_on_lagging_views_while_the_pool_rebalances_never_move
 #[actix_rt::test]
 async fn without_the_cooldown_the_lagging_views_move_sessions_twice() {
     tokio::time::pause();
-    let (phases, undrain) = PHASES[0];
-    let o = skew_on_lagging_views(RoutePolicy::default(), phases, undrain).await;
-    let by_a = o.moved_twice.iter().filter(|(i, _, _)| *i == 0).count();
+    let o = skew_on_lagging_views(
+        RoutePolicy::default(),
+        PHASES[0],
+        OpenBc::Applied,
+        Duration::from_secs(4),
+    )
+    .await;
+    let by_a = o.moved_twice.iter().filter(|((i, _), _)| *i == 0).count();
     assert!(
         by_a >= 40,
-        "A moved {by_a} sessions twice: {:?}",
-        o.moved_twice
+        "A moved {by_a} sessions twice; {}",
+        o.describe()
     );
 }

@@ -41,7 +41,9 @@ pub use messages::{
     RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion,
     SetDrained, StopRouter,
 };
-pub use policy::{valid_weight, RoutePolicy, COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR};
+pub use policy::{
+    valid_weight, RoutePolicy, COOLDOWN_LIMIT, COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR,
+};
 
 /// The table reaches a connection through its handle: a full mailbox is `Busy`, a closed one
 /// (the actor stopped or panicked) is `Gone`.

@@ -68,8 +68,9 @@ struct Conn<C> {
     /// Arrival order on its backend: the smallest is the longest resident.
     seq: u64,
     phase: Phase,
-    /// A rebalance moved it here; until then it is no rebalance candidate (`cooldown.rs`).
-    cooling_until: Option<Instant>,
+    /// When a rebalance move (cooldown on) last landed it here: it is no rebalance candidate
+    /// until that rebalance is over (`cooldown.rs`).
+    rebalanced_at: Option<Instant>,
 }
 
 /// Every backend's score and every connection's place; see the module docs.
@@ -104,8 +105,14 @@ pub(crate) struct ScoreTable<C> {
     /// The routable backends when the last budget was granted.
     granted_routable: Vec<Name>,
     /// When a grant is due without a new view: once a cooldown running at the last grant has
-    /// ended and a whole cooldown has passed since that grant (`peers.rs`).
+    /// run to its limit and a whole cooldown has passed since that grant (`peers.rs`).
     regrant_at: Option<Instant>,
+    /// Since when every rebalance step found the pool even (none wanted a move); `None` while
+    /// it is uneven (`cooldown.rs`).
+    even_since: Option<Instant>,
+    /// Every rebalance move that landed up to this instant is over: the pool has looked even
+    /// for a whole cooldown since (`cooldown.rs`).
+    settled_through: Option<Instant>,
     /// Clean observer reports that end a suspicion they do not confirm (see
     /// [`ScoreTable::backend_suspect`]).
     suspect_reports: u32,
@@ -131,6 +138,8 @@ impl<C: ConnLink> ScoreTable<C> {
             peer_view_new: false,
             granted_routable: Vec::new(),
             regrant_at: None,
+            even_since: None,
+            settled_through: None,
             suspect_reports: suspect::DEFAULT_SUSPECT_REPORTS,
         }
     }
@@ -284,7 +293,7 @@ impl<C: ConnLink> ScoreTable<C> {
                         backend: name,
                         seq,
                         phase: Phase::Steady,
-                        cooling_until: None,
+                        rebalanced_at: None,
                     },
                 );
                 debug!(backend = %backend, conn_id = id, "connection registered");
@@ -380,10 +389,8 @@ impl<C: ConnLink> ScoreTable<C> {
         conn.seq = seq;
         conn.backend = known_to.clone();
         conn.phase = Phase::Steady;
-        if rebalance {
-            if let Some(until) = self.policy.cooled_until(now) {
-                conn.cooling_until = Some(until);
-            }
+        if rebalance && !self.policy.rebalance_cooldown.is_zero() {
+            conn.rebalanced_at = Some(now);
         }
         self.update(&known_from, |b| {
             b.conns.remove(&old_seq);
@@ -520,10 +527,11 @@ impl<C: ConnLink> ScoreTable<C> {
     /// Loads are weighted: it stops once busiest / (idlest with one more connection) is below
     /// `max_score_ratio`. In panic mode only drained backends are emptied: the health that makes
     /// the others look busy is what panic mode does not trust. Off a healthy backend, a
-    /// connection a rebalance moved recently is no candidate (`cooldown.rs`); off a drained or
-    /// failing one, every connection is.
+    /// connection a rebalance moved is no candidate until that rebalance is over
+    /// (`cooldown.rs`); off a drained or failing one, every connection is.
     pub(crate) fn rebalance(&mut self, max_conns: usize, now: Instant) -> usize {
         self.refresh_ramps(now);
+        self.note_balance(now);
         self.refresh_peer_budget(now);
         let mut asked = 0;
         for _ in 0..max_conns {
@@ -562,7 +570,7 @@ impl<C: ConnLink> ScoreTable<C> {
                         Phase::Redirecting { .. } => false,
                         Phase::Failed { at } => at + backoff <= now,
                     };
-                    ready && !(bounded && c.cooling(now))
+                    ready && !(bounded && self.cooling(c, now))
                 })
             });
             let Some(id) = candidate else {

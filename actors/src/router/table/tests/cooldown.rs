@@ -1,17 +1,21 @@
 //! The rebalance cooldown: a connection a rebalance moved off a healthy backend is no rebalance
-//! candidate until the cooldown has passed; drains and failing backends move it at once; the
-//! cluster's move budget counts only connections that may move.
+//! candidate while that rebalance lasts (until the pool has looked even for a whole cooldown, at
+//! most the cooldown's limit); drains and failing backends move it at once; the cluster's move
+//! budget counts only connections that may move.
 
 use super::*;
 
 const COOLDOWN: Duration = Duration::from_secs(2);
+/// `COOLDOWN_LIMIT` cooldowns.
+const LIMIT: Duration = Duration::from_secs(4);
 
 impl Harness {
-    fn cooling(&mut self) {
+    fn cooling_on(&mut self) {
         self.table.set_policy(RoutePolicy {
             rebalance_cooldown: COOLDOWN,
             ..RoutePolicy::default()
         });
+        assert_eq!(self.table.policy().cooldown_limit(), LIMIT);
         self.ok();
     }
 
@@ -31,12 +35,32 @@ impl Harness {
         self.table.set_peer_load(conns);
         self.ok();
     }
+
+    fn cooling(&self, ids: &[u64]) -> Vec<bool> {
+        ids.iter()
+            .map(|id| self.table.cooling(&self.table.conns[id], self.now))
+            .collect()
+    }
+
+    fn close_all_on(&mut self, addr: &str) {
+        let on: Vec<u64> = self
+            .table
+            .conns
+            .iter()
+            .filter(|(_, c)| &*c.backend == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in on {
+            self.table.conn_closed(addr, id);
+            self.ok();
+        }
+    }
 }
 
 /// `a` holds 10, `b` comes back; a rebalance moves 5 to `b` and they land. Returns their ids.
 fn five_moved_to_b() -> (Harness, Vec<u64>) {
     let mut h = harness();
-    h.cooling();
+    h.cooling_on();
     h.healthy(&["a"]);
     h.connect_n(10);
     h.healthy(&["b"]);
@@ -46,21 +70,14 @@ fn five_moved_to_b() -> (Harness, Vec<u64>) {
 }
 
 #[test]
-fn a_connection_a_rebalance_moved_is_no_candidate_until_the_cooldown_passed() {
+fn a_connection_a_rebalance_moved_is_no_candidate_while_that_rebalance_lasts() {
     let (mut h, moved) = five_moved_to_b();
     // New sessions pile onto b (say, peers' routes on an old view): b is now the busy one, and
-    // the moved ones are its only connections here.
+    // the moved ones are its longest-resident connections here.
     h.table.set_drained("a", true).expect("known");
     h.connect_n(4);
     h.table.set_drained("a", false).expect("known");
     h.asked();
-    let fresh: Vec<u64> = h
-        .table
-        .conns
-        .iter()
-        .filter(|(id, c)| &*c.backend == "b" && !moved.contains(id))
-        .map(|(id, _)| *id)
-        .collect();
     assert_eq!((h.count("a"), h.count("b")), (5, 9));
     h.rebalance(100);
     let asked: Vec<u64> = h.asked().into_iter().map(|(id, _)| id).collect();
@@ -68,40 +85,55 @@ fn a_connection_a_rebalance_moved_is_no_candidate_until_the_cooldown_passed() {
         !asked.is_empty(),
         "the sessions that never moved even it out"
     );
-    assert!(asked.iter().all(|id| fresh.contains(id)), "{asked:?}");
-    h.land();
+    assert!(asked.iter().all(|id| !moved.contains(id)), "{asked:?}");
+}
+
+#[test]
+fn the_cooldown_ends_once_the_pool_has_looked_even_for_a_whole_cooldown() {
+    let (mut h, moved) = five_moved_to_b();
+    assert_eq!(h.rebalance(100), 0, "5/5: even from now");
     h.now += COOLDOWN - Duration::from_millis(1);
-    assert!(
-        h.table
-            .conns
-            .values()
-            .all(|c| c.cooling(h.now) == c.cooling_until.is_some()),
-        "every moved connection still cools"
-    );
+    h.rebalance(100);
+    assert!(h.cooling(&moved).iter().all(|c| *c));
     h.now += Duration::from_millis(1);
-    assert!(
-        h.table.conns.values().all(|c| !c.cooling(h.now)),
-        "all cooled off"
+    h.rebalance(100);
+    assert!(h.cooling(&moved).iter().all(|c| !*c));
+    h.close_all_on("a");
+    assert_eq!(
+        h.rebalance(100),
+        2,
+        "0/5: the moved ones are candidates again"
     );
 }
 
 #[test]
-fn once_cooled_off_a_moved_connection_is_a_candidate_again() {
+fn a_pool_that_turns_uneven_starts_the_wait_for_even_again() {
     let (mut h, moved) = five_moved_to_b();
-    // Empty a: every connection left is one that moved, all on b.
-    let on_a: Vec<u64> = h
-        .table
-        .conns
-        .iter()
-        .filter(|(_, c)| &*c.backend == "a")
-        .map(|(id, _)| *id)
-        .collect();
-    for id in on_a {
-        h.table.conn_closed("a", id);
-        h.ok();
-    }
-    assert_eq!(h.rebalance(100), 0, "4/0, but all four are cooling");
-    h.now += COOLDOWN;
+    h.rebalance(100);
+    h.now += COOLDOWN / 2;
+    h.peers(&[("b", 20)]);
+    assert_eq!(h.rebalance(100), 0, "uneven, and all of b's are cooling");
+    h.peers(&[]);
+    h.rebalance(100);
+    h.now += COOLDOWN / 2;
+    h.rebalance(100);
+    assert!(
+        h.cooling(&moved).iter().all(|c| *c),
+        "even again only for half a cooldown"
+    );
+    h.now += COOLDOWN / 2;
+    h.rebalance(100);
+    assert!(h.cooling(&moved).iter().all(|c| !*c));
+}
+
+#[test]
+fn a_pool_that_never_looks_even_frees_its_moved_connections_at_the_limit() {
+    let (mut h, moved) = five_moved_to_b();
+    h.close_all_on("a");
+    assert_eq!(h.rebalance(100), 0, "0/5, but all five are cooling");
+    h.now += LIMIT - Duration::from_millis(1);
+    assert_eq!(h.rebalance(100), 0);
+    h.now += Duration::from_millis(1);
     assert_eq!(h.rebalance(100), 2);
     assert!(h.asked().iter().all(|(id, _)| moved.contains(id)));
 }
@@ -124,14 +156,14 @@ fn a_failing_backend_moves_its_cooling_connections_at_once() {
 #[test]
 fn a_move_off_a_drained_backend_starts_no_cooldown() {
     let mut h = harness();
-    h.cooling();
+    h.cooling_on();
     h.healthy(&["a", "b"]);
     h.connect_n(10);
     h.table.set_drained("a", true).expect("known");
     assert_eq!(h.rebalance(100), 5);
     h.land();
     h.table.set_drained("a", false).expect("known");
-    assert!(h.table.conns.values().all(|c| c.cooling_until.is_none()));
+    assert!(h.table.conns.values().all(|c| c.rebalanced_at.is_none()));
     assert_eq!(
         h.rebalance(100),
         5,
@@ -142,7 +174,7 @@ fn a_move_off_a_drained_backend_starts_no_cooldown() {
 #[test]
 fn a_rebalance_move_that_failed_starts_no_cooldown() {
     let mut h = harness();
-    h.cooling();
+    h.cooling_on();
     h.healthy(&["a"]);
     h.connect_n(10);
     h.healthy(&["b"]);
@@ -150,7 +182,7 @@ fn a_rebalance_move_that_failed_starts_no_cooldown() {
     let (id, to) = h.asked().remove(0);
     h.table.redirect_failed("a", &to, id, h.now);
     h.ok();
-    assert_eq!(h.table.conns[&id].cooling_until, None);
+    assert_eq!(h.table.conns[&id].rebalanced_at, None);
 }
 
 #[test]
@@ -159,16 +191,9 @@ fn without_a_cooldown_a_moved_connection_may_move_straight_back() {
     h.healthy(&["a"]);
     h.connect_n(10);
     h.healthy(&["b"]);
-    let moved = {
-        h.rebalance(100);
-        h.land()
-    };
-    for id in h.table.conns.keys().copied().collect::<Vec<_>>() {
-        if !moved.contains(&id) {
-            h.table.conn_closed("a", id);
-            h.ok();
-        }
-    }
+    h.rebalance(100);
+    h.land();
+    h.close_all_on("a");
     assert_eq!(h.rebalance(100), 2, "the policy's default changes nothing");
 }
 
@@ -183,37 +208,37 @@ fn the_cluster_budget_counts_only_connections_that_may_move() {
 }
 
 #[test]
-fn a_quiet_view_grants_a_new_budget_once_the_cooldown_ends() {
+fn a_quiet_view_grants_a_new_budget_once_the_cooldown_reaches_its_limit() {
     let (mut h, _) = five_moved_to_b();
     h.peers(&[("b", 20)]);
     assert_eq!(h.rebalance(100), 0, "cooling");
-    h.now += COOLDOWN;
-    // The view did not change for a whole cooldown: it is as fresh as it gets.
+    h.now += LIMIT;
+    // The view did not change since: it is as fresh as it gets.
     assert_eq!(h.rebalance(100), 2, "10 × 5 ÷ 25");
 }
 
 #[test]
 fn a_cooldown_ending_soon_after_a_new_view_waits_for_the_view_to_be_quiet() {
     let (mut h, _) = five_moved_to_b();
-    h.now += COOLDOWN - Duration::from_millis(100);
+    h.now += LIMIT - Duration::from_millis(100);
     h.peers(&[("b", 20)]);
     assert_eq!(h.rebalance(100), 0, "cooling");
     h.now += Duration::from_millis(100);
     assert_eq!(
         h.rebalance(100),
         0,
-        "cooled off, but the view is 100 ms old: peers' moves may not show yet"
+        "free to move, but the view is 100 ms old: peers' moves may not show yet"
     );
     h.now += COOLDOWN - Duration::from_millis(100);
     assert_eq!(h.rebalance(100), 2, "quiet for a whole cooldown");
 }
 
 #[test]
-fn a_new_view_after_the_cooldown_grants_at_once() {
+fn a_new_view_after_the_limit_grants_at_once() {
     let (mut h, _) = five_moved_to_b();
     h.peers(&[("b", 20)]);
     h.rebalance(100);
-    h.now += COOLDOWN;
+    h.now += LIMIT;
     h.peers(&[("b", 19)]);
     assert_eq!(
         h.rebalance(100),
