@@ -24,8 +24,12 @@ impl<C: ConnLink> ScoreTable<C> {
             return false;
         };
         let cooldown = self.policy.rebalance_cooldown;
+        // a limit past what an `Instant` can hold never comes
+        let within_limit = landed
+            .checked_add(self.policy.cooldown_limit())
+            .is_none_or(|end| now < end);
         !cooldown.is_zero()
-            && now < landed + self.policy.cooldown_limit()
+            && within_limit
             && self.settled_through.is_none_or(|settled| landed > settled)
     }
 
@@ -86,7 +90,7 @@ impl<C: ConnLink> ScoreTable<C> {
             .values()
             .filter(|c| self.cooling(c, now))
             .filter_map(|c| c.rebalanced_at)
-            .map(|landed| landed + limit)
+            .filter_map(|landed| landed.checked_add(limit))
             .min()
     }
 }

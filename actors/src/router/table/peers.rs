@@ -79,8 +79,12 @@ impl<C: ConnLink> ScoreTable<C> {
             self.peer_budget = Some(budget);
             self.peer_view_new = false;
             self.granted_routable = routable;
-            let quiet_until = now + self.policy.rebalance_cooldown;
-            self.regrant_at = self.next_cooldown_end(now).map(|end| end.max(quiet_until));
+            // a time past what an `Instant` can hold never comes
+            let quiet_until = now.checked_add(self.policy.rebalance_cooldown);
+            self.regrant_at = self
+                .next_cooldown_end(now)
+                .zip(quiet_until)
+                .map(|(end, quiet)| end.max(quiet));
         }
     }
 

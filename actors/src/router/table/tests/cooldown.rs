@@ -246,3 +246,21 @@ fn a_new_view_after_the_limit_grants_at_once() {
         "(24 − 14.5) × 5 ÷ 24 = 1.98, rounded down"
     );
 }
+
+#[test]
+fn a_cooldown_too_long_for_the_clock_keeps_its_connections_without_panicking() {
+    let mut h = harness();
+    h.table.set_policy(RoutePolicy {
+        rebalance_cooldown: Duration::MAX,
+        ..RoutePolicy::default()
+    });
+    h.healthy(&["a"]);
+    h.connect_n(10);
+    h.healthy(&["b"]);
+    h.rebalance(100);
+    h.land();
+    h.close_all_on("a");
+    h.peers(&[("b", 20)]);
+    h.now += Duration::from_secs(3600);
+    assert_eq!(h.rebalance(100), 0, "still cooling");
+}
