@@ -16,8 +16,9 @@
 //!
 //! Operators steer routing with a [`RoutePolicy`] (`ScoreRouter::with_policy`): weights per
 //! backend (from the fetcher, reported as [`BackendsListed`]), slow start, a per-backend cap with
-//! a FIFO wait queue, panic mode when too few backends are healthy, and [`DrainThenClose`], which
-//! closes ([`CloseConnection`]) what has not moved off a drained backend in time.
+//! a FIFO wait queue, panic mode when too few backends are healthy, a rebalance cooldown for
+//! instances that share a pool through [`PeerLoad`], and [`DrainThenClose`], which closes
+//! ([`CloseConnection`]) what has not moved off a drained backend in time.
 //!
 //! Nothing is shared behind a lock; the one shared value is the health flag inside
 //! [`BackendInst`], an atomic the router stores and connections read.
@@ -128,8 +129,8 @@ pub use router::{
     valid_weight, BackendSuspect, BackendWeight, CheckInvariants, ConnClosed, ConnCount,
     ConnCreated, DrainThenClose, GetBackends, GetDrained, GetRouting, PeerLoad, Rebalance,
     RedirectConnections, RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutePolicy,
-    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter,
-    SLOW_START_FLOOR,
+    RouterConfig, RoutingState, ScoreRouter, ServerVersion, SetDrained, StopRouter, COOLDOWN_LIMIT,
+    COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR,
 };
 pub use selector::BackendSelector;
 pub use static_router::StaticRouter;

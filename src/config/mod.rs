@@ -186,7 +186,8 @@ pub struct Config {
     /// Routing and rebalancing.
     pub router: RouterConfig,
     /// The operator's routing controls (`balance.slow_start`, `max_conns_per_backend`,
-    /// `queue_timeout`, `panic_threshold`).
+    /// `queue_timeout`, `panic_threshold`), and with a `cluster` section the rebalance cooldown
+    /// derived from `cluster.publish_interval`.
     pub policy: RoutePolicy,
     /// Backend weights other than 1, from `backends.static` entries or `backends.etcd.weights`.
     pub weights: HashMap<String, f64>,
@@ -493,7 +494,12 @@ impl RawConfig {
             ..HealthCheckConfig::default()
         };
 
-        let (router, policy) = self.balance.validate()?;
+        let (router, mut policy) = self.balance.validate()?;
+        if let Some(cluster) = &cluster {
+            // peers route on views that lag by a few publish intervals: the overshoot they cause
+            // is evened by sessions that have not just moved, never by moving these back
+            policy.rebalance_cooldown = RoutePolicy::cluster_cooldown(cluster.publish_interval);
+        }
 
         let mut mysql_users = Vec::with_capacity(self.mysql.users.len());
         for (i, u) in self.mysql.users.into_iter().enumerate() {

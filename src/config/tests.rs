@@ -350,7 +350,22 @@ fn tls_and_proxy_protocol_mistakes_name_their_key() {
 
 #[test]
 fn no_cluster_section_means_no_cluster() {
-    assert_eq!(load(MINIMAL).expect("valid").cluster, None);
+    let c = load(MINIMAL).expect("valid");
+    assert_eq!(c.cluster, None);
+    assert_eq!(
+        c.policy.rebalance_cooldown,
+        Duration::ZERO,
+        "no cooldown alone"
+    );
+}
+
+#[test]
+fn a_cluster_cools_rebalanced_connections_for_four_publish_intervals() {
+    let c = load(&format!(
+        "{MINIMAL}cluster: {{ etcd: {{ endpoints: [http://127.0.0.1:2379] }}, lease_ttl: 3s, publish_interval: 500ms }}\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.policy.rebalance_cooldown, Duration::from_secs(2));
 }
 
 #[test]

@@ -41,7 +41,9 @@ pub use messages::{
     RedirectFailed, RedirectSucceeded, RefreshBackends, Route, RoutingState, ServerVersion,
     SetDrained, StopRouter,
 };
-pub use policy::{valid_weight, RoutePolicy, SLOW_START_FLOOR};
+pub use policy::{
+    valid_weight, RoutePolicy, COOLDOWN_LIMIT, COOLDOWN_PUBLISH_INTERVALS, SLOW_START_FLOOR,
+};
 
 /// The table reaches a connection through its handle: a full mailbox is `Busy`, a closed one
 /// (the actor stopped or panicked) is `Gone`.
@@ -346,7 +348,7 @@ impl Handler<RedirectSucceeded> for ScoreRouter {
     type Result = ();
     fn handle(&mut self, msg: RedirectSucceeded, _: &mut Context<Self>) {
         self.table
-            .redirect_succeeded(&msg.from, &msg.to, msg.conn_id);
+            .redirect_succeeded(&msg.from, &msg.to, msg.conn_id, Instant::now());
         self.changed();
     }
 }

@@ -12,6 +12,20 @@ use std::time::Duration;
 /// but few (Envoy's `min_weight_percent` defaults to the same 10 %).
 pub const SLOW_START_FLOOR: f64 = 0.1;
 
+/// The rebalance cooldown of an instance in a cluster, in publish intervals
+/// ([`RoutePolicy::cluster_cooldown`]): the round trip of a move through the cluster. Peers
+/// route on a view without this instance's move until they have read it, up to two intervals
+/// (this instance publishes at its next cycle, they read at theirs); what they routed meanwhile
+/// reaches this instance's view up to two intervals later again. So only a pool that has looked
+/// even for four intervals since a move has shown every overshoot that move caused. The timed
+/// model in `tests/router_cluster.rs` moves sessions twice with three.
+pub const COOLDOWN_PUBLISH_INTERVALS: u32 = 4;
+
+/// The longest a connection stays out of rebalance after a rebalance moved it, in cooldowns,
+/// even while the pool never looks even: a bound, so a pool that only this instance's moved
+/// connections could even out is not kept uneven for ever.
+pub const COOLDOWN_LIMIT: u32 = 2;
+
 /// Controls over where new connections may go; every one is off by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
@@ -31,6 +45,14 @@ pub struct RoutePolicy {
     /// (`balance.panic_threshold`): routes then go to every known, non-drained backend, whatever
     /// its health, rather than overload the few. 0 = never.
     pub panic_threshold: f64,
+    /// A connection a rebalance moved off a healthy backend is no rebalance candidate again
+    /// until the pool has looked even to this router for this long since it landed (or
+    /// [`COOLDOWN_LIMIT`] times this has passed); zero = off. Instances of a cluster act on
+    /// views of each other that lag (the service sets it from `cluster.publish_interval`): a
+    /// pool that overshot because peers routed on a view without this instance's moves is
+    /// evened by sessions that have not just moved, never by moving these back. Moves off a
+    /// drained or failing backend ignore it.
+    pub rebalance_cooldown: Duration,
 }
 
 impl Default for RoutePolicy {
@@ -41,6 +63,7 @@ impl Default for RoutePolicy {
             queue_timeout: Duration::from_secs(5),
             queue_limit: 10_000,
             panic_threshold: 0.0,
+            rebalance_cooldown: Duration::ZERO,
         }
     }
 }
@@ -54,6 +77,18 @@ impl RoutePolicy {
         }
         let t = elapsed.as_secs_f64() / self.slow_start.as_secs_f64();
         SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * t
+    }
+
+    /// The rebalance cooldown of an instance that shares its pool with peers publishing every
+    /// `publish_interval`: [`COOLDOWN_PUBLISH_INTERVALS`] of them.
+    pub fn cluster_cooldown(publish_interval: Duration) -> Duration {
+        publish_interval.saturating_mul(COOLDOWN_PUBLISH_INTERVALS)
+    }
+
+    /// The longest a connection stays out of rebalance after a rebalance moved it:
+    /// [`COOLDOWN_LIMIT`] cooldowns.
+    pub fn cooldown_limit(&self) -> Duration {
+        self.rebalance_cooldown.saturating_mul(COOLDOWN_LIMIT)
     }
 
     /// Whether `healthy` of `known` backends is panic: below the threshold's share. Never with

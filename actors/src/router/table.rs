@@ -53,8 +53,10 @@ pub(crate) trait ConnLink {
 enum Phase {
     /// Settled on its backend.
     Steady,
-    /// Asked to move to `to`; its point of conn score already counts there.
-    Redirecting { to: Name },
+    /// Asked to move to `to`; its point of conn score already counts there. `rebalance`: a
+    /// rebalance move off a healthy backend, after which the connection cools down (see
+    /// `cooldown.rs`).
+    Redirecting { to: Name, rebalance: bool },
     /// Its last redirect failed at `at`; not asked again before the back-off.
     Failed { at: Instant },
 }
@@ -66,6 +68,9 @@ struct Conn<C> {
     /// Arrival order on its backend: the smallest is the longest resident.
     seq: u64,
     phase: Phase,
+    /// When a rebalance move (cooldown on) last landed it here: it is no rebalance candidate
+    /// until that rebalance is over (`cooldown.rs`).
+    rebalanced_at: Option<Instant>,
 }
 
 /// Every backend's score and every connection's place; see the module docs.
@@ -99,6 +104,15 @@ pub(crate) struct ScoreTable<C> {
     peer_view_new: bool,
     /// The routable backends when the last budget was granted.
     granted_routable: Vec<Name>,
+    /// When a grant is due without a new view: once a cooldown running at the last grant has
+    /// run to its limit and a whole cooldown has passed since that grant (`peers.rs`).
+    regrant_at: Option<Instant>,
+    /// Since when every rebalance step found the pool even (none wanted a move); `None` while
+    /// it is uneven (`cooldown.rs`).
+    even_since: Option<Instant>,
+    /// Every rebalance move that landed up to this instant is over: the pool has looked even
+    /// for a whole cooldown since (`cooldown.rs`).
+    settled_through: Option<Instant>,
     /// Clean observer reports that end a suspicion they do not confirm (see
     /// [`ScoreTable::backend_suspect`]).
     suspect_reports: u32,
@@ -123,6 +137,9 @@ impl<C: ConnLink> ScoreTable<C> {
             peer_budget: None,
             peer_view_new: false,
             granted_routable: Vec::new(),
+            regrant_at: None,
+            even_since: None,
+            settled_through: None,
             suspect_reports: suspect::DEFAULT_SUSPECT_REPORTS,
         }
     }
@@ -276,6 +293,7 @@ impl<C: ConnLink> ScoreTable<C> {
                         backend: name,
                         seq,
                         phase: Phase::Steady,
+                        rebalanced_at: None,
                     },
                 );
                 debug!(backend = %backend, conn_id = id, "connection registered");
@@ -297,7 +315,7 @@ impl<C: ConnLink> ScoreTable<C> {
     fn forget_conn(&mut self, id: u64) -> Option<Conn<C>> {
         let conn = self.conns.remove(&id)?;
         let redirecting_to = match &conn.phase {
-            Phase::Redirecting { to } => Some(to.clone()),
+            Phase::Redirecting { to, .. } => Some(to.clone()),
             _ => None,
         };
         self.update(&conn.backend, |b| {
@@ -327,8 +345,9 @@ impl<C: ConnLink> ScoreTable<C> {
         }
     }
 
-    /// The source and target of a connection's redirect in flight, if `id` is mid-redirect.
-    fn redirect_target(&self, id: u64, event: &str) -> Option<(Name, Name)> {
+    /// The source and target of a connection's redirect in flight, if `id` is mid-redirect, and
+    /// whether it is a rebalance move.
+    fn redirect_target(&self, id: u64, event: &str) -> Option<(Name, Name, bool)> {
         let Some(conn) = self.conns.get(&id) else {
             warn!(
                 conn_id = id,
@@ -337,7 +356,9 @@ impl<C: ConnLink> ScoreTable<C> {
             return None;
         };
         match &conn.phase {
-            Phase::Redirecting { to } => Some((conn.backend.clone(), to.clone())),
+            Phase::Redirecting { to, rebalance } => {
+                Some((conn.backend.clone(), to.clone(), *rebalance))
+            }
             _ => {
                 warn!(
                     conn_id = id,
@@ -348,11 +369,12 @@ impl<C: ConnLink> ScoreTable<C> {
         }
     }
 
-    /// A connection moved: it now lives on the target, as its newest arrival.
+    /// A connection moved: it now lives on the target, as its newest arrival. After a rebalance
+    /// move it cools down from `now` (when the policy's cooldown is on).
     ///
     /// The router's own record of the move wins over `from`/`to` when they disagree.
-    pub(crate) fn redirect_succeeded(&mut self, from: &str, to: &str, id: u64) {
-        let Some((known_from, known_to)) = self.redirect_target(id, "succeeded") else {
+    pub(crate) fn redirect_succeeded(&mut self, from: &str, to: &str, id: u64, now: Instant) {
+        let Some((known_from, known_to, rebalance)) = self.redirect_target(id, "succeeded") else {
             return;
         };
         if &*known_from != from || &*known_to != to {
@@ -367,6 +389,9 @@ impl<C: ConnLink> ScoreTable<C> {
         conn.seq = seq;
         conn.backend = known_to.clone();
         conn.phase = Phase::Steady;
+        if rebalance && !self.policy.rebalance_cooldown.is_zero() {
+            conn.rebalanced_at = Some(now);
+        }
         self.update(&known_from, |b| {
             b.conns.remove(&old_seq);
             b.outgoing -= 1;
@@ -382,7 +407,7 @@ impl<C: ConnLink> ScoreTable<C> {
     /// A connection could not move: its point goes back, and it is not asked again before
     /// `now` + the back-off.
     pub(crate) fn redirect_failed(&mut self, from: &str, to: &str, id: u64, now: Instant) {
-        let Some((known_from, known_to)) = self.redirect_target(id, "failed") else {
+        let Some((known_from, known_to, _)) = self.redirect_target(id, "failed") else {
             return;
         };
         if &*known_from != from || &*known_to != to {
@@ -456,11 +481,12 @@ impl<C: ConnLink> ScoreTable<C> {
     }
 
     /// Asks `id` to move to `to`, moving one point of conn score with it; true when the
-    /// connection took the request.
+    /// connection took the request. `rebalance`: a move off a healthy backend, which cools the
+    /// connection down once it lands.
     ///
     /// A connection whose mailbox is full counts as a failed redirect. One that is gone can never
     /// answer or close, so it is forgotten here as if it had closed.
-    fn redirect_conn(&mut self, id: u64, to: &Name, now: Instant) -> bool {
+    fn redirect_conn(&mut self, id: u64, to: &Name, now: Instant, rebalance: bool) -> bool {
         let Some(inst) = self.backends.get(to).map(|b| b.inst.clone()) else {
             return false;
         };
@@ -470,7 +496,10 @@ impl<C: ConnLink> ScoreTable<C> {
         let from = conn.backend.clone();
         match conn.link.redirect(inst) {
             Delivery::Sent => {
-                conn.phase = Phase::Redirecting { to: to.clone() };
+                conn.phase = Phase::Redirecting {
+                    to: to.clone(),
+                    rebalance,
+                };
                 self.update(&from, |b| b.outgoing += 1);
                 self.update(to, |b| b.incoming += 1);
                 debug!(conn_id = id, from = %from, to = %to, "redirect requested");
@@ -497,10 +526,13 @@ impl<C: ConnLink> ScoreTable<C> {
     ///
     /// Loads are weighted: it stops once busiest / (idlest with one more connection) is below
     /// `max_score_ratio`. In panic mode only drained backends are emptied: the health that makes
-    /// the others look busy is what panic mode does not trust.
+    /// the others look busy is what panic mode does not trust. Off a healthy backend, a
+    /// connection a rebalance moved is no candidate until that rebalance is over
+    /// (`cooldown.rs`); off a drained or failing one, every connection is.
     pub(crate) fn rebalance(&mut self, max_conns: usize, now: Instant) -> usize {
         self.refresh_ramps(now);
-        self.refresh_peer_budget();
+        self.note_balance(now);
+        self.refresh_peer_budget(now);
         let mut asked = 0;
         for _ in 0..max_conns {
             let Some(&(drained, _, busy_slot)) = self.index.loaded.last() else {
@@ -532,17 +564,20 @@ impl<C: ConnLink> ScoreTable<C> {
             }
             let backoff = self.cfg.redirect_fail_backoff;
             let candidate = b.conns.values().copied().find(|id| {
-                self.conns.get(id).is_some_and(|c| match c.phase {
-                    Phase::Steady => true,
-                    Phase::Redirecting { .. } => false,
-                    Phase::Failed { at } => at + backoff <= now,
+                self.conns.get(id).is_some_and(|c| {
+                    let ready = match c.phase {
+                        Phase::Steady => true,
+                        Phase::Redirecting { .. } => false,
+                        Phase::Failed { at } => at + backoff <= now,
+                    };
+                    ready && !(bounded && self.cooling(c, now))
                 })
             });
             let Some(id) = candidate else {
                 break;
             };
             debug!(from = %busiest, to = %idlest, busy_score, idle_score, conn_id = id, "rebalance");
-            if self.redirect_conn(id, &idlest, now) {
+            if self.redirect_conn(id, &idlest, now, bounded) {
                 asked += 1;
                 if bounded {
                     if let Some(left) = &mut self.peer_budget {
@@ -565,7 +600,7 @@ impl<C: ConnLink> ScoreTable<C> {
             .collect();
         let mut asked = 0;
         for (id, backend) in targets {
-            if self.redirect_conn(id, &backend, now) {
+            if self.redirect_conn(id, &backend, now, false) {
                 asked += 1;
             }
         }
@@ -588,6 +623,7 @@ impl<C: ConnLink> ScoreTable<C> {
 }
 
 mod controls;
+mod cooldown;
 mod invariants;
 mod peers;
 mod suspect;

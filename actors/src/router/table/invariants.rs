@@ -25,7 +25,7 @@ impl<C: ConnLink> ScoreTable<C> {
                     backend: c.backend.to_string(),
                 });
             }
-            if let Phase::Redirecting { to } = &c.phase {
+            if let Phase::Redirecting { to, .. } = &c.phase {
                 if !self.backends.contains_key(to) {
                     return Err(InvariantError::RedirectToUnknownBackend {
                         conn_id,

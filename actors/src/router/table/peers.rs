@@ -4,10 +4,12 @@
 //!
 //! Each instance may move, per new view of its peers, at most its own share of each backend's
 //! excess: excess × own ÷ global. The shares of all instances add up to the excess once, so they
-//! converge in one exchange instead of overshooting and swinging back.
+//! converge in one exchange instead of overshooting and swinging back. "Own" counts only the
+//! connections a rebalance may move now (not those cooling down after a move, `cooldown.rs`).
 
 use std::collections::HashMap;
 
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{ConnLink, ScoreTable};
@@ -49,8 +51,12 @@ impl<C: ConnLink> ScoreTable<C> {
 
     /// Before a rebalance step: with peers, grants a new move budget when the view changed
     /// since the last grant — the peers' loads, or which backends may take connections (a
-    /// backend back from down or undrained is new room that no earlier grant covered).
-    pub(crate) fn refresh_peer_budget(&mut self) {
+    /// backend back from down or undrained is new room that no earlier grant covered) — or,
+    /// with the view quiet for a whole cooldown since the last grant, a cooldown counted out of
+    /// that grant ended: those connections may move again, and a quiet cluster sends no new view
+    /// to let them. Only a quiet view: a grant at every cooldown's end would act again and again
+    /// on peers' counts that do not show their own moves yet, undoing the damping.
+    pub(crate) fn refresh_peer_budget(&mut self, now: Instant) {
         if self.peers.is_empty() {
             self.peer_budget = None;
             return;
@@ -62,20 +68,32 @@ impl<C: ConnLink> ScoreTable<C> {
             .map(|b| b.name.clone())
             .collect();
         routable.sort();
-        if self.peer_view_new || self.peer_budget.is_none() || routable != self.granted_routable {
-            let budget = self.own_share_of_excess();
-            debug!(budget, "new cluster view: move budget");
+        let cooled = self.regrant_at.is_some_and(|at| at <= now);
+        if self.peer_view_new
+            || self.peer_budget.is_none()
+            || routable != self.granted_routable
+            || cooled
+        {
+            let budget = self.own_share_of_excess(now);
+            debug!(budget, cooled, "new cluster view: move budget");
             self.peer_budget = Some(budget);
             self.peer_view_new = false;
             self.granted_routable = routable;
+            // a time past what an `Instant` can hold never comes
+            let quiet_until = now.checked_add(self.policy.rebalance_cooldown);
+            self.regrant_at = self
+                .next_cooldown_end(now)
+                .zip(quiet_until)
+                .map(|(end, quiet)| end.max(quiet));
         }
     }
 
     /// This instance's share of the connections above the fair share, summed over backends:
     /// for each backend, (global − fair) × own ÷ global, where fair is the mean weighted load of
-    /// the routable backends times its weight. Rounded down, so instances that each hold a
-    /// fraction of a move leave it rather than all making it.
-    fn own_share_of_excess(&self) -> usize {
+    /// the routable backends times its weight and own counts the connections a rebalance may
+    /// move at `now`. Rounded down, so instances that each hold a fraction of a move leave it
+    /// rather than all making it.
+    fn own_share_of_excess(&self, now: Instant) -> usize {
         let routable = || {
             self.backends
                 .values()
@@ -94,7 +112,7 @@ impl<C: ConnLink> ScoreTable<C> {
                     return 0.0;
                 }
                 let excess = (global as f64 - mean * b.eff_weight).max(0.0);
-                excess * b.conns.len() as f64 / global as f64
+                excess * self.rebalance_movable(b, now) as f64 / global as f64
             })
             .sum();
         share.floor() as usize

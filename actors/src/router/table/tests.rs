@@ -394,7 +394,7 @@ fn a_successful_redirect_moves_the_connection_and_makes_it_the_newest_arrival() 
     h.table.set_drained(&on, true).expect("known");
     assert_eq!(h.rebalance(10), 1);
     assert_eq!(h.asked(), vec![(first, other.to_string())]);
-    h.table.redirect_succeeded(&on, other, first);
+    h.table.redirect_succeeded(&on, other, first, h.now);
     h.ok();
     assert_eq!(h.count(other), 2);
     assert_eq!(h.count(&on), 0);
@@ -529,7 +529,7 @@ fn redirect_all_asks_every_settled_connection_to_stay_where_it_is() {
     }
     assert_eq!(h.table.redirect_all(h.now), 0, "all are mid-redirect");
     for (id, to) in asked {
-        h.table.redirect_succeeded(&to, &to, id);
+        h.table.redirect_succeeded(&to, &to, id, h.now);
     }
     h.ok();
     assert_eq!((h.count("a"), h.count("b")), (2, 2));
@@ -541,8 +541,8 @@ fn a_redirect_result_for_an_unknown_or_settled_connection_changes_nothing() {
     h.healthy(&["a", "b"]);
     let (id, on) = h.connect();
     let before = h.table.snapshots();
-    h.table.redirect_succeeded(&on, "b", 999);
-    h.table.redirect_succeeded(&on, "b", id);
+    h.table.redirect_succeeded(&on, "b", 999, h.now);
+    h.table.redirect_succeeded(&on, "b", id, h.now);
     h.table.redirect_failed(&on, "b", id, h.now);
     h.ok();
     assert_eq!(h.table.snapshots(), before);
@@ -551,7 +551,7 @@ fn a_redirect_result_for_an_unknown_or_settled_connection_changes_nothing() {
 #[test]
 fn a_redirect_result_that_names_other_backends_trusts_the_router() {
     let (mut h, id) = redirecting_off_a_dead_backend();
-    h.table.redirect_succeeded("x", "y", id);
+    h.table.redirect_succeeded("x", "y", id, h.now);
     h.ok();
     assert_eq!(h.count("b"), 2);
     assert!(h.snap("x").is_none() && h.snap("y").is_none());
@@ -812,3 +812,4 @@ fn a_suspect_backend_keeps_its_connections_and_closes_them_cleanly() {
 }
 
 mod controls;
+mod cooldown;
