@@ -218,36 +218,53 @@ impl Service {
 
     /// Starts the binary with the config `yaml(proxy, admin)` (two free addresses) and waits
     /// until the admin API answers.
-    pub fn start_with(yaml: impl FnOnce(SocketAddr, SocketAddr) -> String) -> Service {
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = scratch_dir();
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, yaml(proxy, admin)).expect("write config");
-        let log = std::fs::File::create(dir.join("switchyard.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn switchyard");
-        let mut svc = Service {
-            child,
-            proxy,
-            admin,
-            dir,
-        };
-        let admin_addr = svc.admin;
-        wait_until("admin API answers /health", Duration::from_secs(20), || {
-            http(admin_addr, "GET", "/health").is_some_and(|(code, _)| code == 200)
-        });
-        assert!(
-            svc.child.try_wait().expect("try_wait").is_none(),
-            "switchyard exited early"
-        );
-        svc
+    pub fn start_with(yaml: impl Fn(SocketAddr, SocketAddr) -> String) -> Service {
+        // A free port can be taken by another process between the probe and the bind: a
+        // service that could not bind is started again on fresh ports.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let dir = scratch_dir();
+            let path = dir.join("config.yaml");
+            std::fs::write(&path, yaml(proxy, admin)).expect("write config");
+            let log = std::fs::File::create(dir.join("switchyard.log")).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .arg("--config")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn switchyard");
+            let mut svc = Service {
+                child,
+                proxy,
+                admin,
+                dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if http(svc.admin, "GET", "/health").is_some_and(|(code, _)| code == 200) {
+                    return svc;
+                }
+                if let Some(status) = svc.child.try_wait().expect("try_wait") {
+                    let log = svc.log();
+                    if attempt < ATTEMPTS && log.contains("in use") {
+                        break; // a port was taken meanwhile: fresh ports
+                    }
+                    panic!("switchyard exited early ({status}):\n{log}");
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "timed out after 20s waiting for the admin API to answer /health:\n{}",
+                        svc.log()
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        unreachable!("every attempt either returns or panics")
     }
 
     /// The service's log so far (for failure messages).
