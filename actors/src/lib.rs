@@ -93,6 +93,7 @@
 //! }
 //! ```
 
+pub mod backend_tls;
 mod conn;
 mod connect;
 mod default_check;
