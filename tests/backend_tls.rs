@@ -99,6 +99,36 @@ fn a_mariadb_that_requires_tls_is_healthy_and_sees_each_probe_log_in_over_tls() 
 }
 
 #[test]
+fn a_client_that_leaves_after_the_greeting_is_signed_off_over_tls_on_a_mariadb_that_requires_it() {
+    let Some(pki) = Pki::new() else { return };
+    let Some(db) = tls_only_mariadb(&pki) else {
+        return;
+    };
+    let tls = backends_tls(&pki.ca(), "");
+    let svc = Service::start_with(|p, a| mysql_config(p, a, &db, &tls));
+    svc.wait_healthy(1);
+    let aborted0 = status(&db, "Aborted_connects");
+    for _ in 0..3 {
+        // the greeting's header, then goodbye before any login
+        let mut c = svc.client();
+        let mut header = [0u8; 4];
+        c.read_exact(&mut header).expect("the greeting");
+    }
+    wait_until("the proxy finished the three logins", PATIENCE, || {
+        svc.log()
+            .matches("abandoned login finished on the backend")
+            .count()
+            == 3
+    });
+    assert_eq!(
+        status(&db, "Aborted_connects"),
+        aborted0,
+        "the proxy finished each login over TLS, as the client's would have gone\n{}",
+        svc.log()
+    );
+}
+
+#[test]
 fn a_backend_whose_certificate_the_configured_ca_did_not_sign_is_down_unless_told_to_skip() {
     let Some(pki) = Pki::new() else { return };
     let Some(db) = tls_only_mariadb(&pki) else {

@@ -181,7 +181,7 @@ impl DefaultHealthCheck {
         match (self.cfg.probe, &self.backend_tls) {
             (Probe::Tcp, None) => Ok(None),
             (Probe::Tcp, Some(tls)) => {
-                self.within(addr, backend_tls::at_connect(tls, addr, conn))
+                self.tls_step(addr, backend_tls::at_connect(tls, addr, conn))
                     .await?;
                 Ok(None)
             }
@@ -208,7 +208,7 @@ impl DefaultHealthCheck {
     }
 
     /// The TLS step `tls` within `dial_timeout`, its failure named for `addr`.
-    async fn within<T>(
+    async fn tls_step<T>(
         &self,
         addr: &str,
         tls: impl std::future::Future<Output = Result<T, backend_tls::ProbeTlsError>>,
@@ -249,7 +249,7 @@ impl DefaultHealthCheck {
             None => self.sign_off_later(addr, conn, false),
             Some(tls) => {
                 let conn = self
-                    .within(addr, backend_tls::upgrade(tls, addr, greeted.caps, conn))
+                    .tls_step(addr, backend_tls::upgrade(tls, addr, greeted.caps, conn))
                     .await?;
                 self.sign_off_later(addr, conn, true);
             }

@@ -43,6 +43,9 @@ pub struct Backend {
     pub session_track: bool,
     /// How this session reaches backends (TLS, PROXY header), for its logins and its moves.
     pub link: Link,
+    /// What the server's greeting offered (0 until one was read): a login finished for a client
+    /// that left starts TLS as the client's own login would have.
+    pub server_caps: u32,
 }
 
 /// How one session reaches its backends: `backends.tls` and `backends.send_proxy_protocol`,
@@ -118,7 +121,13 @@ impl Backend {
             deprecate_eof: false,
             session_track: false,
             link: Link::default(),
+            server_caps: 0,
         }
+    }
+
+    /// `backends.tls` is on and this connection has not started it yet.
+    pub fn owes_tls(&mut self) -> bool {
+        self.link.via.tls.is_some() && !self.reader.get_mut().is_tls()
     }
 
     /// When `backends.tls` is on: sends the SSL request (sequence 1; `caps`, `max_packet` and
