@@ -352,7 +352,7 @@ fn env(name: &str, default: u64) -> u64 {
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
@@ -380,6 +380,10 @@ fn main() {
             back: true,
         },
     ];
+    // TLS_RELAY_ONLY=3 (an index into `paths`) measures one path, e.g. under a profiler
+    let only = std::env::var("TLS_RELAY_ONLY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let rounds = env("TLS_RELAY_ROUNDS", ROUNDS as u64) as usize;
     let mut figures: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
     // warm-up: page faults, pools, the CPU's frequency
@@ -387,6 +391,9 @@ fn main() {
     for r in 0..rounds {
         for i in 0..paths.len() {
             let i = (i + r) % paths.len();
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             figures[i].push(round(paths[i], &front_tls, &back_tls, &peers_tls));
         }
     }
@@ -398,7 +405,7 @@ fn main() {
     );
     println!("| path | user µs | system µs | total µs | plain / this |");
     println!("|---|---:|---:|---:|---:|");
-    for (path, f) in paths.iter().zip(&figures) {
+    for (path, f) in paths.iter().zip(&figures).filter(|(_, f)| !f.is_empty()) {
         let user = median(f.iter().map(|(u, _)| *u).collect());
         let sys = median(f.iter().map(|(_, s)| *s).collect());
         let t = total(f);
