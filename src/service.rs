@@ -76,8 +76,14 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
 pub fn start_router<F: BackendFetcher>(cfg: &Config, fetcher: F) -> Addr<ScoreRouter> {
     let (router_cfg, health) = (cfg.router.clone(), cfg.health.clone());
     let policy = cfg.policy.clone();
+    let backend_tls = cfg.door.backend.tls.as_ref().map(|t| t.client_config());
     actix::Supervisor::start(move |ctx| {
         let check = DefaultHealthCheck::new(health.clone());
+        // the probe reaches backends as sessions do (`backends.tls`)
+        let check = match &backend_tls {
+            Some(tls) => check.with_backend_tls(tls.clone()),
+            None => check,
+        };
         ScoreRouter::observed(router_cfg, fetcher, check, health, ctx).with_policy(policy)
     })
 }

@@ -6,7 +6,6 @@
 //! from the files and swaps it in, so a handshake in progress keeps the one it started with, a
 //! new client gets the new certificate, and a failed reload leaves the current one in place.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +18,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tokio::net::TcpStream;
 
 use crate::entry::stream::Stream;
+
+/// The name a backend's certificate must carry (kept here too: the service's TLS in one place).
+pub use switchyard::backend_tls::server_name;
 
 /// Why a certificate, key or CA file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +250,8 @@ impl BackendTls {
         })
     }
 
-    /// The rustls client configuration (for the health check's probe).
+    /// The rustls client configuration, for the health check's probe
+    /// ([`switchyard::DefaultHealthCheck::with_backend_tls`]).
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }
@@ -261,22 +264,6 @@ impl BackendTls {
         let tls = connector.connect(name, tcp).await?;
         Ok(Stream::Tls(Box::new(tls.into())))
     }
-}
-
-/// The name a backend's certificate must carry: the host of `host:port` (an IP address or a
-/// DNS name).
-pub fn server_name(addr: &str) -> std::io::Result<ServerName<'static>> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(ServerName::IpAddress(ip.into()));
-    }
-    ServerName::try_from(host.to_string()).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{host:?} is no TLS server name: {e}"),
-        )
-    })
 }
 
 /// `insecure_skip_verify`: any certificate is taken, but the handshake's signatures are still
@@ -332,23 +319,6 @@ impl ServerCertVerifier for NoVerify {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backend_names_are_the_host_of_the_address() {
-        assert!(matches!(
-            server_name("127.0.0.1:3306").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("[::1]:3306").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("db1.example:3306").unwrap(),
-            ServerName::DnsName(_)
-        ));
-        assert!(server_name("bad name:1").is_err());
-    }
 
     #[test]
     fn a_key_that_does_not_belong_to_the_certificate_is_refused_and_a_failed_reload_keeps_the_old()

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use support::pki::{rustls_client, Pki};
 use support::{http, scratch_dir, wait_until, Backend, Behaviour, Service};
 use switchyard_server::proxy_protocol;
 use switchyard_testkit::{MariaDb, MariaDbOptions};
@@ -25,122 +26,6 @@ const PASSWORD: &str = "app-pw";
 const ER_SECURE_TRANSPORT_REQUIRED: &str = "3159";
 /// How long a test waits for something the proxy should do well within it.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-// ---------------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------------
-
-/// A throwaway CA in a directory, issuing server certificates for loopback.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    /// A new CA (`ca.pem`, `ca.key`) in a fresh directory; `None` without the `openssl` CLI.
-    fn new() -> Option<Pki> {
-        if Command::new("openssl").arg("version").output().is_err() {
-            return switchyard_testkit::skip_or_fail("the openssl CLI is not installed");
-        }
-        let dir = scratch_dir();
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=switchyard test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        Some(Pki { dir })
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A certificate for 127.0.0.1, 127.0.0.2 and localhost with common name `cn`, signed by
-    /// the CA: (`<name>.pem`, `<name>.key`).
-    fn issue(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-        let ext = self.dir.join(format!("{name}.ext"));
-        std::fs::write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost\n\
-             basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write extensions");
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            &self.dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-        (self.dir.join(pem), self.dir.join(key))
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The CA and the MariaDB servers of this binary: two backends with TLS, for moves.
 struct World {
@@ -211,6 +96,24 @@ fn tls_keys(w: &World, cert: &Path, key: &Path, required: bool) -> (String, Stri
         ),
         format!("tls: {{ enable: true, ca: \"{}\" }}", w.pki.ca().display()),
     )
+}
+
+/// A `mysql`-mode service over both MariaDBs, with TLS to clients (a certificate named `name`,
+/// `required` or not) and TLS to backends (with `backends_extra` beside it), once both
+/// backends are healthy. Returns the service and the certificate and key files it serves.
+fn tls_service(
+    w: &World,
+    name: &str,
+    required: bool,
+    backends_extra: &str,
+) -> (Service, PathBuf, PathBuf) {
+    let (cert, key) = w.pki.issue(name, &format!("switchyard {name}"));
+    let (front, back) = tls_keys(w, &cert, &key, required);
+    let svc = Service::start_with(|p, a| {
+        mysql_config(w, p, a, &front, &format!("{back}, {backends_extra}"))
+    });
+    svc.wait_healthy(2);
+    (svc, cert, key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,6 +286,61 @@ fn closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
     }
 }
 
+/// A PyMySQL session through `port` that runs `setup`, prints its backend's port and `before`
+/// (Python expressions, space-separated), then, once that backend is drained through the admin
+/// API, waits until it answers from another one and prints the port and `after`. Returns what
+/// `before` and `after` printed, field by field.
+fn moved_session(
+    svc: &Service,
+    w: &World,
+    py: &str,
+    port: u16,
+    setup: &str,
+    before: &str,
+    after: &str,
+) -> (Vec<String>, Vec<String>) {
+    let print_before = match before {
+        "" => "print(first)".to_string(),
+        _ => format!("print(first, {before})"),
+    };
+    let mut client = Py::start(
+        py,
+        port,
+        &w.pki.ca(),
+        &format!(
+            r#"
+conn = connect()
+{setup}
+first = q(conn, "SELECT @@port")[0]
+{print_before}
+wait_go()
+deadline = time.time() + 15
+while q(conn, "SELECT @@port")[0] == first and time.time() < deadline:
+    time.sleep(0.05)
+print(q(conn, "SELECT @@port")[0], {after})
+"#
+        ),
+    );
+    let fields = |line: String| -> (String, Vec<String>) {
+        let mut f = line.split(' ').map(str::to_string);
+        (f.next().unwrap_or_default(), f.collect())
+    };
+    let (first, before) = fields(client.line());
+    let from = w
+        .dbs
+        .iter()
+        .find(|d| d.port().to_string() == first)
+        .expect("one of the backends")
+        .addr();
+    let (code, body) = http(svc.admin, "POST", &format!("/backends/{from}/drain")).expect("drain");
+    assert_eq!(code, 200, "{body}");
+    client.go();
+    let (moved_to, after) = fields(client.line());
+    client.finish();
+    assert_ne!(moved_to, first, "the session moved\n{}", svc.log());
+    (before, after)
+}
+
 // ---------------------------------------------------------------------------------------------
 // mysql mode: TLS on both sides
 // ---------------------------------------------------------------------------------------------
@@ -391,10 +349,7 @@ fn closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
 fn the_mariadb_client_and_pymysql_log_in_over_tls_to_a_backend_reached_over_tls() {
     let Some(w) = world() else { return };
     let Some(py) = python() else { return };
-    let (cert, key) = w.pki.issue("proxy", "switchyard proxy");
-    let (front, back) = tls_keys(w, &cert, &key, false);
-    let svc = Service::start_with(|p, a| mysql_config(w, p, a, &front, &back));
-    svc.wait_healthy(2);
+    let (svc, _, _) = tls_service(w, "proxy", false, "");
     let port = svc.proxy.port();
     let ca = w.pki.ca();
 
@@ -474,10 +429,7 @@ fn a_plain_client_gets_3159_when_tls_is_required_and_a_plain_backend_login_still
 fn sighup_serves_a_new_certificate_to_new_clients_while_a_session_goes_on() {
     let Some(w) = world() else { return };
     let Some(py) = python() else { return };
-    let (cert, key) = w.pki.issue("reload", "before reload");
-    let (front, back) = tls_keys(w, &cert, &key, true);
-    let svc = Service::start_with(|p, a| mysql_config(w, p, a, &front, &back));
-    svc.wait_healthy(2);
+    let (svc, cert, key) = tls_service(w, "reload", true, "");
     let mut client = Py::start(
         py,
         svc.proxy.port(),
@@ -492,7 +444,7 @@ new = connect()
 print(cn(new))
 "#,
     );
-    assert_eq!(client.line(), "before reload");
+    assert_eq!(client.line(), "switchyard reload");
     // a broken file first: the current certificate stays
     std::fs::write(&cert, "garbage").expect("break the certificate");
     svc.signal(libc::SIGHUP);
@@ -527,80 +479,34 @@ print(cn(new))
 fn a_tls_session_moves_to_another_backend_when_its_backend_is_drained() {
     let Some(w) = world() else { return };
     let Some(py) = python() else { return };
-    let (cert, key) = w.pki.issue("moves", "switchyard moves");
-    let (front, back) = tls_keys(w, &cert, &key, true);
-    let svc = Service::start_with(|p, a| mysql_config(w, p, a, &front, &back));
-    svc.wait_healthy(2);
-    let mut client = Py::start(
+    let (svc, _, _) = tls_service(w, "moves", true, "");
+    let (_, after) = moved_session(
+        &svc,
+        w,
         py,
         svc.proxy.port(),
-        &w.pki.ca(),
-        r#"
-conn = connect()
-q(conn, "SET @carried = 'over tls'")
-first = q(conn, "SELECT @@port")[0]
-print(first)
-wait_go()
-deadline = time.time() + 15
-while q(conn, "SELECT @@port")[0] == first and time.time() < deadline:
-    time.sleep(0.05)
-print(q(conn, "SELECT @@port")[0], q(conn, "SELECT @carried")[0], q(conn, "SHOW SESSION STATUS LIKE 'Ssl_version'")[1], conn._sock.version())
-"#,
-    );
-    let first: u16 = client.line().parse().expect("a port");
-    let from = w
-        .dbs
-        .iter()
-        .find(|d| d.port() == first)
-        .expect("one of the backends")
-        .addr();
-    let (code, body) = http(svc.admin, "POST", &format!("/backends/{from}/drain")).expect("drain");
-    assert_eq!(code, 200, "{body}");
-    client.go();
-    let line = client.line();
-    client.finish();
-    let fields: Vec<&str> = line.split(' ').collect();
-    assert_ne!(
-        fields[0],
-        first.to_string(),
-        "the session moved: {line}\n{}",
-        svc.log()
+        r#"q(conn, "SET @carried = 'over tls'")"#,
+        "",
+        r#"q(conn, "SELECT @carried")[0], q(conn, "SHOW SESSION STATUS LIKE 'Ssl_version'")[1], conn._sock.version()"#,
     );
     assert_eq!(
-        fields[1..3],
+        after[..2],
         ["over", "tls"],
-        "user variables came along: {line}"
+        "user variables came along: {after:?}"
     );
     assert!(
-        fields[3].starts_with("TLSv1."),
-        "the target is reached over TLS: {line}"
+        after[2].starts_with("TLSv1."),
+        "the target is reached over TLS: {after:?}"
     );
     assert!(
-        fields[4].starts_with("TLSv1."),
-        "the client's TLS went on: {line}"
+        after[3].starts_with("TLSv1."),
+        "the client's TLS went on: {after:?}"
     );
 }
 
 // ---------------------------------------------------------------------------------------------
 // tcp mode
 // ---------------------------------------------------------------------------------------------
-
-/// A rustls client config trusting only the test CA.
-fn rustls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(c.expect("CA certificate")).expect("add CA");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
 
 fn tcp_config(proxy: SocketAddr, admin: SocketAddr, backend: &str, proxy_extra: &str) -> String {
     format!(
@@ -719,52 +625,21 @@ fn send_proxy_protocol_shows_mariadb_the_client_s_own_address() {
 fn a_session_that_moves_keeps_telling_the_target_its_client_s_address() {
     let Some(w) = world() else { return };
     let Some(py) = python() else { return };
-    let (cert, key) = w.pki.issue("ppmove", "switchyard ppmove");
-    let (front, back) = tls_keys(w, &cert, &key, false);
-    let svc = Service::start_with(|p, a| {
-        mysql_config(
-            w,
-            p,
-            a,
-            &front,
-            &format!("{back}, send_proxy_protocol: true"),
-        )
-    });
-    svc.wait_healthy(2);
+    let (svc, _, _) = tls_service(w, "ppmove", false, "send_proxy_protocol: true");
     let from_two = relay("127.0.0.2", svc.proxy, None);
-    let mut client = Py::start(
+    let (before, after) = moved_session(
+        &svc,
+        w,
         py,
         from_two,
-        &w.pki.ca(),
-        r#"
-conn = connect()
-first = q(conn, "SELECT @@port")[0]
-print(first, q(conn, "SELECT USER()")[0])
-wait_go()
-deadline = time.time() + 15
-while q(conn, "SELECT @@port")[0] == first and time.time() < deadline:
-    time.sleep(0.05)
-print(q(conn, "SELECT @@port")[0], q(conn, "SELECT USER()")[0])
-"#,
+        "",
+        r#"q(conn, "SELECT USER()")[0]"#,
+        r#"q(conn, "SELECT USER()")[0]"#,
     );
-    let line = client.line();
-    let (first, user) = line.split_once(' ').expect("port and user");
-    assert_eq!(user, "app@127.0.0.2", "{line}");
-    let from = w
-        .dbs
-        .iter()
-        .find(|d| d.port().to_string() == first)
-        .expect("a backend")
-        .addr();
-    let (code, body) = http(svc.admin, "POST", &format!("/backends/{from}/drain")).expect("drain");
-    assert_eq!(code, 200, "{body}");
-    client.go();
-    let line = client.line();
-    client.finish();
-    let (port, user) = line.split_once(' ').expect("port and user");
-    assert_ne!(port, first, "the session moved: {line}\n{}", svc.log());
+    assert_eq!(before, ["app@127.0.0.2"]);
     assert_eq!(
-        user, "app@127.0.0.2",
+        after,
+        ["app@127.0.0.2"],
         "the target was told the client's address too"
     );
 }

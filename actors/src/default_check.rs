@@ -6,6 +6,10 @@
 //! shows to its clients. Each step has its own timeout and retries, the whole check a hard bound,
 //! so one hung backend costs the observer one slot of its concurrency and nothing more.
 //!
+//! With TLS to backends ([`DefaultHealthCheck::with_backend_tls`]) the SQL port is probed the way
+//! sessions reach it: the greeting, then the SSL request and the TLS handshake (see
+//! [`crate::backend_tls`]).
+//!
 //! The checker is called concurrently for many backends (on the observer's one thread); the only
 //! state it keeps is the last failure reason per backend, so a reason is logged once when it appears or changes and not on
 //! every cycle (the observer logs the status changes themselves).
@@ -13,17 +17,19 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::backend_tls::{self, PROBE_CAPS, PROBE_MAX_PACKET};
 use crate::health::{HealthCheck, HealthCheckConfig, Probe};
 use crate::model::{BackendHealth, BackendInfo};
 use crate::wire::{
-    self, caps, charset, cmd, marker, put_packet, HandshakeError, PacketError, PacketReader,
-    Response, NATIVE_PASSWORD,
+    self, caps, charset, cmd, marker, put_packet, Greeting, HandshakeError, PacketError,
+    PacketReader, Response, NATIVE_PASSWORD,
 };
 
 /// The largest greeting accepted. A real one is about a hundred bytes; a length field claiming
@@ -48,6 +54,8 @@ pub struct DefaultHealthCheck {
     /// Last failure reason per backend, so each is logged once. The observer runs every check
     /// on its own thread (hence no lock); a borrow never spans an await.
     last_failure: RefCell<HashMap<String, String>>,
+    /// TLS to the SQL port, as sessions use it (`backends.tls`); `None`: plain.
+    backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DefaultHealthCheck {
@@ -75,7 +83,16 @@ impl DefaultHealthCheck {
             cfg,
             client,
             last_failure: RefCell::new(HashMap::new()),
+            backend_tls: None,
         }
+    }
+
+    /// Probes SQL ports over TLS with `config`, as sessions reach them: after the greeting
+    /// (probe `mysql`) or at connect (probe `tcp`). A backend whose greeting offers no TLS, or
+    /// whose certificate `config` refuses, is down with that reason: no session could use it.
+    pub fn with_backend_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.backend_tls = Some(config);
+        self
     }
 
     /// The hard bound on one check.
@@ -157,54 +174,110 @@ impl DefaultHealthCheck {
         }
     }
 
-    /// Connects to the SQL port and, for [`Probe::Mysql`], reads the server version.
+    /// Connects to the SQL port and, for [`Probe::Mysql`], reads the server version; with TLS
+    /// to backends, also runs the TLS handshake sessions would.
     async fn check_sql(&self, addr: &str) -> Result<Option<String>, Failure> {
-        let dial = self.cfg.dial_timeout;
-        let conn = match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(Failure::retry(format!(
-                    "connect {addr}: timed out after {dial:?}"
-                )))
+        let conn = self.connect(addr).await?;
+        match (self.cfg.probe, &self.backend_tls) {
+            (Probe::Tcp, None) => Ok(None),
+            (Probe::Tcp, Some(tls)) => {
+                self.tls_step(addr, backend_tls::at_connect(tls, addr, conn))
+                    .await?;
+                Ok(None)
             }
+            (Probe::Mysql, _) => self.check_mysql(addr, conn).await.map(Some),
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<TcpStream, Failure> {
+        let dial = self.cfg.dial_timeout;
+        match tokio::time::timeout(dial, TcpStream::connect(addr)).await {
+            Err(_) => Err(Failure::retry(format!(
+                "connect {addr}: timed out after {dial:?}"
+            ))),
             Ok(Err(e)) => {
                 let reason = format!("connect {addr}: {e}");
-                return Err(if e.kind() == io::ErrorKind::ConnectionRefused {
+                Err(if e.kind() == io::ErrorKind::ConnectionRefused {
                     Failure::final_(reason)
                 } else {
                     Failure::retry(reason)
-                });
+                })
             }
-            Ok(Ok(conn)) => conn,
-        };
-        if self.cfg.probe == Probe::Tcp {
-            return Ok(None);
+            Ok(Ok(conn)) => Ok(conn),
         }
-        let mut conn = PacketReader::new(conn);
-        match tokio::time::timeout(dial, read_greeting(&mut conn)).await {
+    }
+
+    /// The TLS step `tls` within `dial_timeout`, its failure named for `addr`.
+    async fn tls_step<T>(
+        &self,
+        addr: &str,
+        tls: impl std::future::Future<Output = Result<T, backend_tls::ProbeTlsError>>,
+    ) -> Result<T, Failure> {
+        let dial = self.cfg.dial_timeout;
+        match tokio::time::timeout(dial, tls).await {
             Err(_) => Err(Failure::retry(format!(
-                "read greeting from {addr}: no greeting within {dial:?}"
+                "TLS with {addr}: no handshake within {dial:?}"
             ))),
-            Ok(Err(f)) => Err(Failure {
-                reason: format!("read greeting from {addr}: {}", f.reason),
-                retryable: f.retryable,
+            Ok(Err(e)) => Err(Failure {
+                reason: format!("TLS with {addr}: {e}"),
+                retryable: e.retryable(),
             }),
-            Ok(Ok(version)) => {
-                if !self.cfg.probe_user.is_empty() {
-                    // Detached: the verdict is in; signing off must not spend the check's time.
-                    let (user, addr) = (self.cfg.probe_user.clone(), addr.to_string());
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(dial, sign_off(&mut conn, &user)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                debug!(backend = %addr, error = %e, "probe sign-off failed")
-                            }
-                            Err(_) => debug!(backend = %addr, "probe sign-off timed out"),
-                        }
-                    });
-                }
-                Ok(Some(version))
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Reads the greeting (the server version), upgrades to TLS when configured, and signs off
+    /// in the background (see [`sign_off`]).
+    async fn check_mysql(&self, addr: &str, conn: TcpStream) -> Result<String, Failure> {
+        let dial = self.cfg.dial_timeout;
+        let mut conn = PacketReader::new(conn);
+        let greeted = match tokio::time::timeout(dial, read_greeting(&mut conn)).await {
+            Err(_) => {
+                return Err(Failure::retry(format!(
+                    "read greeting from {addr}: no greeting within {dial:?}"
+                )))
+            }
+            Ok(Err(f)) => {
+                return Err(Failure {
+                    reason: format!("read greeting from {addr}: {}", f.reason),
+                    retryable: f.retryable,
+                })
+            }
+            Ok(Ok(greeted)) => greeted,
+        };
+        match &self.backend_tls {
+            None => self.sign_off_later(addr, conn, false),
+            Some(tls) => {
+                let conn = self
+                    .tls_step(addr, backend_tls::upgrade(tls, addr, greeted.caps, conn))
+                    .await?;
+                self.sign_off_later(addr, conn, true);
             }
         }
+        Ok(greeted.version)
+    }
+
+    /// Signs the probe off in a task of its own (when `probe_user` is set): the verdict is in,
+    /// and signing off must not spend the check's time.
+    fn sign_off_later<S>(&self, addr: &str, mut conn: PacketReader<S>, tls: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.cfg.probe_user.is_empty() {
+            return;
+        }
+        let (user, addr, dial) = (
+            self.cfg.probe_user.clone(),
+            addr.to_string(),
+            self.cfg.dial_timeout,
+        );
+        tokio::spawn(async move {
+            match tokio::time::timeout(dial, sign_off(&mut conn, &user, tls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(backend = %addr, error = %e, "probe sign-off failed"),
+                Err(_) => debug!(backend = %addr, "probe sign-off timed out"),
+            }
+        });
     }
 
     /// Logs `health`'s failure reason for `addr` when it differs from the last one, and a
@@ -277,13 +350,23 @@ impl Failure {
 /// "access denied", is not counted. So the probe logs in as `user` with no password
 /// (`mysql_native_password`, protocol 4.1), reads the one reply, and says `COM_QUIT` when it was
 /// let in. Loopback connections are exempt from the host cache, which is why only a remote
-/// backend shows the problem.
-pub(crate) async fn sign_off<S>(conn: &mut PacketReader<S>, user: &str) -> Result<(), PacketError>
+/// backend shows the problem. After a TLS upgrade (`tls`) the login says `CLIENT_SSL` and
+/// follows the SSL request (sequence id 2): a server with `require_secure_transport` takes it
+/// as any TLS login, where a plain one would be refused with 3159.
+pub(crate) async fn sign_off<S>(
+    conn: &mut PacketReader<S>,
+    user: &str,
+    tls: bool,
+) -> Result<(), PacketError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (caps, seq) = match tls {
+        true => (PROBE_CAPS | caps::SSL, LOGIN_SEQ_AFTER_TLS),
+        false => (PROBE_CAPS, LOGIN_SEQ),
+    };
     let login = Response {
-        caps: caps::MYSQL | caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH,
+        caps,
         max_packet: PROBE_MAX_PACKET,
         charset: charset::UTF8_GENERAL_CI,
         user: user.to_string(),
@@ -291,7 +374,7 @@ where
         plugin: NATIVE_PASSWORD.to_string(),
     };
     let mut out = Vec::with_capacity(wire::HEADER + 64 + user.len());
-    let seq = put_packet(&mut out, 1, &login.build());
+    let seq = put_packet(&mut out, seq, &login.build());
     wire::flush(conn.get_mut(), &mut out).await?;
     // Read the whole reply (an OK or ERR is small), so closing leaves nothing unread behind:
     // unread bytes would turn our close into a reset.
@@ -304,16 +387,27 @@ where
     Ok(())
 }
 
-/// The max packet size the probe's login announces.
-const PROBE_MAX_PACKET: u32 = 16 << 20;
+/// Sequence id of the probe's login (the handshake response).
+const LOGIN_SEQ: u8 = 1;
+/// Sequence id of the probe's login after an SSL request took id 1.
+const LOGIN_SEQ_AFTER_TLS: u8 = 2;
 
-/// Reads the server's initial handshake packet and returns the version it announces.
+/// What the probe learns from a greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Greeted {
+    /// The server version it announces.
+    pub(crate) version: String,
+    /// Its capabilities (0 when the greeting's tail cannot be read: nothing is offered).
+    pub(crate) caps: u32,
+}
+
+/// Reads the server's initial handshake packet: the version it announces and what it offers.
 ///
 /// A server that refuses us sends an ERR packet instead (code and message), e.g. MariaDB's
 /// "Host … is blocked because of many connection errors"; that is final.
 pub(crate) async fn read_greeting<R: AsyncRead + Unpin>(
     conn: &mut PacketReader<R>,
-) -> Result<String, Failure> {
+) -> Result<Greeted, Failure> {
     conn.set_max_payload(MAX_GREETING_LEN);
     let greeting = conn.frame().await.map_err(|e| match e {
         PacketError::Closed => Failure::retry("connection closed before any greeting"),
@@ -332,7 +426,9 @@ pub(crate) async fn read_greeting<R: AsyncRead + Unpin>(
         e => Failure::retry(e.to_string()),
     })?;
     conn.set_max_payload(wire::MAX_PAYLOAD);
-    parse_greeting(greeting.payload())
+    let version = parse_greeting(greeting.payload())?;
+    let caps = Greeting::parse(greeting.payload()).map_or(0, |g| g.caps);
+    Ok(Greeted { version, caps })
 }
 
 /// Takes the server version out of a greeting payload (header stripped).
@@ -406,7 +502,9 @@ mod tests {
     }
 
     async fn read(bytes: &[u8]) -> Result<String, Failure> {
-        read_greeting(&mut PacketReader::new(bytes)).await
+        read_greeting(&mut PacketReader::new(bytes))
+            .await
+            .map(|g| g.version)
     }
 
     #[tokio::test]

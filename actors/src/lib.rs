@@ -26,7 +26,8 @@
 //! ## Health checks and discovery
 //!
 //! [`DefaultHealthCheck`] probes a backend's HTTP status port (when discovery knows one), then its
-//! SQL port, taking the server version from the MySQL greeting; each step has a timeout and
+//! SQL port, taking the server version from the MySQL greeting (and going on over TLS when given
+//! a rustls configuration: [`backend_tls`]); each step has a timeout and
 //! bounded retries, and a whole check a hard time bound. [`EtcdFetcher`] reads TiDB's topology
 //! (`/topology/tidb/<host:port>/{info,ttl}`) from etcd 3.4+ over etcd's v3 JSON gateway, fails
 //! over between endpoints and gives up with a [`FetchError`] after a bounded back-off. `fall` and
@@ -94,6 +95,7 @@
 //! }
 //! ```
 
+pub mod backend_tls;
 mod conn;
 mod connect;
 mod default_check;

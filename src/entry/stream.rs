@@ -222,3 +222,108 @@ impl AsyncWrite for StreamWrite {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use switchyard::wire::OutBuf;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::tls::{BackendTls, FrontTls};
+
+    /// Far longer than the test needs when nothing is stranded.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// A self-signed certificate for 127.0.0.1 in a scratch directory: (certificate, key);
+    /// `None` without the openssl CLI.
+    fn self_signed(tag: &str) -> Option<(PathBuf, PathBuf)> {
+        let dir = std::env::temp_dir().join(format!("switchyard-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=unit",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            eprintln!("skipping: the openssl CLI is not installed");
+            return None;
+        }
+        Some((cert, key))
+    }
+
+    #[tokio::test]
+    async fn a_tls_write_that_returned_reaches_a_slow_reader_without_further_writes() {
+        let Some((cert, key)) = self_signed("tls-flush") else {
+            return;
+        };
+        let front = FrontTls::load(&cert, &key, false).expect("front");
+        let back = BackendTls::new(None, true).expect("back");
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (c, s) = (c.expect("connect"), s.expect("accept").0);
+        // small socket buffers: the writes keep finding the socket full
+        socket2::SockRef::from(&s)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .expect("rcvbuf");
+        let name = addr.to_string();
+        let (server, client) = tokio::join!(front.accept(s), back.connect(&name, c));
+        let (mut server_in, mut server_out) = server.expect("server side").into_split();
+        let mut client = client.expect("client side");
+        const LEN: usize = 96 * 1024;
+        let mut out = OutBuf::new();
+        out.extend_from_slice(&[7u8; LEN]);
+        let (done_tx, mut done) = tokio::sync::oneshot::channel();
+        // the proxy: one flight written, then it waits for the next command, as the relay does
+        let proxy = async {
+            out.flush_to(&mut server_out).await.expect("write");
+            let _ = done_tx.send(());
+            let mut next = [0u8; 1];
+            let _ = server_in.read(&mut next).await;
+        };
+        // a client reading in small pieces, slower than the proxy writes, until the proxy says
+        // the flight is written; then whatever is still to come must come on its own
+        let client = async {
+            let mut got = 0;
+            let mut buf = [0u8; 512];
+            let mut written = false;
+            while got < LEN {
+                let read = tokio::select! {
+                    r = client.read(&mut buf) => r,
+                    _ = &mut done, if !written => {
+                        written = true;
+                        continue;
+                    }
+                };
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            got
+        };
+        let got = tokio::select! {
+            got = tokio::time::timeout(PATIENCE, client) => got,
+            _ = proxy => unreachable!("the proxy waits for a command"),
+        };
+        assert_eq!(got.ok(), Some(LEN), "every byte of the flight arrived");
+    }
+}

@@ -46,6 +46,9 @@ pub struct Backend {
     /// The server's id for this connection (from its greeting, once the proxy logged in):
     /// what a `KILL` names when a replay on it has to be stopped.
     pub thread_id: u32,
+    /// What the server's greeting offered (0 until one was read): a login finished for a client
+    /// that left starts TLS as the client's own login would have.
+    pub server_caps: u32,
 }
 
 /// How one session reaches its backends: `backends.tls` and `backends.send_proxy_protocol`,
@@ -122,7 +125,13 @@ impl Backend {
             session_track: false,
             link: Link::default(),
             thread_id: 0,
+            server_caps: 0,
         }
+    }
+
+    /// `backends.tls` is on and this connection has not started it yet.
+    pub fn owes_tls(&mut self) -> bool {
+        self.link.via.tls.is_some() && !self.reader.get_mut().is_tls()
     }
 
     /// When `backends.tls` is on: sends the SSL request (sequence 1; `caps`, `max_packet` and

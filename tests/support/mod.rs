@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod mysql_proxy;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -302,10 +302,12 @@ pub fn put_packet(out: &mut Vec<u8>, seq: u8, payload: &[u8]) -> u8 {
     }
 }
 
-/// Writes `bytes` and clears the buffer.
+/// Writes `bytes`, flushes `w` (a TLS writer may hold the last records of a write while the
+/// socket is full) and clears the buffer.
 pub async fn flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &mut Vec<u8>) -> std::io::Result<()> {
     if !bytes.is_empty() {
         w.write_all(bytes).await?;
+        w.flush().await?;
         bytes.clear();
     }
     Ok(())

@@ -200,22 +200,45 @@ impl Drop for ReadSpace {
 /// It derefs to the `Vec<u8>` so callers append with `extend_from_slice` or
 /// [`put_packet`](super::put_packet) as to any `Vec`.
 #[derive(Debug, Default)]
-pub struct OutBuf(Vec<u8>);
+pub struct OutBuf {
+    buf: Vec<u8>,
+    /// Bytes went to the writer since its last flush. A TLS writer takes a write into its own
+    /// record buffer and may keep the last records of it there while the socket is full (its
+    /// `poll_write` has then accepted them, and nothing sends them later on its own): only a
+    /// flush promises they leave, so the flight a peer waits for is never stranded.
+    unflushed: bool,
+}
 
 impl OutBuf {
     /// An empty buffer (no allocation).
     pub const fn new() -> Self {
-        Self(Vec::new())
+        Self {
+            buf: Vec::new(),
+            unflushed: false,
+        }
     }
 
-    /// Writes the queued bytes to `w`. A buffer of the usual size then goes back to the pool;
+    /// Writes the queued bytes to `w` and flushes it, so they are on their way to the peer
+    /// when this returns (over TLS too). A buffer of the usual size then goes back to the pool;
     /// a grown one is kept, emptied, for the rest of a long response, until [`OutBuf::release`].
     pub async fn flush_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
-        if !self.0.is_empty() {
-            w.write_all(&self.0).await?;
-            self.0.clear();
+        self.write_queued(w).await?;
+        if self.unflushed {
+            w.flush().await?;
+            self.unflushed = false;
         }
-        if self.0.capacity() <= KEEP_MAX {
+        Ok(())
+    }
+
+    /// Hands the queued bytes to `w`, without a flush. A buffer of the usual size then goes
+    /// back to the pool.
+    async fn write_queued<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.unflushed = true;
+            w.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        if self.buf.capacity() <= KEEP_MAX {
             self.release();
         }
         Ok(())
@@ -223,7 +246,7 @@ impl OutBuf {
 
     /// Queues `bytes` for `w`; a long run (64 KiB or more, e.g. one long packet) is instead
     /// written at once, after what is queued, straight from where it lies: it is never copied
-    /// here and the buffer never grows for it.
+    /// here and the buffer never grows for it. The next [`OutBuf::flush_to`] flushes it.
     pub async fn put_or_write<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
@@ -233,21 +256,22 @@ impl OutBuf {
             self.extend_from_slice(bytes);
             return Ok(());
         }
-        self.flush_to(w).await?;
+        self.write_queued(w).await?;
+        self.unflushed = true;
         w.write_all(bytes).await
     }
 
     /// Drops what is queued and gives the buffer back (a grown one is freed). Call it where a
     /// connection goes idle.
     pub fn release(&mut self) {
-        if self.0.capacity() > 0 {
-            give_write(std::mem::take(&mut self.0));
+        if self.buf.capacity() > 0 {
+            give_write(std::mem::take(&mut self.buf));
         }
     }
 
     /// Bytes of memory held (0 when empty and released).
     pub fn capacity(&self) -> usize {
-        self.0.capacity()
+        self.buf.capacity()
     }
 }
 
@@ -261,17 +285,17 @@ impl Deref for OutBuf {
     type Target = Vec<u8>;
 
     fn deref(&self) -> &Vec<u8> {
-        &self.0
+        &self.buf
     }
 }
 
 impl DerefMut for OutBuf {
     /// The buffer to append to, taken from the pool first if none is held.
     fn deref_mut(&mut self) -> &mut Vec<u8> {
-        if self.0.capacity() == 0 {
-            self.0 = take_write();
+        if self.buf.capacity() == 0 {
+            self.buf = take_write();
         }
-        &mut self.0
+        &mut self.buf
     }
 }
 

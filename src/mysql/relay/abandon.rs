@@ -6,11 +6,13 @@
 //! An answered login, even one refused, is not counted. So the relay keeps track of whose turn
 //! it is in the backend's login ([`Turn`]) and, when the client is gone, plays the client's part
 //! to the end as the health probe does: a handshake response for `health_check.probe_user` with
-//! no password, empty answers to any further auth request, `COM_QUIT` if let in.
+//! no password (after the SSL request and the TLS handshake under `backends.tls`, so a server
+//! that requires TLS sees a TLS login), empty answers to any further auth request, `COM_QUIT` if
+//! let in.
 
 use switchyard::wire::{
-    caps, charset, cmd, code, marker, put_packet, sqlstate, Frame, PacketError, Response,
-    NATIVE_PASSWORD,
+    caps, charset, cmd, code, marker, put_packet, sqlstate, Frame, Greeting, HandshakeError,
+    PacketError, Response, NATIVE_PASSWORD,
 };
 use tracing::debug;
 
@@ -37,6 +39,9 @@ const FAST_AUTH_OK: u8 = 3;
 const MAX_ROUNDS: usize = 4;
 /// The max packet size the probe login announces.
 const PROBE_MAX_PACKET: u32 = 16 << 20;
+/// What the probe login (and its SSL request) says the client can do.
+const PROBE_CAPS: u32 =
+    caps::MYSQL | caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH;
 
 impl Turn {
     /// The turn after the server sent `f` (not OK or ERR) during the auth exchange; `next` is the
@@ -115,28 +120,41 @@ impl Relay {
 }
 
 /// Plays the client's part of `backend`'s login from `turn` to its end.
-async fn sign_off(backend: &mut Backend, turn: Turn, user: &str) -> Result<(), PacketError> {
+async fn sign_off(backend: &mut Backend, turn: Turn, user: &str) -> Result<(), HandshakeError> {
     let mut turn = turn;
     for _ in 0..MAX_ROUNDS {
         match turn {
             Turn::Done => return Ok(()),
+            Turn::Client(RESPONSE_SEQ) if backend.owes_tls() => {
+                // where the client's own login would have started TLS
+                let caps = backend.server_caps;
+                let seq = backend
+                    .start_tls(caps, PROBE_CAPS, PROBE_MAX_PACKET, charset::UTF8_GENERAL_CI)
+                    .await?;
+                let next = put_packet(&mut backend.out, seq, &probe_response(user, caps::SSL));
+                backend.flush().await.map_err(PacketError::from)?;
+                turn = Turn::Server(next);
+            }
             Turn::Client(seq) => {
                 let payload = if seq == RESPONSE_SEQ {
-                    probe_response(user)
+                    probe_response(user, 0)
                 } else {
                     Vec::new() // an empty auth answer: a refused login, not a broken one
                 };
                 let next = put_packet(&mut backend.out, seq, &payload);
-                backend.flush().await?;
+                backend.flush().await.map_err(PacketError::from)?;
                 turn = Turn::Server(next);
             }
             Turn::Server(seq) => {
                 let f = backend.reader.frame_seq(seq).await?;
                 turn = match f.first() {
-                    marker::PROTOCOL_V10 if seq == 0 => Turn::Client(RESPONSE_SEQ),
+                    marker::PROTOCOL_V10 if seq == 0 => {
+                        backend.server_caps = Greeting::parse(f.payload()).map_or(0, |g| g.caps);
+                        Turn::Client(RESPONSE_SEQ)
+                    }
                     marker::OK if seq > 0 => {
                         put_packet(&mut backend.out, 0, &[cmd::QUIT]);
-                        backend.flush().await?;
+                        backend.flush().await.map_err(PacketError::from)?;
                         Turn::Done
                     }
                     _ => Turn::after_server(&f, seq.wrapping_add(1)),
@@ -147,10 +165,11 @@ async fn sign_off(backend: &mut Backend, turn: Turn, user: &str) -> Result<(), P
     Ok(())
 }
 
-/// A protocol-4.1 handshake response for `user` with no password, as the health probe sends.
-fn probe_response(user: &str) -> Vec<u8> {
+/// A protocol-4.1 handshake response for `user` with no password, as the health probe sends;
+/// `extra_caps` is `CLIENT_SSL` after a TLS upgrade.
+fn probe_response(user: &str, extra_caps: u32) -> Vec<u8> {
     let login = Response {
-        caps: caps::MYSQL | caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH,
+        caps: PROBE_CAPS | extra_caps,
         max_packet: PROBE_MAX_PACKET,
         charset: charset::UTF8_GENERAL_CI,
         user: user.to_string(),
@@ -191,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_probe_response_parses_as_a_passwordless_native_login() {
-        let mut p = probe_response("switchyard_check");
+        let mut p = probe_response("switchyard_check", 0);
         let r = Response::parse_and_sanitize(&mut p).expect("a valid handshake response");
         assert_eq!(r.user, "switchyard_check");
         assert!(r.auth.is_empty());

@@ -84,6 +84,7 @@ impl Relay {
             .map_err(backend_err)?;
         let greeting = Greeting::parse(g.payload());
         if let Ok(greeting) = &greeting {
+            self.backend.server_caps = greeting.caps;
             let offer = if self.cfg.front_tls.is_some() {
                 caps::SSL
             } else {
