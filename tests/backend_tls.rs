@@ -1,7 +1,9 @@
 //! `backends.tls` where sessions are not the only ones to speak it, against the real binary: the
 //! health check's probe, against a real MariaDB that takes only TLS logins
 //! (`require_secure_transport=ON`), and `tcp` mode, against a TLS-terminating echo server on
-//! loopback (rustls, certificates from a throwaway CA made with the `openssl` CLI).
+//! loopback (rustls, certificates from a throwaway CA made with the `openssl` CLI); and a session
+//! re-attached after its backend was killed (issue 10), which must reach the new backend over
+//! TLS and with the PROXY header naming its client, as its first backend was reached.
 
 mod support;
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::pki::{rustls_server, Pki};
-use support::{wait_until, Service};
+use support::{relay, wait_until, Service};
 use switchyard_testkit::{MariaDb, MariaDbOptions};
 
 /// The user the health probe logs in as (`health_check.probe_user`'s default).
@@ -276,4 +278,114 @@ fn in_tcp_mode_backends_tls_encrypts_verifies_the_certificate_and_skips_only_whe
         "{}",
         svc.log()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A session re-attached after its backend died, over TLS and with the PROXY header
+// ---------------------------------------------------------------------------------------------
+
+/// A MariaDB that takes only TLS logins and PROXY headers from the proxy (127.0.0.1), with the
+/// session's user and the probe's.
+fn tls_and_proxy_protocol_mariadb(pki: &Pki, cert: &Path, key: &Path) -> Option<MariaDb> {
+    let db = MariaDb::start_with(MariaDbOptions {
+        args: vec![
+            format!("--ssl-ca={}", pki.ca().display()),
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+            "--require-secure-transport=ON".to_string(),
+            "--proxy-protocol-networks=127.0.0.1/32,localhost".to_string(),
+        ],
+        ..MariaDbOptions::default()
+    })?;
+    db.sql(&format!(
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'pw'; GRANT ALL ON *.* TO 'app'@'%'; \
+         CREATE USER '{PROBE_USER}'@'%';"
+    ));
+    Some(db)
+}
+
+/// What a session reports of itself: a user variable, its backend's port, `USER()` (the client
+/// address the backend was told) and the cipher of its backend connection.
+const WHO: &str = "SELECT @v, @@port, USER(), (SELECT VARIABLE_VALUE FROM \
+                   information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')";
+
+type Who = (Option<i64>, u16, String, String);
+
+#[test]
+fn a_session_whose_backend_is_killed_re_attaches_over_tls_and_still_names_its_client() {
+    let Some(pki) = Pki::new() else { return };
+    let (cert, key) = pki.issue("mariadb", "mariadb requiring tls");
+    let mut dbs = Vec::new();
+    for _ in 0..2 {
+        let Some(db) = tls_and_proxy_protocol_mariadb(&pki, &cert, &key) else {
+            return;
+        };
+        dbs.push(Some(db));
+    }
+    let addrs: Vec<String> = dbs.iter().flatten().map(|d| d.addr().to_string()).collect();
+    let tls = backends_tls(&pki.ca(), "");
+    let svc = Service::start_with(|p, a| {
+        format!(
+            "proxy: {{ listen: {p}, protocol: mysql, workers: 1 }}\n\
+             admin: {{ listen: {a} }}\n\
+             backends: {{ static: [\"{}\", \"{}\"], {tls}, send_proxy_protocol: true }}\n\
+             health_check: {{ interval: 200ms, max_retries: 0, dial_timeout: 1s }}\n\
+             mysql: {{ users: [{{ name: app, password: pw }}] }}\n\
+             log: {{ level: debug }}\n",
+            addrs[0], addrs[1]
+        )
+    });
+    svc.wait_healthy(2);
+    // the client connects from 127.0.0.2; the proxy reaches MariaDB from 127.0.0.1
+    let port = relay("127.0.0.2", svc.proxy, None);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let _in_rt = rt.enter(); // the client is dropped inside it
+    let mut conn = rt
+        .block_on(mysql_async::Conn::new(support::mysql_opts(
+            port, "app", "pw",
+        )))
+        .expect("log in through the proxy");
+    use mysql_async::prelude::Queryable as _;
+    let before: Who = rt
+        .block_on(async {
+            conn.query_drop("SET @v = 42").await?;
+            conn.query_first(WHO).await
+        })
+        .expect("query")
+        .expect("a row");
+    assert_eq!(before.0, Some(42));
+    assert_eq!(before.2, "app@127.0.0.2", "the backend was told the client");
+    assert!(!before.3.is_empty(), "the backend connection uses TLS");
+
+    // kill -9 the backend the session is on (dropping a MariaDb kills its process)
+    let on = dbs
+        .iter()
+        .position(|d| d.as_ref().is_some_and(|d| d.port() == before.1))
+        .expect("the session is on one of the two servers");
+    drop(dbs[on].take());
+
+    let after: Who = rt
+        .block_on(conn.query_first(WHO))
+        .expect("the session goes on after its backend died")
+        .expect("a row");
+    assert_eq!(after.0, Some(42), "the user variable was carried");
+    assert_ne!(after.1, before.1, "the session is on the other server");
+    assert_eq!(
+        after.2, "app@127.0.0.2",
+        "the new backend was told the client too"
+    );
+    assert!(!after.3.is_empty(), "the new backend connection uses TLS");
+    let (_, metrics) = support::http(svc.admin, "GET", "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_failover_reattached_total") && l.ends_with(" 1")),
+        "one re-attach counted:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("switchyard_failover"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(conn);
 }

@@ -436,3 +436,52 @@ pub fn migrations_refused(reason: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A connection to `to` from `from` (a loopback address other than 127.0.0.1).
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("address");
+    sock.bind(&local.into()).expect("bind the client address");
+    sock.connect(&to.into()).expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s
+}
+
+/// A local port that forwards each connection to `to` from `from`, first sending `header`
+/// (a load balancer speaking PROXY protocol, or a client on another address).
+pub fn relay(from: &'static str, to: SocketAddr, header: Option<Vec<u8>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let port = l.local_addr().expect("addr").port();
+    let header = Arc::new(header);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            let header = header.clone();
+            std::thread::spawn(move || {
+                let mut up = connect_from(from, to);
+                up.set_read_timeout(None).ok();
+                if let Some(h) = header.as_ref() {
+                    if up.write_all(h).is_err() {
+                        return;
+                    }
+                }
+                let (mut c2, mut up2) = (
+                    c.try_clone().expect("clone"),
+                    up.try_clone().expect("clone"),
+                );
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut up2);
+                    let _ = up2.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut c, mut up) = (c, up);
+                let _ = std::io::copy(&mut up, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    port
+}
