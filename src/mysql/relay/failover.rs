@@ -15,14 +15,13 @@ use switchyard::wire::{
     caps, cmd, code, get_u32, marker, parse_err, sqlstate, Frame, NativeSecret, PacketError,
     Response,
 };
-use switchyard::Registration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::replay::Unreplayed;
+use super::loss::{Attached, Refusal, Unreplayed, TRANSACTION_LOST};
 use super::{backend_err, BackendError, End, Relay};
 use crate::mysql::backend::{Backend, QueryError};
-use crate::mysql::session::{self, readonly, Pin, Restored, Snapshot, StateError};
+use crate::mysql::session::{self, readonly, Pin, Snapshot, StateError};
 
 /// MariaDB's "server shutdown in progress": sent to idle sessions before a clean stop closes them.
 pub(super) const ER_SERVER_SHUTDOWN: u16 = 1053;
@@ -43,51 +42,9 @@ const NEXT_COMMAND_SEQ: u8 = 1;
 /// Backends one re-attach tries (a new backend that refuses the login or the restore is
 /// reported suspect, and the next is tried).
 const REATTACH_TRIES: u32 = 2;
-/// `switchyard_failover_errors_total` reason of a rollback error for a transaction that was lost
-/// and not replayed (or whose replay failed, counted in `switchyard_failover_replayed_total`).
-pub(super) const TRANSACTION_LOST: &str = "transaction_lost";
-/// The same for a transaction that could not be replayed at all (see `txlog`).
-pub(super) const NOT_REPLAYABLE: &str = "not_replayable";
 /// Message of the rollback error.
 const ROLLED_BACK: &str =
     "switchyard: the backend was lost; the transaction was rolled back, run it again";
-
-/// Why a session could not go on after its backend was lost: told to the client, counted.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Refusal {
-    /// `failover.reattach` is off.
-    #[error("failover.reattach is off")]
-    Disabled,
-    /// State that dies with its backend: a lock, a temporary table, …
-    #[error("the session held state that was lost with its backend: {}", .0.label())]
-    Pinned(Pin),
-    /// The proxy cannot prove what the session's state was.
-    #[error("the session's state is not exactly known ({0})")]
-    StateUnknown(String),
-    /// No healthy backend took the session.
-    #[error("no backend to re-attach to: {0}")]
-    NoBackend(String),
-    /// A new backend refused the login or the restored state.
-    #[error("the new backend refused the session: {0}")]
-    Restore(String),
-    /// Re-attaching took longer than `failover.timeout`.
-    #[error("re-attaching took longer than failover.timeout")]
-    Timeout,
-}
-
-impl Refusal {
-    /// The `reason` label of `switchyard_failover_errors_total`.
-    pub(super) fn label(&self) -> &'static str {
-        match self {
-            Refusal::Disabled => "disabled",
-            Refusal::Pinned(p) => p.label(),
-            Refusal::StateUnknown(_) => "state_unknown",
-            Refusal::NoBackend(_) => "no_backend",
-            Refusal::Restore(_) => "restore_failed",
-            Refusal::Timeout => "timeout",
-        }
-    }
-}
 
 /// Whether a backend error means the backend (or the path to it) is gone, rather than a
 /// protocol violation the proxy must not paper over.
@@ -105,13 +62,6 @@ pub(super) fn is_loss(e: &BackendError) -> bool {
         | BackendError::Proxy(QueryError::Packet(p)) => packet(p),
         _ => false,
     }
-}
-
-/// A session on a new backend, logged in and with a state restored, not yet the session's.
-pub(super) struct Attached {
-    pub(super) backend: Backend,
-    pub(super) registration: Registration,
-    pub(super) restored: Restored,
 }
 
 /// What the session logs in with elsewhere: its handshake response (asking for session

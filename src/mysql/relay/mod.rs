@@ -6,13 +6,14 @@
 //! runs the session's before/after hooks around it and forwards it and its response, and
 //! [`moves`] carries the session to another backend; [`abandon`] finishes a backend login the
 //! client gave up on; [`failover`] hides a backend lost unplanned, and [`replay`] runs a lost
-//! transaction again on the new backend. This file holds the loop that chooses between them and the errors that
+//! transaction again on the new backend; [`loss`] holds how either ends when it cannot go on. This file holds the loop that chooses between them and the errors that
 //! end a session.
 
 mod abandon;
 mod command;
 mod failover;
 mod login;
+mod loss;
 mod moves;
 mod replay;
 mod track;

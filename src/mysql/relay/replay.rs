@@ -14,7 +14,7 @@ use switchyard::wire::{cmd, put_packet, status, PacketError};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::failover::{Attached, Refusal, NOT_REPLAYABLE, TRANSACTION_LOST};
+use super::loss::{Attached, Refusal, Unreplayed};
 use super::moves::quit;
 use super::{BackendError, Relay};
 use crate::mysql::backend::Backend;
@@ -41,34 +41,6 @@ const OK: &str = "ok";
 const MISMATCH: &str = "mismatch";
 const OVERFLOW: &str = "overflow";
 const TIMEOUT: &str = "timeout";
-
-/// Why a transaction was not replayed.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Unreplayed {
-    /// The log could not be replayed: it overflowed, or holds what a replay cannot repeat.
-    #[error("not replayable: {0}")]
-    Not(NotReplayable),
-    /// A replay ran and failed (`switchyard_failover_replayed_total` result: mismatch,
-    /// timeout); the new backend's transaction was rolled back.
-    #[error("replay failed: {0}")]
-    Failed(&'static str),
-    /// The new backend broke during the replay.
-    #[error("the new backend failed during the replay: {0}")]
-    Broken(String),
-    /// No backend took the session at all: it cannot go on.
-    #[error(transparent)]
-    Refused(Refusal),
-}
-
-impl Unreplayed {
-    /// The `switchyard_failover_errors_total` reason of the rollback error the client gets.
-    pub(super) fn reason(&self) -> &'static str {
-        match self {
-            Unreplayed::Not(NotReplayable::Unreplayable(_)) => NOT_REPLAYABLE,
-            _ => TRANSACTION_LOST,
-        }
-    }
-}
 
 /// How a replayed log ended short of its end.
 #[derive(Debug)]
