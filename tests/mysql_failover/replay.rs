@@ -3,10 +3,11 @@
 //! read another client changed since, (d) over a tiny `max_replay_bytes`, (e) past an answered
 //! `COMMIT` with the statement after it in flight, (f) behind a proxy with replay off, (g) waiting
 //! in their replay on a row lock past `failover.timeout`, and (h) in a session holding a
-//! temporary table. (a) and (b) go on and commit exactly once; (c), (d), (f) and (g) get 1213
-//! with nothing of them committed (and (g)'s stuck replay is killed at once); (h) is told its
-//! temporary table was lost; (e) gets 1180 and its commit stands once. The metrics count each
-//! outcome.
+//! temporary table, and (i) after an `INSERT` that generated an auto-increment id. (a) and (b)
+//! go on and commit exactly once; (c), (d), (f) and (g) get 1213 with nothing of them committed
+//! (and (g)'s stuck replay is killed at once); (h) and (i) cannot go on (a temporary table, and
+//! a `LAST_INSERT_ID()` that died with the node) and get 1213 naming why, then their connection
+//! closes; (e) gets 1180 and its commit stands once. The metrics count each outcome.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -118,6 +119,7 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
              GRANT ALL ON *.* TO '{USER}'@'%'; \
              DROP DATABASE IF EXISTS rp; CREATE DATABASE rp; \
              CREATE TABLE rp.t (id INT PRIMARY KEY, n INT NOT NULL); \
+             CREATE TABLE rp.auto (id INT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL); \
              INSERT INTO rp.t VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0)"
         ),
     );
@@ -208,6 +210,15 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         .unwrap();
     h.query_drop("BEGIN").await.unwrap();
     h.query_drop("SELECT COUNT(*) FROM rp.scratch")
+        .await
+        .unwrap();
+
+    // (i) a transaction that generated an auto-increment id: on another node the id differs
+    // (Galera gives each node its own offset), so the replay mismatches, and the session's
+    // LAST_INSERT_ID() died with the node
+    let mut i = on_node(proxy, victim, &mut elsewhere).await;
+    i.query_drop("BEGIN").await.unwrap();
+    i.query_drop("INSERT INTO rp.auto (v) VALUES (1)")
         .await
         .unwrap();
 
@@ -331,6 +342,24 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
         .await
         .expect_err("a temporary table cannot be re-attached");
     assert!(err.to_string().contains("temporary_table"), "{err}");
+    assert_eq!(
+        code(&err),
+        1213,
+        "rolled back, and told why it cannot go on: {err}"
+    );
+
+    // (i) the replay mismatched and the session's state is not exactly known: rolled back,
+    // told why, and closed (nothing of it committed: checked below)
+    let err = i
+        .query_drop("COMMIT")
+        .await
+        .expect_err("an auto-increment insert cannot be replayed on another node");
+    assert_eq!(code(&err), 1213, "{err}");
+    assert!(err.to_string().contains("not exactly known"), "{err}");
+    assert!(
+        i.query_drop("SELECT 1").await.is_err(),
+        "the session was closed"
+    );
 
     // (e) the COMMIT was answered before the statement after it was lost: 1180
     let err = e
@@ -341,6 +370,9 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
 
     // committed exactly once each; nothing of (c), (d), (f) or (g)
     wait_rows(g, "1=11,2=1,3=7,4=0,5=0,6=10000,7=0,8=0").await;
+    for node in (0..g.addrs().len()).filter(|&n| g.is_running(n)) {
+        assert_eq!(g.sql(node, "SELECT COUNT(*) FROM rp.auto").trim(), "0");
+    }
     let after = [
         replayed("ok"),
         replayed("mismatch"),
@@ -352,7 +384,7 @@ async fn a_transaction_lost_with_its_node_is_replayed_elsewhere_and_goes_on_or_g
     let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(
         delta,
-        [2.0, 1.0, 1.0, 1.0, 4.0, 1.0],
+        [2.0, 2.0, 1.0, 1.0, 4.0, 1.0],
         "replayed ok, mismatch, overflow, timeout; errors transaction_lost, commit_unknown"
     );
     for c in elsewhere {

@@ -185,11 +185,7 @@ impl Relay {
                 }
                 Err(Unreplayed::Refused(refusal)) => {
                     crate::metrics::failover_stall(started.elapsed());
-                    let msg = format!(
-                        "switchyard: the backend was lost and the session cannot go on: {refusal}"
-                    );
-                    self.refuse(NEXT_COMMAND_SEQ, &refusal, &msg).await;
-                    return Err(End::Lost(msg));
+                    return Err(self.refuse_in_transaction(&refusal).await);
                 }
                 Err(u) => {
                     info!(conn_id = self.id, from = %lost, outcome = %u, "transaction lost with its backend; the client gets the rollback error");
@@ -209,6 +205,7 @@ impl Relay {
                 info!(conn_id = self.id, from = %lost, to = %self.backend.addr, in_transaction = in_trx, took_ms = started.elapsed().as_millis() as u64, error = %be, "backend lost between commands; session re-attached");
                 Ok(())
             }
+            Err(refusal) if in_trx => Err(self.refuse_in_transaction(&refusal).await),
             Err(refusal) => {
                 let msg = format!(
                     "switchyard: the backend was lost and the session cannot go on: {refusal}"
@@ -361,6 +358,30 @@ impl Relay {
                 msg,
             )
             .await;
+    }
+
+    /// Between commands, a session whose transaction was lost with its backend cannot go on
+    /// either (state it held is gone, or no backend took it): the answer to its next command is
+    /// the rollback error — certain, since the transaction died uncommitted with its backend —
+    /// naming why the session ends, so a driver runs the transaction again on a new connection
+    /// rather than treating an unknown error as fatal. Counted under the refusal's label.
+    async fn refuse_in_transaction(&mut self, refusal: &Refusal) -> End {
+        let msg = format!(
+            "switchyard: the backend was lost; the transaction was rolled back, and the session \
+             cannot go on ({refusal}): reconnect and run it again"
+        );
+        crate::metrics::failover_error(refusal.label());
+        warn!(conn_id = self.id, backend = %self.backend.addr, reason = refusal.label(), detail = %refusal, "backend lost inside a transaction; rolled back, closing the session");
+        self.client.out.clear();
+        self.client
+            .send_err(
+                NEXT_COMMAND_SEQ,
+                code::ER_LOCK_DEADLOCK,
+                sqlstate::SERIALIZATION_FAILURE,
+                &msg,
+            )
+            .await;
+        End::Lost(msg)
     }
 
     /// A command arriving after the session's transaction was lost between commands: answered
