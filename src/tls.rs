@@ -316,6 +316,41 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
+/// Throwaway certificates for the unit tests of this crate.
+#[cfg(test)]
+pub(crate) mod test_certs {
+    use std::path::{Path, PathBuf};
+
+    /// A self-signed certificate for 127.0.0.1 in `dir`, as `<name>.pem` and `<name>.key`;
+    /// `None` (after saying so) without the openssl CLI.
+    pub(crate) fn self_signed(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=unit",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            eprintln!("skipping: the openssl CLI is not installed");
+            return None;
+        }
+        Some((cert, key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,25 +360,8 @@ mod tests {
     {
         let dir = std::env::temp_dir().join(format!("switchyard-tls-pair-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let make = |name: &str| {
-            std::process::Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-                .args([
-                    "-subj",
-                    "/CN=unit",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(dir.join(format!("{name}.key")))
-                .arg("-out")
-                .arg(dir.join(format!("{name}.pem")))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
+        let make = |name: &str| test_certs::self_signed(&dir, name).is_some();
         if !(make("a") && make("b")) {
-            eprintln!("skipping: the openssl CLI is not installed");
             return;
         }
         let (a_pem, a_key, b_key) = (dir.join("a.pem"), dir.join("a.key"), dir.join("b.key"));

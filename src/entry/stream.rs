@@ -243,27 +243,7 @@ mod tests {
     fn self_signed(tag: &str) -> Option<(PathBuf, PathBuf)> {
         let dir = std::env::temp_dir().join(format!("switchyard-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
-        let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
-        let made = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args([
-                "-subj",
-                "/CN=unit",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !made {
-            eprintln!("skipping: the openssl CLI is not installed");
-            return None;
-        }
-        Some((cert, key))
+        crate::tls::test_certs::self_signed(&dir, "c")
     }
 
     #[tokio::test]

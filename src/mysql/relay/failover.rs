@@ -347,17 +347,13 @@ impl Relay {
 
     /// Tells the client why its session ends (sequence id `seq`), and counts it.
     async fn refuse(&mut self, seq: u8, refusal: &Refusal, msg: &str) {
-        crate::metrics::failover_error(refusal.label());
-        warn!(conn_id = self.id, backend = %self.backend.addr, reason = refusal.label(), detail = %refusal, "backend lost; closing the session");
-        self.client.out.clear();
-        self.client
-            .send_err(
-                seq,
-                code::ER_UNKNOWN_ERROR,
-                sqlstate::COMM_LINK_FAILURE,
-                msg,
-            )
-            .await;
+        self.refuse_with(
+            seq,
+            refusal,
+            (code::ER_UNKNOWN_ERROR, sqlstate::COMM_LINK_FAILURE),
+            msg,
+        )
+        .await;
     }
 
     /// Between commands, a session whose transaction was lost with its backend cannot go on
@@ -370,18 +366,24 @@ impl Relay {
             "switchyard: the backend was lost; the transaction was rolled back, and the session \
              cannot go on ({refusal}): reconnect and run it again"
         );
-        crate::metrics::failover_error(refusal.label());
-        warn!(conn_id = self.id, backend = %self.backend.addr, reason = refusal.label(), detail = %refusal, "backend lost inside a transaction; rolled back, closing the session");
-        self.client.out.clear();
-        self.client
-            .send_err(
-                NEXT_COMMAND_SEQ,
-                code::ER_LOCK_DEADLOCK,
-                sqlstate::SERIALIZATION_FAILURE,
-                &msg,
-            )
+        let rollback = (code::ER_LOCK_DEADLOCK, sqlstate::SERIALIZATION_FAILURE);
+        self.refuse_with(NEXT_COMMAND_SEQ, refusal, rollback, &msg)
             .await;
         End::Lost(msg)
+    }
+
+    /// Sends the error (`code` and SQL state) that ends the session, and counts its reason.
+    async fn refuse_with(
+        &mut self,
+        seq: u8,
+        refusal: &Refusal,
+        (code, state): (u16, &str),
+        msg: &str,
+    ) {
+        crate::metrics::failover_error(refusal.label());
+        warn!(conn_id = self.id, backend = %self.backend.addr, reason = refusal.label(), detail = %refusal, code, "backend lost; closing the session");
+        self.client.out.clear();
+        self.client.send_err(seq, code, state, msg).await;
     }
 
     /// A command arriving after the session's transaction was lost between commands: answered
