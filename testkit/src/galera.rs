@@ -349,6 +349,7 @@ impl Galera {
     }
 
     fn launch(&self, i: usize, new_cluster: bool, position: Option<&str>) {
+        self.clear_stale_sst(i);
         let node = &self.nodes[i];
         let mut cmd = Command::new(&self.server);
         // --defaults-file (not --no-defaults): the SST scripts read the node's settings from it,
@@ -363,6 +364,22 @@ impl Galera {
         // The watchdog removes the whole cluster's directory once the test process is gone.
         let process = ServerProcess::spawn(cmd, &node.dir.join("stdout.log"), self.dir.path());
         *node.lock() = Some(process);
+    }
+
+    /// A joiner that died during an SST leaves the SST script (and its `mariabackup` and
+    /// `socat`) running, with `wsrep_sst.pid` naming it: the next start would wait for it
+    /// ("Previous SST is not completed") until the startup deadline. Stops them first.
+    fn clear_stale_sst(&self, i: usize) {
+        let pid_file = self.nodes[i].data().join("wsrep_sst.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            return;
+        };
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            let pid = pid.to_string();
+            let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        let _ = std::fs::remove_file(&pid_file);
     }
 
     /// Waits until node `i` is `Synced`; an error when it exits first or takes too long (then
