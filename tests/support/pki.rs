@@ -88,7 +88,10 @@ impl Pki {
                 "ca.pem",
                 "-CAkey",
                 "ca.key",
-                "-CAcreateserial",
+                // a serial of its own, not `-CAcreateserial`: tests issue certificates in
+                // parallel, and a shared `ca.srl` is read half-written ("Unable to load number")
+                "-set_serial",
+                &unique_serial(),
                 "-out",
                 &pem,
                 "-days",
@@ -99,6 +102,17 @@ impl Pki {
         );
         (self.dir.join(pem), self.dir.join(key))
     }
+}
+
+/// A certificate serial number no other certificate of this test process has.
+fn unique_serial() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("0x{nanos:016x}{n:04x}")
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
