@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use support::{echo, http, mysql_opts, wait_until, Backend, Behaviour, Service};
+use support::{closed_within, echo, http, mysql_opts, wait_until, Backend, Behaviour, Service};
 use switchyard::wire::ErrInfo;
 use switchyard_testkit::doubles::{SqlBehaviour, SqlDouble};
 use switchyard_testkit::{MariaDb, MariaDbOptions, NetNs};
@@ -65,22 +65,6 @@ fn wait_metric(svc: &Service, series: &str, want: f64) {
 
 const REFUSED: &str = "switchyard_connections_refused_total{reason=\"max_connections\"}";
 const ACTIVE: &str = "switchyard_connections_active";
-
-/// Reads until the proxy closes `s` (end of stream or a reset); panics if it is still open after
-/// [`PATIENCE`]. Returns what was read.
-fn closed_by_proxy(s: &mut TcpStream, what: &str) -> Vec<u8> {
-    s.set_read_timeout(Some(PATIENCE)).expect("read timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("{what}: still open after {PATIENCE:?} ({e})"),
-        }
-    }
-}
 
 /// One whole MySQL packet: (sequence id, payload).
 fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
@@ -146,7 +130,7 @@ fn over_max_connections_a_tcp_client_is_closed_at_once_and_a_freed_slot_admits_t
     assert_eq!(echo(&mut second, b"two").expect("second echoed"), b"two");
 
     let mut third = svc.client();
-    let said = closed_by_proxy(&mut third, "the client over the cap");
+    let said = closed_within(PATIENCE, &mut third, "the client over the cap");
     assert!(said.is_empty(), "a tcp client is closed without a word");
     wait_metric(&svc, REFUSED, 1.0);
     assert_eq!(
@@ -207,7 +191,7 @@ fn over_max_connections_a_mysql_client_gets_error_1040_as_its_first_packet() {
         parse_greeting_err(&payload),
         (ER_CON_COUNT_ERROR, "Too many connections".to_string())
     );
-    assert!(closed_by_proxy(&mut raw, "the refused raw client").is_empty());
+    assert!(closed_within(PATIENCE, &mut raw, "the refused raw client").is_empty());
     wait_metric(&svc, REFUSED, 2.0);
 
     let one: u32 = rt
@@ -240,7 +224,7 @@ fn a_half_closed_tcp_connection_whose_backend_stays_silent_is_closed() {
     let mut c = svc.client();
     assert_eq!(echo(&mut c, b"ping").expect("echoed"), b"ping");
     c.shutdown(Shutdown::Write).expect("half-close");
-    assert!(closed_by_proxy(&mut c, "the half-closed connection").is_empty());
+    assert!(closed_within(PATIENCE, &mut c, "the half-closed connection").is_empty());
     wait_metric(&svc, ACTIVE, 0.0);
 }
 
@@ -270,7 +254,7 @@ fn silent_mysql_clients_are_closed_at_the_login_timeout_and_a_normal_login_is_no
         .block_on(Conn::new(mysql_opts(svc.proxy.port(), USER, PASSWORD)))
         .expect("a normal login within the timeout");
     for (i, s) in silent.iter_mut().enumerate() {
-        closed_by_proxy(s, &format!("silent client {i}"));
+        closed_within(PATIENCE, s, &format!("silent client {i}"));
     }
     // every silent client is gone, so the login timeout has passed for the logged-in session too
     let one: u32 = rt
@@ -307,7 +291,7 @@ fn a_client_left_waiting_on_a_stalled_backend_login_is_told_why_at_the_login_tim
     let e = ErrInfo::parse(&p).expect("an ERR packet");
     assert_eq!(e.code, ER_HANDSHAKE_ERROR, "{e}");
     assert!(e.message.contains("login_timeout"), "{e}");
-    assert!(closed_by_proxy(&mut c, "the timed-out client").is_empty());
+    assert!(closed_within(PATIENCE, &mut c, "the timed-out client").is_empty());
     drop(svc);
 
     let svc = start(&never_greets);
@@ -317,7 +301,7 @@ fn a_client_left_waiting_on_a_stalled_backend_login_is_told_why_at_the_login_tim
     let (code, msg) = parse_greeting_err(&p);
     assert_eq!(code, ER_HANDSHAKE_ERROR);
     assert!(msg.contains("login_timeout"), "{msg}");
-    assert!(closed_by_proxy(&mut c, "the timed-out client").is_empty());
+    assert!(closed_within(PATIENCE, &mut c, "the timed-out client").is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,7 +388,7 @@ fn abort_logins(svc: &Service, n: usize, stay: bool) {
         .collect();
     if stay {
         for c in &mut clients {
-            closed_by_proxy(c, "a client silent past the login timeout");
+            closed_within(PATIENCE, c, "a client silent past the login timeout");
         }
     }
 }

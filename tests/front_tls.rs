@@ -9,14 +9,16 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::pki::{rustls_client, Pki};
-use support::{connect_from, http, relay, scratch_dir, wait_until, Backend, Behaviour, Service};
+use support::{
+    closed_within, connect_from, http, relay, scratch_dir, wait_until, Backend, Behaviour, Service,
+};
 use switchyard_server::proxy_protocol;
 use switchyard_testkit::{MariaDb, MariaDbOptions};
 
@@ -220,21 +222,6 @@ impl Py {
     fn finish(mut self) {
         let status = self.child.wait().expect("wait for python");
         assert!(status.success(), "the PyMySQL script failed: {status}");
-    }
-}
-
-/// Reads until the peer closes (end of stream or reset); panics if it stays open.
-fn closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("{what}: still open after {PATIENCE:?} ({e})"),
-        }
     }
 }
 
@@ -491,7 +478,7 @@ fn in_tcp_mode_tls_is_terminated_on_accept_and_a_plain_client_is_closed_when_req
     assert_eq!(&got, b"hello over tls");
     let mut plain = svc.client();
     plain.write_all(b"hello in clear\r\n").expect("write");
-    let said = closed(&mut plain, "a plain client while TLS is required");
+    let said = closed_within(PATIENCE, &mut plain, "a plain client while TLS is required");
     assert!(
         said.is_empty() || said[0] == 0x15,
         "closed, at most with a TLS alert: {said:?}"
@@ -539,12 +526,12 @@ fn a_trusted_balancer_s_client_address_reaches_logs_and_the_backend_through_prox
     // the same header from a peer outside proxy_protocol_from: refused, never believed
     let mut untrusted = connect_from("127.0.0.1", svc.proxy);
     untrusted.write_all(&header).expect("write");
-    closed(&mut untrusted, "an untrusted peer's header");
+    closed_within(PATIENCE, &mut untrusted, "an untrusted peer's header");
     // a trusted peer without a header: refused too
     let mut bare = connect_from("127.0.0.2", svc.proxy);
     bare.write_all(&[0x20, 0, 0, 1, 0x8d, 0xa2, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         .expect("write");
-    closed(&mut bare, "a trusted peer without a header");
+    closed_within(PATIENCE, &mut bare, "a trusted peer without a header");
     // the socket closes a moment before the refusal is logged
     wait_until("both refusals are logged", PATIENCE, || {
         svc.log().matches("client refused at the door").count() == 2

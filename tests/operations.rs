@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use support::{echo, free_port, http, mysql_opts, wait_until, Backend, Behaviour, Service};
+use support::{
+    closed_within, echo, free_port, http, mysql_opts, wait_until, Backend, Behaviour, Service,
+};
 use switchyard_testkit::MariaDb;
 
 /// How long a test waits for something the proxy should do well within it.
@@ -44,22 +46,6 @@ fn count_on(svc: &Service, addr: &str) -> u64 {
 
 fn total(svc: &Service) -> u64 {
     svc.conn_counts().iter().map(|(_, n)| n).sum()
-}
-
-/// Reads until the proxy closes `s` (end of stream or a reset); panics if it is still open after
-/// [`PATIENCE`]. Returns what was read.
-fn closed_by_proxy(s: &mut TcpStream, what: &str) -> Vec<u8> {
-    s.set_read_timeout(Some(PATIENCE)).expect("read timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("{what}: still open after {PATIENCE:?} ({e})"),
-        }
-    }
 }
 
 /// A client that has echoed once, so it is routed, connected and registered.
@@ -203,7 +189,7 @@ fn a_tcp_client_that_waits_past_queue_timeout_is_closed() {
     let mut first = routed_client(&svc);
 
     let mut late = svc.client();
-    assert!(closed_by_proxy(&mut late, "the client over the cap").is_empty());
+    assert!(closed_within(PATIENCE, &mut late, "the client over the cap").is_empty());
     wait_metric(&svc, "switchyard_route_queue_timeouts_total", 1.0);
     wait_metric(&svc, QUEUE, 0.0);
     assert_eq!(

@@ -485,3 +485,19 @@ pub fn relay(from: &'static str, to: SocketAddr, header: Option<Vec<u8>>) -> u16
     });
     port
 }
+
+/// Reads until the peer closes (end of stream or reset) and returns what it sent first; panics
+/// naming `what` when it is still open after `within`.
+pub fn closed_within(within: Duration, s: &mut TcpStream, what: &str) -> Vec<u8> {
+    s.set_read_timeout(Some(within)).expect("read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("{what}: still open after {within:?} ({e})"),
+        }
+    }
+}
